@@ -1,0 +1,117 @@
+package service
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+// Drivers report failures as *api.Error values (api.Errorf) where the code
+// matters to the caller: api.CodeNotFound for a missing pool, volume, domain,
+// snapshot or network; api.CodeConflict for "in use"/"exists";
+// api.CodeUnsupported for what the driver cannot do (e.g. libvirt's test
+// driver has no volume resize); api.CodeUnavailable when libvirt or OVSDB
+// cannot be reached. Anything else is treated as internal.
+
+// Resources is the capacity of a host and what its domains allocate.
+type Resources struct {
+	CPUs               int64
+	MemoryMiB          int64
+	FreeMemoryMiB      int64
+	AllocatedVCPU      int64 // sum of vCPUs of all defined domains
+	AllocatedMemoryMiB int64 // sum of max memory of all defined domains
+	VMCount            int64
+	HypervisorType     string // "kvm", "qemu" or "test"
+}
+
+// VMMeta is what kvm-hostd records in a domain's <metadata> besides the spec.
+type VMMeta struct {
+	Owner     string
+	RequestID string
+}
+
+// Hypervisor is the host's libvirt, behind the smallest surface the service
+// needs. Implementations must be safe for concurrent use; the service
+// serialises per pool and per domain, so a driver need not.
+type Hypervisor interface {
+	// Ping checks the libvirt connection, re-opening it if it dropped.
+	Ping(ctx context.Context) error
+	Resources(ctx context.Context) (Resources, error)
+	// ManagesSwitchPorts reports whether libvirt itself adds VM ports to
+	// OVS bridges (real QEMU does; the test driver does not).
+	ManagesSwitchPorts() bool
+
+	// EnsurePool makes sure a directory pool named pool exists at dir and
+	// is active (defined persistent, autostart).
+	EnsurePool(ctx context.Context, pool, dir string) error
+
+	ListVolumes(ctx context.Context, pool string) ([]api.Volume, error)
+	// GetVolume fills UsedBy (domains attaching it) and Children (volumes
+	// backed by it) as well.
+	GetVolume(ctx context.Context, pool, name string) (*api.Volume, error)
+	// CreateVolume creates an empty volume, or a qcow2 overlay when
+	// spec.BaseVolume is set. SourceURL/SourceChecksum/IOTune are recorded
+	// with the volume so that GetVolume returns them.
+	CreateVolume(ctx context.Context, pool, name string, spec api.VolumeSpec) (*api.Volume, error)
+	// WriteVolume replaces the contents of an existing volume with the
+	// image read from r (length bytes, or -1 if unknown).
+	WriteVolume(ctx context.Context, pool, name string, r io.Reader, length int64) error
+	// ResizeVolume grows a volume: online through the domain (blockresize)
+	// when a running domain attaches it, through the volume otherwise.
+	ResizeVolume(ctx context.Context, pool, name string, sizeMiB int64) error
+	// SetVolumeIOTune records the limits and applies them to every domain
+	// attaching the volume (live when running, and to the persistent config).
+	SetVolumeIOTune(ctx context.Context, pool, name string, t *api.IOTune) error
+	// DeleteVolume deletes the volume; the service has already checked it
+	// is unused.
+	DeleteVolume(ctx context.Context, pool, name string) error
+
+	ListVMs(ctx context.Context) ([]api.VM, error)
+	GetVM(ctx context.Context, name string) (*api.VM, error)
+	// CreateVM defines the domain (and starts it if spec.Running). Disks
+	// reference volumes by pool/name; Interfaces come with Bridge and VLAN
+	// resolved by the service.
+	CreateVM(ctx context.Context, name string, spec api.VMSpec, meta VMMeta) (*api.VM, error)
+	// UpdateVM changes a domain to match spec: live where libvirt can,
+	// else with one graceful restart (reported by restarted).
+	UpdateVM(ctx context.Context, name string, spec api.VMSpec) (restarted bool, err error)
+	// DeleteVM stops the domain (ACPI, then power-off after
+	// shutdownTimeout) and undefines it with snapshot metadata and NVRAM.
+	// Volumes are left alone; the cloud-init seed ISO is removed.
+	DeleteVM(ctx context.Context, name string, shutdownTimeout time.Duration) error
+
+	ListSnapshots(ctx context.Context, vm string) ([]api.Snapshot, error)
+	GetSnapshot(ctx context.Context, vm, name string) (*api.Snapshot, error)
+	CreateSnapshot(ctx context.Context, vm, name string, spec api.SnapshotSpec) (*api.Snapshot, error)
+	RevertSnapshot(ctx context.Context, vm, name string) error
+	DeleteSnapshot(ctx context.Context, vm, name string) error
+
+	// MigrateVM moves a domain to another libvirt (req.TargetURI). Live
+	// migration copies non-shared storage; the destination's volumes have
+	// been pre-created by its own kvm-hostd. progress gets 0..1.
+	MigrateVM(ctx context.Context, name string, req api.MigrateRequest, progress func(float64)) error
+
+	Close() error
+}
+
+// Switch is the host's Open vSwitch, through OVSDB. Only rows carrying
+// kvm-hostd's external_ids marker are ever changed or deleted.
+type Switch interface {
+	Ping(ctx context.Context) error
+	// EnsureNetwork creates or converges the bridge of a network: MTU,
+	// and for overlays exactly one tunnel port per peer (adding missing,
+	// removing stale ones). localIP is this host's tunnel_ip.
+	EnsureNetwork(ctx context.Context, name string, spec api.NetworkSpec, localIP string) (*api.Network, error)
+	GetNetwork(ctx context.Context, name string) (*api.Network, error)
+	ListNetworks(ctx context.Context) ([]api.Network, error)
+	// DeleteNetwork removes the bridge, its tunnels and ports.
+	DeleteNetwork(ctx context.Context, name string) error
+	// AttachVMPorts records VM ports on bridges when libvirt does not
+	// (test driver): one port per interface, with the VLAN tag and
+	// external_ids attached-mac / vm-id.
+	AttachVMPorts(ctx context.Context, vm string, ifaces []api.VMInterface) error
+	DetachVMPorts(ctx context.Context, vm string) error
+	Close() error
+}

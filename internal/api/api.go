@@ -1,0 +1,340 @@
+// Package api holds the wire types shared by the provider and kvm-hostd.
+//
+// It is the only package both sides import: JSON shapes, error codes and the
+// name rules that each side validates before doing any work.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Version is the API version prefix served by kvm-hostd.
+const Version = "v1"
+
+// Header names used between the client and kvm-hostd.
+const (
+	HeaderRequestID      = "X-Request-Id"
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderOwner          = "X-Kvm-Owner"
+)
+
+// Error codes carried in Error.Code. Each maps to exactly one HTTP status on
+// the server side (see backend/server).
+const (
+	CodeInvalid      = "invalid"      // 400
+	CodeUnauthorized = "unauthorized" // 401
+	CodeForbidden    = "forbidden"    // 403
+	CodeNotFound     = "not_found"    // 404
+	CodeConflict     = "conflict"     // 409: exists with another spec, in use
+	CodeFull         = "full"         // 409: admission refused, host is full
+	CodeUnsupported  = "unsupported"  // 501: the driver cannot do this
+	CodeUnavailable  = "unavailable"  // 503: libvirt or OVSDB unreachable
+	CodeInternal     = "internal"     // 500
+	CodeTooMany      = "rate_limited" // 429
+	CodeMethod       = "method_not_allowed"
+)
+
+// Error is the JSON body of every non-2xx response.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Status is filled in by the client from the HTTP response; not sent.
+	Status int `json:"-"`
+}
+
+func (e *Error) Error() string {
+	if e == nil {
+		return ""
+	}
+	return e.Code + ": " + e.Message
+}
+
+// Health is the body of GET /healthz.
+type Health struct {
+	Status  string `json:"status"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// Host is the inventory of one kvm-hostd host (GET /v1/host).
+type Host struct {
+	Name               string            `json:"name"`
+	CPUs               int64             `json:"cpus"`
+	MemoryMiB          int64             `json:"memory_mib"`
+	FreeMemoryMiB      int64             `json:"free_memory_mib"`
+	AllocatedVCPU      int64             `json:"allocated_vcpu"`
+	AllocatedMemoryMiB int64             `json:"allocated_memory_mib"`
+	CPUOvercommit      float64           `json:"cpu_overcommit"`
+	MemoryOvercommit   float64           `json:"memory_overcommit"`
+	Labels             map[string]string `json:"labels"`
+	TunnelIP           string            `json:"tunnel_ip"`
+	VMCount            int64             `json:"vm_count"`
+	Version            string            `json:"version"`
+	Healthy            bool              `json:"healthy"`
+	// HypervisorType is "kvm" when the host has /dev/kvm, else "qemu"
+	// (or "test" on libvirt's test driver).
+	HypervisorType string `json:"hypervisor_type,omitempty"`
+	LibvirtURI     string `json:"libvirt_uri,omitempty"`
+	// Message explains Healthy=false.
+	Message string `json:"message,omitempty"`
+}
+
+// IOTune limits for a disk; zero means unlimited.
+type IOTune struct {
+	ReadBytesSec  int64 `json:"read_bytes_sec,omitempty"`
+	WriteBytesSec int64 `json:"write_bytes_sec,omitempty"`
+	ReadIOPSSec   int64 `json:"read_iops_sec,omitempty"`
+	WriteIOPSSec  int64 `json:"write_iops_sec,omitempty"`
+}
+
+// IsZero reports whether no limit is set.
+func (t *IOTune) IsZero() bool {
+	return t == nil || (t.ReadBytesSec == 0 && t.WriteBytesSec == 0 && t.ReadIOPSSec == 0 && t.WriteIOPSSec == 0)
+}
+
+// Volume formats.
+const (
+	FormatQCOW2 = "qcow2"
+	FormatRaw   = "raw"
+)
+
+// VolumeSpec is the body of PUT /v1/pools/{pool}/volumes/{name}.
+type VolumeSpec struct {
+	SizeMiB int64  `json:"size_mib,omitempty"`
+	Format  string `json:"format,omitempty"`
+	// BaseVolume names a volume in the same pool to use as qcow2 backing
+	// store (linked clone).
+	BaseVolume string `json:"base_volume,omitempty"`
+	// SourceURL is fetched by the host itself (http/https).
+	SourceURL      string  `json:"source_url,omitempty"`
+	SourceChecksum string  `json:"source_checksum,omitempty"` // "sha256:<hex>"
+	IOTune         *IOTune `json:"iotune,omitempty"`
+}
+
+// VolumeUpdate is the body of PATCH /v1/pools/{pool}/volumes/{name}.
+// Nil fields are left alone.
+type VolumeUpdate struct {
+	SizeMiB *int64  `json:"size_mib,omitempty"`
+	IOTune  *IOTune `json:"iotune,omitempty"`
+}
+
+// Volume is a storage volume as read back from libvirt.
+type Volume struct {
+	Name           string  `json:"name"`
+	Pool           string  `json:"pool"`
+	Path           string  `json:"path"`
+	Format         string  `json:"format"`
+	SizeMiB        int64   `json:"size_mib"`
+	AllocatedMiB   int64   `json:"allocated_mib"`
+	BaseVolume     string  `json:"base_volume,omitempty"`
+	SourceURL      string  `json:"source_url,omitempty"`
+	SourceChecksum string  `json:"source_checksum,omitempty"`
+	IOTune         *IOTune `json:"iotune,omitempty"`
+	// UsedBy lists domains that attach this volume.
+	UsedBy []string `json:"used_by,omitempty"`
+	// Children lists volumes that use this one as backing store.
+	Children []string `json:"children,omitempty"`
+	// Operation is set while a download is running; poll it.
+	Operation *Operation `json:"operation,omitempty"`
+}
+
+// Operation states.
+const (
+	OpRunning   = "running"
+	OpSucceeded = "succeeded"
+	OpFailed    = "failed"
+)
+
+// Operation is long-running work (image download, migration) that the
+// client polls at GET /v1/operations/{id}.
+type Operation struct {
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind"`
+	Target    string    `json:"target"`
+	State     string    `json:"state"`
+	Progress  float64   `json:"progress"` // 0..1
+	Message   string    `json:"message,omitempty"`
+	Error     *Error    `json:"error,omitempty"`
+	StartedAt time.Time `json:"started_at"`
+	EndedAt   time.Time `json:"ended_at,omitzero"`
+}
+
+// CPU is the vCPU model and topology of a VM.
+type CPU struct {
+	Mode    string   `json:"mode,omitempty"` // host-passthrough | host-model | custom (maximum under TCG)
+	Sockets int64    `json:"sockets,omitempty"`
+	Cores   int64    `json:"cores,omitempty"`
+	Threads int64    `json:"threads,omitempty"`
+	Pinning []string `json:"pinning,omitempty"` // host CPU set per vCPU, e.g. "0-1"
+}
+
+// VMDisk attaches a volume to a VM.
+type VMDisk struct {
+	Pool   string `json:"pool"`
+	Volume string `json:"volume"`
+	Bus    string `json:"bus,omitempty"` // virtio (default) | sata | scsi | ide
+	// Target is the guest device name (vda, sdb, ...), read back.
+	Target string `json:"target,omitempty"`
+}
+
+// VMInterface attaches a VM to a kvm_network (an OVS bridge).
+type VMInterface struct {
+	Network string `json:"network"`
+	MAC     string `json:"mac,omitempty"`
+	Model   string `json:"model,omitempty"` // virtio (default)
+	// Bridge and Port are read back: the OVS bridge and the tap device.
+	Bridge string `json:"bridge,omitempty"`
+	Port   string `json:"port,omitempty"`
+	VLAN   int64  `json:"vlan,omitempty"`
+}
+
+// CloudInit is turned into a NoCloud seed ISO by the host.
+type CloudInit struct {
+	UserData      string `json:"user_data,omitempty"`
+	MetaData      string `json:"meta_data,omitempty"`
+	NetworkConfig string `json:"network_config,omitempty"`
+}
+
+// VMSpec is the body of PUT /v1/vms/{name} and PATCH /v1/vms/{name}.
+type VMSpec struct {
+	VCPU         int64             `json:"vcpu"`
+	MemoryMiB    int64             `json:"memory_mib"`
+	MaxMemoryMiB int64             `json:"max_memory_mib,omitempty"`
+	CPU          *CPU              `json:"cpu,omitempty"`
+	Disks        []VMDisk          `json:"disks,omitempty"`
+	Interfaces   []VMInterface     `json:"interfaces,omitempty"`
+	CloudInit    *CloudInit        `json:"cloud_init,omitempty"`
+	Running      bool              `json:"running"`
+	Autostart    bool              `json:"autostart"`
+	Description  string            `json:"description,omitempty"`
+	Tags         map[string]string `json:"tags,omitempty"`
+	// ShutdownTimeoutSec bounds the graceful ACPI shutdown before power-off
+	// when a restart is needed. Nil means the default (60).
+	ShutdownTimeoutSec *int64 `json:"shutdown_timeout_sec,omitempty"`
+	// UUID may be given to keep a domain's identity (offline move).
+	UUID string `json:"uuid,omitempty"`
+}
+
+// VM states as reported in VM.State.
+const (
+	StateRunning = "running"
+	StateShutoff = "shutoff"
+	StatePaused  = "paused"
+	StateCrashed = "crashed"
+	StateOther   = "other"
+)
+
+// VM is a domain as read back from libvirt.
+type VM struct {
+	Name  string `json:"name"`
+	UUID  string `json:"uuid"`
+	State string `json:"state"`
+	VMSpec
+	// Owner and RequestID are kept in the domain's <metadata>.
+	Owner     string `json:"owner,omitempty"`
+	RequestID string `json:"request_id,omitempty"`
+	// Restarted is set on a PATCH response when the change needed a restart.
+	Restarted bool `json:"restarted,omitempty"`
+}
+
+// SnapshotSpec is the body of PUT /v1/vms/{vm}/snapshots/{name}.
+type SnapshotSpec struct {
+	Description   string `json:"description,omitempty"`
+	IncludeMemory bool   `json:"include_memory,omitempty"`
+}
+
+// Snapshot is a domain snapshot as read back from libvirt.
+type Snapshot struct {
+	Name          string    `json:"name"`
+	VM            string    `json:"vm"`
+	Description   string    `json:"description,omitempty"`
+	IncludeMemory bool      `json:"include_memory"`
+	CreatedAt     time.Time `json:"created_at"`
+	Parent        string    `json:"parent,omitempty"`
+	Current       bool      `json:"current,omitempty"`
+	State         string    `json:"state,omitempty"` // domain state captured
+}
+
+// Overlay kinds for networks.
+const (
+	OverlayVXLAN  = "vxlan"
+	OverlayGeneve = "geneve"
+)
+
+// NetworkPeer is another host of the same network, reached by tunnel.
+type NetworkPeer struct {
+	Host     string `json:"host"`
+	TunnelIP string `json:"tunnel_ip"`
+}
+
+// NetworkSpec is the body of PUT /v1/networks/{name}.
+type NetworkSpec struct {
+	VLAN    int64         `json:"vlan,omitempty"`
+	Overlay string        `json:"overlay,omitempty"`
+	VNI     int64         `json:"vni,omitempty"`
+	MTU     int64         `json:"mtu,omitempty"`
+	Peers   []NetworkPeer `json:"peers,omitempty"`
+}
+
+// NetworkTunnel is one tunnel port of a network bridge, read back.
+type NetworkTunnel struct {
+	Port     string `json:"port"`
+	Peer     string `json:"peer"`
+	RemoteIP string `json:"remote_ip"`
+}
+
+// Network is a network as realized on one host, read back from OVSDB.
+type Network struct {
+	Name         string          `json:"name"`
+	Bridge       string          `json:"bridge"`
+	VLAN         int64           `json:"vlan,omitempty"`
+	Overlay      string          `json:"overlay,omitempty"`
+	VNI          int64           `json:"vni,omitempty"`
+	MTU          int64           `json:"mtu,omitempty"`
+	DatapathType string          `json:"datapath_type,omitempty"`
+	Tunnels      []NetworkTunnel `json:"tunnels,omitempty"`
+	// Ports lists VM ports (interface names) on the bridge.
+	Ports []string `json:"ports,omitempty"`
+}
+
+// MigrateRequest is the body of POST /v1/vms/{name}/migrate.
+type MigrateRequest struct {
+	// TargetHost is the name of the destination host.
+	TargetHost string `json:"target_host"`
+	// TargetURI is the libvirt URI the source uses to reach the target
+	// (e.g. qemu+tcp://10.0.0.12/system).
+	TargetURI string `json:"target_uri"`
+	Mode      string `json:"mode"` // live | offline
+}
+
+// List wrappers keep top-level JSON as objects so fields can be added.
+type (
+	VolumeList struct {
+		Volumes []Volume `json:"volumes"`
+	}
+	VMList struct {
+		VMs []VM `json:"vms"`
+	}
+	SnapshotList struct {
+		Snapshots []Snapshot `json:"snapshots"`
+	}
+	NetworkList struct {
+		Networks []Network `json:"networks"`
+	}
+)
+
+// Errorf builds an *Error with the given code.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// IsCode reports whether err is (or wraps) an *Error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// IsNotFound reports whether err is a not-found error.
+func IsNotFound(err error) bool { return IsCode(err, CodeNotFound) }
