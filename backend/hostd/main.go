@@ -1,0 +1,175 @@
+package hostd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/backend/hypervisor"
+	"github.com/kvmfleet/terraform-provider-kvm/backend/server"
+	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
+	"github.com/kvmfleet/terraform-provider-kvm/backend/vswitch"
+)
+
+// Version is set at build time with -ldflags "-X .../backend/hostd.Version=...".
+var Version = "dev"
+
+// Main is a running kvm-hostd.
+type Main struct {
+	Config *Config
+	// Stdout receives the "listening on" line that scripts and tests wait for.
+	Stdout io.Writer
+	Log    *slog.Logger
+
+	hv    *hypervisor.Libvirt
+	sw    service.Switch
+	audit *server.AuditLog
+	ln    net.Listener
+	srv   *http.Server
+	url   string
+}
+
+// NewLogger builds the slog logger the flags ask for.
+func NewLogger(c *Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if c.LogFormat == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h).With("host", c.Name)
+}
+
+// Open connects to libvirt and OVSDB, builds the service and binds the
+// listener, so configuration and bind errors surface before serving.
+func (m *Main) Open(ctx context.Context) (err error) {
+	c := m.Config
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	token := ""
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return fmt.Errorf("reading --token-file: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return fmt.Errorf("--token-file %s is empty", c.TokenFile)
+		}
+	}
+	if c.AuditLog != "" {
+		if m.audit, err = server.OpenAuditLog(c.AuditLog); err != nil {
+			return err
+		}
+	}
+	if m.hv, err = hypervisor.Open(c.LibvirtURI, m.Log); err != nil {
+		return fmt.Errorf("connecting to libvirt at %s: %w", c.LibvirtURI, err)
+	}
+	if c.OVSDB != "none" {
+		sw, err := vswitch.Open(ctx, c.OVSDB, m.Log)
+		if err != nil {
+			return fmt.Errorf("connecting to OVSDB at %s: %w", c.OVSDB, err)
+		}
+		m.sw = sw
+	}
+	svc, err := service.New(ctx, service.Config{
+		Name: c.Name, Version: Version, Labels: c.Labels, TunnelIP: c.TunnelIP,
+		CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit,
+		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI,
+	}, m.hv, m.sw, m.Log)
+	if err != nil {
+		return err
+	}
+	handler := server.New(svc, server.Options{Token: token, Audit: m.audit, Log: m.Log})
+	m.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	scheme := "http"
+	if c.TLSCert != "" {
+		tc, err := serverTLS(c)
+		if err != nil {
+			return err
+		}
+		m.srv.TLSConfig = tc
+		scheme = "https"
+	}
+	if m.ln, err = net.Listen("tcp", c.Listen); err != nil {
+		return fmt.Errorf("listening on %s: %w", c.Listen, err)
+	}
+	if m.srv.TLSConfig != nil {
+		m.ln = tls.NewListener(m.ln, m.srv.TLSConfig)
+	}
+	m.url = scheme + "://" + m.ln.Addr().String()
+	return nil
+}
+
+// URL is the base URL the server listens on (after Open).
+func (m *Main) URL() string { return m.url }
+
+// Serve serves until the listener is closed by Shutdown.
+func (m *Main) Serve() error {
+	m.Log.Info("kvm-hostd listening", "url", m.url, "libvirt_uri", m.Config.LibvirtURI, "ovsdb", m.Config.OVSDB,
+		"cpu_overcommit", ratio(m.Config.CPUOvercommit), "memory_overcommit", ratio(m.Config.MemoryOvercommit), "version", Version)
+	if m.Stdout != nil {
+		fmt.Fprintf(m.Stdout, "kvm-hostd %s listening on %s\n", m.Config.Name, m.url)
+	}
+	if err := m.srv.Serve(m.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops accepting requests and waits for running ones, up to ctx.
+func (m *Main) Shutdown(ctx context.Context) error {
+	if m.srv == nil {
+		return nil
+	}
+	return m.srv.Shutdown(ctx)
+}
+
+// Close releases libvirt, OVSDB and the audit log.
+func (m *Main) Close() {
+	if m.sw != nil {
+		_ = m.sw.Close()
+		m.sw = nil
+	}
+	if m.hv != nil {
+		_ = m.hv.Close()
+		m.hv = nil
+	}
+	if m.audit != nil {
+		_ = m.audit.Close()
+		m.audit = nil
+	}
+}
+
+func serverTLS(c *Config) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("loading --tls-cert/--tls-key: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.ClientCA != "" {
+		pem, err := os.ReadFile(c.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("reading --client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--client-ca %s holds no PEM certificate", c.ClientCA)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}

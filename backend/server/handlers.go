@@ -1,0 +1,200 @@
+package server
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+// maxBody bounds request bodies; cloud-init user data is the largest part.
+const maxBody = 4 << 20
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if err == io.EOF {
+			return api.Errorf(api.CodeInvalid, "request body is empty; expected JSON")
+		}
+		return api.Errorf(api.CodeInvalid, "invalid JSON body: %v", err)
+	}
+	return nil
+}
+
+func createdStatus(created bool) int {
+	if created {
+		return http.StatusCreated
+	}
+	return http.StatusOK
+}
+
+func (s *Server) getHost(r *http.Request) (int, any, error) {
+	return http.StatusOK, s.svc.Host(r.Context()), nil
+}
+
+func (s *Server) listVolumes(r *http.Request) (int, any, error) {
+	vs, err := s.svc.ListVolumes(r.Context(), r.PathValue("pool"))
+	if vs == nil {
+		vs = []api.Volume{}
+	}
+	return http.StatusOK, api.VolumeList{Volumes: vs}, err
+}
+
+func (s *Server) getVolume(r *http.Request) (int, any, error) {
+	v, err := s.svc.GetVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"))
+	return http.StatusOK, v, err
+}
+
+func (s *Server) putVolume(r *http.Request) (int, any, error) {
+	var spec api.VolumeSpec
+	if err := decode(r, &spec); err != nil {
+		return 0, nil, err
+	}
+	v, created, err := s.svc.PutVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), spec)
+	if err != nil {
+		return 0, nil, err
+	}
+	if v.Operation != nil && v.Operation.State == api.OpRunning {
+		return http.StatusAccepted, v, nil
+	}
+	return createdStatus(created), v, nil
+}
+
+func (s *Server) patchVolume(r *http.Request) (int, any, error) {
+	var u api.VolumeUpdate
+	if err := decode(r, &u); err != nil {
+		return 0, nil, err
+	}
+	v, err := s.svc.UpdateVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), u)
+	return http.StatusOK, v, err
+}
+
+func (s *Server) deleteVolume(r *http.Request) (int, any, error) {
+	return http.StatusNoContent, nil, s.svc.DeleteVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"))
+}
+
+func (s *Server) listVMs(r *http.Request) (int, any, error) {
+	vms, err := s.svc.ListVMs(r.Context())
+	if vms == nil {
+		vms = []api.VM{}
+	}
+	return http.StatusOK, api.VMList{VMs: vms}, err
+}
+
+func (s *Server) getVM(r *http.Request) (int, any, error) {
+	vm, err := s.svc.GetVM(r.Context(), r.PathValue("name"))
+	return http.StatusOK, vm, err
+}
+
+func (s *Server) putVM(r *http.Request) (int, any, error) {
+	var spec api.VMSpec
+	if err := decode(r, &spec); err != nil {
+		return 0, nil, err
+	}
+	meta := service.VMMeta{Owner: r.Header.Get(api.HeaderOwner), RequestID: requestID(r.Context())}
+	vm, created, err := s.svc.PutVM(r.Context(), r.PathValue("name"), spec, meta)
+	if err != nil {
+		return 0, nil, err
+	}
+	return createdStatus(created), vm, nil
+}
+
+func (s *Server) patchVM(r *http.Request) (int, any, error) {
+	var spec api.VMSpec
+	if err := decode(r, &spec); err != nil {
+		return 0, nil, err
+	}
+	vm, err := s.svc.UpdateVM(r.Context(), r.PathValue("name"), spec)
+	return http.StatusOK, vm, err
+}
+
+func (s *Server) deleteVM(r *http.Request) (int, any, error) {
+	timeout := service.DefaultShutdownTimeout
+	if q := r.URL.Query().Get("shutdown_timeout"); q != "" {
+		n, err := strconv.Atoi(q)
+		if err != nil || n < 0 || n > 3600 {
+			return 0, nil, api.Errorf(api.CodeInvalid, "shutdown_timeout %q must be 0..3600 seconds", q)
+		}
+		timeout = time.Duration(n) * time.Second
+	}
+	return http.StatusNoContent, nil, s.svc.DeleteVM(r.Context(), r.PathValue("name"), timeout)
+}
+
+func (s *Server) migrateVM(r *http.Request) (int, any, error) {
+	var req api.MigrateRequest
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	op, err := s.svc.MigrateVM(r.Context(), r.PathValue("name"), req, r.Header.Get(api.HeaderIdempotencyKey))
+	return http.StatusAccepted, op, err
+}
+
+func (s *Server) listSnapshots(r *http.Request) (int, any, error) {
+	l, err := s.svc.ListSnapshots(r.Context(), r.PathValue("vm"))
+	if l == nil {
+		l = []api.Snapshot{}
+	}
+	return http.StatusOK, api.SnapshotList{Snapshots: l}, err
+}
+
+func (s *Server) getSnapshot(r *http.Request) (int, any, error) {
+	snap, err := s.svc.GetSnapshot(r.Context(), r.PathValue("vm"), r.PathValue("name"))
+	return http.StatusOK, snap, err
+}
+
+func (s *Server) putSnapshot(r *http.Request) (int, any, error) {
+	var spec api.SnapshotSpec
+	if err := decode(r, &spec); err != nil {
+		return 0, nil, err
+	}
+	snap, created, err := s.svc.PutSnapshot(r.Context(), r.PathValue("vm"), r.PathValue("name"), spec)
+	if err != nil {
+		return 0, nil, err
+	}
+	return createdStatus(created), snap, nil
+}
+
+func (s *Server) revertSnapshot(r *http.Request) (int, any, error) {
+	snap, err := s.svc.RevertSnapshot(r.Context(), r.PathValue("vm"), r.PathValue("name"))
+	return http.StatusOK, snap, err
+}
+
+func (s *Server) deleteSnapshot(r *http.Request) (int, any, error) {
+	return http.StatusNoContent, nil, s.svc.DeleteSnapshot(r.Context(), r.PathValue("vm"), r.PathValue("name"))
+}
+
+func (s *Server) listNetworks(r *http.Request) (int, any, error) {
+	l, err := s.svc.ListNetworks(r.Context())
+	if l == nil {
+		l = []api.Network{}
+	}
+	return http.StatusOK, api.NetworkList{Networks: l}, err
+}
+
+func (s *Server) getNetwork(r *http.Request) (int, any, error) {
+	n, err := s.svc.GetNetwork(r.Context(), r.PathValue("name"))
+	return http.StatusOK, n, err
+}
+
+func (s *Server) putNetwork(r *http.Request) (int, any, error) {
+	var spec api.NetworkSpec
+	if err := decode(r, &spec); err != nil {
+		return 0, nil, err
+	}
+	n, err := s.svc.PutNetwork(r.Context(), r.PathValue("name"), spec)
+	return http.StatusOK, n, err
+}
+
+func (s *Server) deleteNetwork(r *http.Request) (int, any, error) {
+	return http.StatusNoContent, nil, s.svc.DeleteNetwork(r.Context(), r.PathValue("name"))
+}
+
+func (s *Server) getOperation(r *http.Request) (int, any, error) {
+	op, err := s.svc.Operation(r.Context(), r.PathValue("id"))
+	return http.StatusOK, op, err
+}

@@ -1,0 +1,43 @@
+package service
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+// MigrateVM starts moving a domain to another host as an operation. The
+// same Idempotency-Key returns the same operation, so a retried POST never
+// starts a second migration.
+func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateRequest, idemKey string) (*api.Operation, error) {
+	if err := validateVMName(name); err != nil {
+		return nil, err
+	}
+	if req.TargetURI == "" {
+		return nil, invalid("target_uri is required")
+	}
+	if req.Mode == "" {
+		req.Mode = "live"
+	}
+	if req.Mode != "live" && req.Mode != "offline" {
+		return nil, invalid("mode %q is not \"live\" or \"offline\"", req.Mode)
+	}
+	if _, err := s.hv.GetVM(ctx, name); err != nil {
+		return nil, err
+	}
+	v, err := s.idem.Do(idemKey, func() (any, error) {
+		return s.ops.start("migrate", "vm/"+name, func(ctx context.Context, progress func(float64)) error {
+			unlock := s.locks.Lock("vm/" + name)
+			defer unlock()
+			if err := s.hv.MigrateVM(ctx, name, req, progress); err != nil {
+				return fmt.Errorf("migrating VM %s from %s to %s: %w", name, s.cfg.Name, req.TargetHost, err)
+			}
+			return nil
+		}), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*api.Operation), nil
+}

@@ -1,0 +1,120 @@
+package service
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+func (s *Service) switchOrErr() (Switch, error) {
+	if s.sw == nil {
+		return nil, api.Errorf(api.CodeUnsupported, "host %s has no Open vSwitch configured (--ovsdb)", s.cfg.Name)
+	}
+	return s.sw, nil
+}
+
+func validateNetworkSpec(name string, spec api.NetworkSpec) error {
+	if err := api.ValidateName("network", name); err != nil {
+		return invalid("%s", err)
+	}
+	if spec.VLAN != 0 && (spec.VLAN < 1 || spec.VLAN > 4094) {
+		return invalid("vlan %d is out of range (1..4094)", spec.VLAN)
+	}
+	switch spec.Overlay {
+	case "":
+		if spec.VNI != 0 {
+			return invalid("vni needs overlay (%q or %q)", api.OverlayVXLAN, api.OverlayGeneve)
+		}
+	case api.OverlayVXLAN, api.OverlayGeneve:
+		if spec.VNI < 1 || spec.VNI > 16777215 {
+			return invalid("vni %d is out of range (1..16777215); it is required with overlay", spec.VNI)
+		}
+	default:
+		return invalid("overlay %q is not %q or %q", spec.Overlay, api.OverlayVXLAN, api.OverlayGeneve)
+	}
+	if spec.MTU != 0 && (spec.MTU < 576 || spec.MTU > 9216) {
+		return invalid("mtu %d is out of range (576..9216)", spec.MTU)
+	}
+	for i, p := range spec.Peers {
+		if err := api.ValidateName("peer host", p.Host); err != nil {
+			return invalid("peers[%d]: %s", i, err)
+		}
+		if net.ParseIP(p.TunnelIP) == nil {
+			return invalid("peers[%d]: tunnel_ip %q of host %s is not an IP address", i, p.TunnelIP, p.Host)
+		}
+	}
+	return nil
+}
+
+// ListNetworks lists the networks realized on this host.
+func (s *Service) ListNetworks(ctx context.Context) ([]api.Network, error) {
+	sw, err := s.switchOrErr()
+	if err != nil {
+		return nil, err
+	}
+	return sw.ListNetworks(ctx)
+}
+
+// GetNetwork reads a network.
+func (s *Service) GetNetwork(ctx context.Context, name string) (*api.Network, error) {
+	if err := api.ValidateName("network", name); err != nil {
+		return nil, invalid("%s", err)
+	}
+	sw, err := s.switchOrErr()
+	if err != nil {
+		return nil, err
+	}
+	return sw.GetNetwork(ctx, name)
+}
+
+// PutNetwork creates or converges a network's bridge and tunnels.
+func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkSpec) (*api.Network, error) {
+	if err := validateNetworkSpec(name, spec); err != nil {
+		return nil, err
+	}
+	sw, err := s.switchOrErr()
+	if err != nil {
+		return nil, err
+	}
+	if spec.Overlay != "" && len(spec.Peers) > 0 && s.cfg.TunnelIP == "" {
+		return nil, invalid("host %s has no tunnel IP (--tunnel-ip), so it cannot join overlay network %s", s.cfg.Name, name)
+	}
+	// Never tunnel to ourselves.
+	spec.Peers = slices.DeleteFunc(slices.Clone(spec.Peers), func(p api.NetworkPeer) bool { return p.Host == s.cfg.Name })
+	unlock := s.locks.Lock("network/" + name)
+	defer unlock()
+	return sw.EnsureNetwork(ctx, name, spec, s.cfg.TunnelIP)
+}
+
+// DeleteNetwork deletes a network no VM uses.
+func (s *Service) DeleteNetwork(ctx context.Context, name string) error {
+	if err := api.ValidateName("network", name); err != nil {
+		return invalid("%s", err)
+	}
+	sw, err := s.switchOrErr()
+	if err != nil {
+		return err
+	}
+	unlock := s.locks.Lock("network/" + name)
+	defer unlock()
+	vms, err := s.hv.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var users []string
+	for _, vm := range vms {
+		for _, n := range vm.Interfaces {
+			if n.Network == name {
+				users = append(users, vm.Name)
+				break
+			}
+		}
+	}
+	if len(users) > 0 {
+		return conflict("network %s is used by VM(s) %s on host %s", name, strings.Join(users, ", "), s.cfg.Name)
+	}
+	return sw.DeleteNetwork(ctx, name)
+}

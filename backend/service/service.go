@@ -1,0 +1,149 @@
+// Package service is what a kvm-hostd request means: validation, locks,
+// admission control and idempotency, on top of the Hypervisor and Switch
+// drivers. It knows nothing about HTTP.
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+// DefaultPool is the storage pool kvm-hostd ensures at --pool-dir.
+const DefaultPool = "default"
+
+// Config is the host's identity and policy.
+type Config struct {
+	Name             string
+	Version          string
+	Labels           map[string]string
+	TunnelIP         string
+	CPUOvercommit    float64
+	MemoryOvercommit float64
+	PoolDir          string
+	LibvirtURI       string
+}
+
+// Service implements the kvm-hostd API on one host.
+type Service struct {
+	cfg Config
+	hv  Hypervisor
+	sw  Switch
+	log *slog.Logger
+
+	locks     keyedMutex
+	admission sync.Mutex // serialises capacity check + define, host-wide
+	ops       *operations
+	// idem remembers POST results by Idempotency-Key so a retried POST
+	// (e.g. a migration whose response was lost) is not acted on twice.
+	idem *idempotencyCache
+	// http fetches source_url images.
+	fetch Fetcher
+}
+
+// New builds a Service and ensures the default pool exists.
+func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Logger) (*Service, error) {
+	if cfg.CPUOvercommit <= 0 {
+		cfg.CPUOvercommit = 4
+	}
+	if cfg.MemoryOvercommit <= 0 {
+		cfg.MemoryOvercommit = 1
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetch: defaultFetcher()}
+	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
+		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
+	}
+	return s, nil
+}
+
+// Name is the host's name.
+func (s *Service) Name() string { return s.cfg.Name }
+
+// Host returns the inventory. A broken libvirt or OVSDB connection makes the
+// host unhealthy rather than failing the call, so the provider can show it.
+func (s *Service) Host(ctx context.Context) *api.Host {
+	h := &api.Host{
+		Name:             s.cfg.Name,
+		CPUOvercommit:    s.cfg.CPUOvercommit,
+		MemoryOvercommit: s.cfg.MemoryOvercommit,
+		Labels:           maps.Clone(s.cfg.Labels),
+		TunnelIP:         s.cfg.TunnelIP,
+		Version:          s.cfg.Version,
+		LibvirtURI:       s.cfg.LibvirtURI,
+		Healthy:          true,
+	}
+	if h.Labels == nil {
+		h.Labels = map[string]string{}
+	}
+	if err := s.hv.Ping(ctx); err != nil {
+		h.Healthy, h.Message = false, "libvirt: "+err.Error()
+		return h
+	}
+	res, err := s.hv.Resources(ctx)
+	if err != nil {
+		h.Healthy, h.Message = false, "libvirt: "+err.Error()
+		return h
+	}
+	h.CPUs, h.MemoryMiB, h.FreeMemoryMiB = res.CPUs, res.MemoryMiB, res.FreeMemoryMiB
+	h.AllocatedVCPU, h.AllocatedMemoryMiB, h.VMCount = res.AllocatedVCPU, res.AllocatedMemoryMiB, res.VMCount
+	h.HypervisorType = res.HypervisorType
+	if s.sw != nil {
+		if err := s.sw.Ping(ctx); err != nil {
+			h.Healthy, h.Message = false, "ovsdb: "+err.Error()
+		}
+	}
+	return h
+}
+
+// Healthy reports whether libvirt answers.
+func (s *Service) Healthy(ctx context.Context) error { return s.hv.Ping(ctx) }
+
+// keyedMutex hands out one mutex per key ("pool/default", "vm/web-1"), so
+// work on different objects runs in parallel and work on one object is
+// serialised inside the host: users never need -parallelism=1.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// Lock locks key and returns the unlock function.
+func (k *keyedMutex) Lock(key string) func() {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+func invalid(format string, args ...any) error { return api.Errorf(api.CodeInvalid, format, args...) }
+func conflict(format string, args ...any) error {
+	return api.Errorf(api.CodeConflict, format, args...)
+}

@@ -1,0 +1,346 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+// DefaultShutdownTimeout is the graceful ACPI shutdown window.
+const DefaultShutdownTimeout = 60 * time.Second
+
+var (
+	macPattern     = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
+	cpuSetPattern  = regexp.MustCompile(`^\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*$`)
+	validBuses     = []string{"virtio", "sata", "scsi", "ide"}
+	validNICModels = []string{"virtio", "e1000", "e1000e", "rtl8139"}
+	validCPUModes  = []string{"host-passthrough", "host-model", "maximum", "custom"}
+)
+
+// normalizeVMSpec fills defaults and validates everything before libvirt is
+// touched.
+func normalizeVMSpec(spec *api.VMSpec) error {
+	if spec.VCPU < 1 || spec.VCPU > 512 {
+		return invalid("vcpu %d is out of range (1..512)", spec.VCPU)
+	}
+	if spec.MemoryMiB < 16 || spec.MemoryMiB > 16<<20 {
+		return invalid("memory_mib %d is out of range (16..%d)", spec.MemoryMiB, 16<<20)
+	}
+	if spec.MaxMemoryMiB != 0 && spec.MaxMemoryMiB < spec.MemoryMiB {
+		return invalid("max_memory_mib (%d) must be at least memory_mib (%d)", spec.MaxMemoryMiB, spec.MemoryMiB)
+	}
+	if c := spec.CPU; c != nil {
+		if c.Mode != "" && !slices.Contains(validCPUModes, c.Mode) {
+			return invalid("cpu.mode %q is not one of %s", c.Mode, strings.Join(validCPUModes, ", "))
+		}
+		if c.Sockets < 0 || c.Cores < 0 || c.Threads < 0 {
+			return invalid("cpu topology values must be positive")
+		}
+		if c.Sockets > 0 || c.Cores > 0 || c.Threads > 0 {
+			s, co, t := max(c.Sockets, 1), max(c.Cores, 1), max(c.Threads, 1)
+			if s*co*t != spec.VCPU {
+				return invalid("cpu topology sockets×cores×threads = %d×%d×%d = %d must equal vcpu (%d)", s, co, t, s*co*t, spec.VCPU)
+			}
+		}
+		if len(c.Pinning) > 0 && int64(len(c.Pinning)) != spec.VCPU {
+			return invalid("cpu.pinning has %d entries; it needs one host-CPU set per vCPU (%d)", len(c.Pinning), spec.VCPU)
+		}
+		for i, p := range c.Pinning {
+			if !cpuSetPattern.MatchString(p) {
+				return invalid("cpu.pinning[%d] %q is not a CPU set like \"0\", \"0-3\" or \"0,2\"", i, p)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for i := range spec.Disks {
+		d := &spec.Disks[i]
+		if d.Pool == "" {
+			d.Pool = DefaultPool
+		}
+		if err := validatePoolAndName(d.Pool, d.Volume); err != nil {
+			return invalid("disks[%d]: %s", i, err.(*api.Error).Message)
+		}
+		if d.Bus == "" {
+			d.Bus = "virtio"
+		}
+		if !slices.Contains(validBuses, d.Bus) {
+			return invalid("disks[%d].bus %q is not one of %s", i, d.Bus, strings.Join(validBuses, ", "))
+		}
+		k := d.Pool + "/" + d.Volume
+		if seen[k] {
+			return invalid("disks[%d]: volume %s is attached twice", i, k)
+		}
+		seen[k] = true
+	}
+	for i := range spec.Interfaces {
+		n := &spec.Interfaces[i]
+		if err := api.ValidateName("network", n.Network); err != nil {
+			return invalid("network_interfaces[%d]: %s", i, err)
+		}
+		if n.Model == "" {
+			n.Model = "virtio"
+		}
+		if !slices.Contains(validNICModels, n.Model) {
+			return invalid("network_interfaces[%d].model %q is not one of %s", i, n.Model, strings.Join(validNICModels, ", "))
+		}
+		if n.MAC != "" {
+			if !macPattern.MatchString(n.MAC) {
+				return invalid("network_interfaces[%d].mac %q is not a MAC address like 52:54:00:12:34:56", i, n.MAC)
+			}
+			n.MAC = strings.ToLower(n.MAC)
+		}
+	}
+	if spec.ShutdownTimeoutSec != nil && (*spec.ShutdownTimeoutSec < 0 || *spec.ShutdownTimeoutSec > 3600) {
+		return invalid("shutdown_timeout %d is out of range (0..3600 seconds)", *spec.ShutdownTimeoutSec)
+	}
+	if len(spec.Description) > 4096 {
+		return invalid("description is longer than 4096 characters")
+	}
+	for k := range spec.Tags {
+		if k == "" || len(k) > 128 || strings.ContainsAny(k, "\x00") {
+			return invalid("tag key %q is invalid", k)
+		}
+	}
+	return nil
+}
+
+func validateVMName(name string) error {
+	if err := api.ValidateName("VM", name); err != nil {
+		return invalid("%s", err)
+	}
+	return nil
+}
+
+// ListVMs lists the host's domains.
+func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) { return s.hv.ListVMs(ctx) }
+
+// GetVM reads a domain.
+func (s *Service) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	if err := validateVMName(name); err != nil {
+		return nil, err
+	}
+	return s.hv.GetVM(ctx, name)
+}
+
+// resolveInterfaces fills the OVS bridge and VLAN of each NIC from the
+// networks realized on this host.
+func (s *Service) resolveInterfaces(ctx context.Context, spec *api.VMSpec) error {
+	for i := range spec.Interfaces {
+		n := &spec.Interfaces[i]
+		if s.sw == nil {
+			return api.Errorf(api.CodeUnsupported, "this host has no Open vSwitch configured (--ovsdb)")
+		}
+		net, err := s.sw.GetNetwork(ctx, n.Network)
+		if err != nil {
+			if api.IsNotFound(err) {
+				return api.Errorf(api.CodeNotFound, "network_interfaces[%d]: network %q does not exist on host %s", i, n.Network, s.cfg.Name)
+			}
+			return err
+		}
+		n.Bridge, n.VLAN = net.Bridge, net.VLAN
+	}
+	return nil
+}
+
+// checkDisks verifies every disk exists and is not attached to another VM.
+func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec) error {
+	for i, d := range spec.Disks {
+		v, err := s.hv.GetVolume(ctx, d.Pool, d.Volume)
+		if err != nil {
+			if api.IsNotFound(err) {
+				return api.Errorf(api.CodeNotFound, "disks[%d]: volume %s/%s does not exist on host %s", i, d.Pool, d.Volume, s.cfg.Name)
+			}
+			return err
+		}
+		for _, u := range v.UsedBy {
+			if u != vm {
+				return conflict("disks[%d]: volume %s/%s is already attached to VM %s", i, d.Pool, d.Volume, u)
+			}
+		}
+		if op := s.ops.running(volumeTarget(d.Pool, d.Volume)); op != nil {
+			return conflict("disks[%d]: volume %s/%s is still being downloaded", i, d.Pool, d.Volume)
+		}
+	}
+	return nil
+}
+
+// admit checks that adding (vcpu, memMiB) to the host stays within its
+// overcommitted capacity. Callers hold s.admission, so two concurrent
+// creates cannot both pass on the last free slot.
+func (s *Service) admit(ctx context.Context, vm string, addVCPU, addMemMiB int64) error {
+	if addVCPU <= 0 && addMemMiB <= 0 {
+		return nil
+	}
+	res, err := s.hv.Resources(ctx)
+	if err != nil {
+		return err
+	}
+	capVCPU := int64(float64(res.CPUs) * s.cfg.CPUOvercommit)
+	capMem := int64(float64(res.MemoryMiB) * s.cfg.MemoryOvercommit)
+	if addVCPU > 0 && res.AllocatedVCPU+addVCPU > capVCPU {
+		return api.Errorf(api.CodeFull, "host %s is full: VM %s needs %d vCPU but only %d of %d are free (%d CPUs × cpu_overcommit %g, %d allocated)",
+			s.cfg.Name, vm, addVCPU, max(capVCPU-res.AllocatedVCPU, 0), capVCPU, res.CPUs, s.cfg.CPUOvercommit, res.AllocatedVCPU)
+	}
+	if addMemMiB > 0 && res.AllocatedMemoryMiB+addMemMiB > capMem {
+		return api.Errorf(api.CodeFull, "host %s is full: VM %s needs %d MiB of memory but only %d of %d MiB are free (%d MiB × memory_overcommit %g, %d MiB allocated)",
+			s.cfg.Name, vm, addMemMiB, max(capMem-res.AllocatedMemoryMiB, 0), capMem, res.MemoryMiB, s.cfg.MemoryOvercommit, res.AllocatedMemoryMiB)
+	}
+	return nil
+}
+
+func vmMemory(spec api.VMSpec) int64 { return max(spec.MemoryMiB, spec.MaxMemoryMiB) }
+
+// PutVM creates a domain. A domain that exists with the same spec is
+// returned as is (a retried create), one with a different spec is a
+// conflict: PUT never silently changes a VM.
+func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta VMMeta) (vm *api.VM, created bool, err error) {
+	if err := validateVMName(name); err != nil {
+		return nil, false, err
+	}
+	if err := normalizeVMSpec(&spec); err != nil {
+		return nil, false, err
+	}
+	unlock := s.locks.Lock("vm/" + name)
+	defer unlock()
+
+	existing, err := s.hv.GetVM(ctx, name)
+	switch {
+	case err == nil:
+		if diff := vmSpecDiff(spec, existing.VMSpec); diff != "" {
+			return nil, false, conflict("VM %s already exists on host %s with a different %s", name, s.cfg.Name, diff)
+		}
+		return existing, false, nil
+	case !api.IsNotFound(err):
+		return nil, false, err
+	}
+	if err := s.resolveInterfaces(ctx, &spec); err != nil {
+		return nil, false, err
+	}
+	if err := s.checkDisks(ctx, name, spec); err != nil {
+		return nil, false, err
+	}
+	s.admission.Lock()
+	if err := s.admit(ctx, name, spec.VCPU, vmMemory(spec)); err != nil {
+		s.admission.Unlock()
+		return nil, false, err
+	}
+	// Define while holding the admission lock so the next admission check
+	// sees this VM's allocation; the driver starts it too, which is the
+	// slow part, but correctness beats a few hundred ms here.
+	vm, err = s.hv.CreateVM(ctx, name, spec, meta)
+	s.admission.Unlock()
+	if err != nil {
+		return nil, false, err
+	}
+	if s.sw != nil && len(spec.Interfaces) > 0 && !s.hv.ManagesSwitchPorts() {
+		if err := s.sw.AttachVMPorts(ctx, name, vm.Interfaces); err != nil {
+			return nil, true, fmt.Errorf("VM %s was created but its switch ports were not: %w", name, err)
+		}
+	}
+	return vm, true, nil
+}
+
+// vmSpecDiff names the first difference between a requested and an
+// existing spec, ignoring what the host fills in (generated MACs, bridges,
+// targets), or "" when a create request matches the domain.
+func vmSpecDiff(want, have api.VMSpec) string {
+	switch {
+	case want.VCPU != have.VCPU:
+		return fmt.Sprintf("vcpu (%d, requested %d)", have.VCPU, want.VCPU)
+	case want.MemoryMiB != have.MemoryMiB:
+		return fmt.Sprintf("memory_mib (%d, requested %d)", have.MemoryMiB, want.MemoryMiB)
+	case want.MaxMemoryMiB != 0 && want.MaxMemoryMiB != have.MaxMemoryMiB:
+		return fmt.Sprintf("max_memory_mib (%d, requested %d)", have.MaxMemoryMiB, want.MaxMemoryMiB)
+	case len(want.Disks) != len(have.Disks):
+		return fmt.Sprintf("number of disks (%d, requested %d)", len(have.Disks), len(want.Disks))
+	case len(want.Interfaces) != len(have.Interfaces):
+		return fmt.Sprintf("number of network interfaces (%d, requested %d)", len(have.Interfaces), len(want.Interfaces))
+	case want.Description != have.Description:
+		return "description"
+	case !maps.Equal(want.Tags, have.Tags) && (len(want.Tags) > 0 || len(have.Tags) > 0):
+		return "tags"
+	}
+	for i := range want.Disks {
+		if want.Disks[i].Pool != have.Disks[i].Pool || want.Disks[i].Volume != have.Disks[i].Volume {
+			return fmt.Sprintf("disks[%d] (%s/%s, requested %s/%s)", i, have.Disks[i].Pool, have.Disks[i].Volume, want.Disks[i].Pool, want.Disks[i].Volume)
+		}
+	}
+	for i := range want.Interfaces {
+		w, h := want.Interfaces[i], have.Interfaces[i]
+		if w.Network != h.Network || (w.MAC != "" && !strings.EqualFold(w.MAC, h.MAC)) {
+			return fmt.Sprintf("network_interfaces[%d]", i)
+		}
+	}
+	return ""
+}
+
+// UpdateVM converges a domain to spec: live where libvirt can, otherwise
+// with one graceful restart that the response reports.
+func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*api.VM, error) {
+	if err := validateVMName(name); err != nil {
+		return nil, err
+	}
+	if err := normalizeVMSpec(&spec); err != nil {
+		return nil, err
+	}
+	unlock := s.locks.Lock("vm/" + name)
+	defer unlock()
+	cur, err := s.hv.GetVM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.resolveInterfaces(ctx, &spec); err != nil {
+		return nil, err
+	}
+	if err := s.checkDisks(ctx, name, spec); err != nil {
+		return nil, err
+	}
+	s.admission.Lock()
+	err = s.admit(ctx, name, spec.VCPU-cur.VCPU, vmMemory(spec)-vmMemory(cur.VMSpec))
+	s.admission.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	restarted, err := s.hv.UpdateVM(ctx, name, spec)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := s.hv.GetVM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if s.sw != nil && !s.hv.ManagesSwitchPorts() {
+		if err := s.sw.DetachVMPorts(ctx, name); err != nil {
+			return nil, err
+		}
+		if len(vm.Interfaces) > 0 {
+			if err := s.sw.AttachVMPorts(ctx, name, vm.Interfaces); err != nil {
+				return nil, err
+			}
+		}
+	}
+	vm.Restarted = restarted
+	return vm, nil
+}
+
+// DeleteVM stops and undefines a domain; its volumes stay.
+func (s *Service) DeleteVM(ctx context.Context, name string, shutdownTimeout time.Duration) error {
+	if err := validateVMName(name); err != nil {
+		return err
+	}
+	unlock := s.locks.Lock("vm/" + name)
+	defer unlock()
+	if err := s.hv.DeleteVM(ctx, name, shutdownTimeout); err != nil {
+		return err
+	}
+	if s.sw != nil && !s.hv.ManagesSwitchPorts() {
+		return s.sw.DetachVMPorts(ctx, name)
+	}
+	return nil
+}
