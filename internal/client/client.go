@@ -99,6 +99,9 @@ func New(opts Options) (*Client, error) {
 // ParseEndpoint checks that an endpoint is an absolute http(s) URL with a
 // host and no path, query or credentials, so mistakes surface at plan time.
 func ParseEndpoint(s string) (*url.URL, error) {
+	if !strings.Contains(s, "://") {
+		return nil, fmt.Errorf("endpoint %q must start with http:// or https:// (e.g. https://10.0.0.11:7443)", s)
+	}
 	u, err := url.Parse(strings.TrimSpace(s))
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %q is not a URL: %w", s, err)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Prints `terraform providers schema -json` for the provider built in bin/,
+# which tfplugindocs renders into docs/.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tf="$("$root/scripts/terraform-path.sh")"
+export TF_CLI_CONFIG_FILE="$("$root/scripts/dev-terraformrc.sh")"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cat >"$work/main.tf" <<'TF'
+terraform {
+  required_providers {
+    kvm = { source = "kvmfleet/kvm" }
+  }
+}
+TF
+cd "$work"
+"$tf" providers schema -json 2>/dev/null
