@@ -109,4 +109,6 @@ data "kvm_hosts" "all" {}`,
 	})
 }
 
-func positiveInt() knownvalue.Check { return int64Check(func(v int64) bool { return v > 0 }, "a positive number") }
+func positiveInt() knownvalue.Check {
+	return int64Check(func(v int64) bool { return v > 0 }, "a positive number")
+}

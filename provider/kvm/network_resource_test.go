@@ -1,0 +1,202 @@
+package kvm
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"testing"
+
+	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
+	"github.com/hashicorp/terraform-plugin-testing/knownvalue"
+	"github.com/hashicorp/terraform-plugin-testing/statecheck"
+	"github.com/hashicorp/terraform-plugin-testing/terraform"
+	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
+)
+
+func overlayHosts() harness.Options {
+	return harness.Options{
+		Hosts:     []string{"host-a", "host-b"},
+		TunnelIPs: map[string]string{"host-a": "192.0.2.11", "host-b": "192.0.2.12"},
+	}
+}
+
+func hostClient(t *testing.T, c *harness.Cluster, name string) *client.Client {
+	t.Helper()
+	h := c.Host(name)
+	cl, err := client.New(client.Options{Endpoint: h.URL, Token: c.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// testAccCheckNetworkGone checks that no host has the network any more.
+func testAccCheckNetworkGone(t *testing.T, c *harness.Cluster, name string) resource.TestCheckFunc {
+	return func(*terraform.State) error {
+		for _, h := range c.Hosts {
+			nets, err := hostClient(t, c, h.Name).ListNetworks(context.Background())
+			if err != nil {
+				return err
+			}
+			for _, n := range nets {
+				if n.Name == name {
+					return fmt.Errorf("network %s still exists on %s", name, h.Name)
+				}
+			}
+		}
+		return nil
+	}
+}
+
+func TestAccNetwork_vlanAndOverlay(t *testing.T) {
+	c := startHosts(t, overlayHosts())
+	cfg := c.ProviderHCL() + `
+resource "kvm_network" "vlan" {
+  name = "prod-vlan"
+  vlan = 120
+  mtu  = 1500
+}
+resource "kvm_network" "overlay" {
+  name    = "tenant-1"
+  overlay = "vxlan"
+  vni     = 5001
+  mtu     = 1450
+}
+`
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy: resource.ComposeTestCheckFunc(
+			testAccCheckNetworkGone(t, c, "prod-vlan"), testAccCheckNetworkGone(t, c, "tenant-1")),
+		Steps: []resource.TestStep{
+			{
+				Config: cfg,
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue("kvm_network.vlan", tfjsonpath.New("id"), knownvalue.StringExact("prod-vlan")),
+					statecheck.ExpectKnownValue("kvm_network.vlan", tfjsonpath.New("bridge"), knownvalue.StringExact(api.BridgeName("prod-vlan"))),
+					statecheck.ExpectKnownValue("kvm_network.vlan", tfjsonpath.New("hosts"), knownvalue.SetExact([]knownvalue.Check{
+						knownvalue.StringExact("host-a"), knownvalue.StringExact("host-b")})),
+					statecheck.ExpectKnownValue("kvm_network.overlay", tfjsonpath.New("host_status"), knownvalue.MapExact(map[string]knownvalue.Check{
+						"host-a": knownvalue.StringExact("ready"), "host-b": knownvalue.StringExact("ready")})),
+				},
+				Check: func(*terraform.State) error {
+					// Each host has one tunnel, to the other host's tunnel IP.
+					for self, peer := range map[string]string{"host-a": "192.0.2.12", "host-b": "192.0.2.11"} {
+						n, err := hostClient(t, c, self).GetNetwork(context.Background(), "tenant-1")
+						if err != nil {
+							return err
+						}
+						if len(n.Tunnels) != 1 || n.Tunnels[0].RemoteIP != peer || n.VNI != 5001 || n.Overlay != "vxlan" {
+							return fmt.Errorf("%s: network %+v, want one vxlan tunnel to %s with vni 5001", self, n, peer)
+						}
+						v, err := hostClient(t, c, self).GetNetwork(context.Background(), "prod-vlan")
+						if err != nil {
+							return err
+						}
+						if v.VLAN != 120 || v.MTU != 1500 {
+							return fmt.Errorf("%s: vlan network %+v", self, v)
+						}
+					}
+					return nil
+				},
+			},
+			{
+				ResourceName:            "kvm_network.overlay",
+				ImportState:             true,
+				ImportStateId:           "tenant-1",
+				ImportStateVerify:       true,
+				ImportStateVerifyIgnore: []string{"timeouts"},
+			},
+			{
+				// Shrinking the network to one host removes exactly its
+				// bridge and the tunnel to it.
+				Config: c.ProviderHCL() + `
+resource "kvm_network" "overlay" {
+  name    = "tenant-1"
+  hosts   = ["host-a"]
+  overlay = "vxlan"
+  vni     = 5001
+  mtu     = 1450
+}
+`,
+				Check: func(*terraform.State) error {
+					if _, err := hostClient(t, c, "host-b").GetNetwork(context.Background(), "tenant-1"); !api.IsNotFound(err) {
+						return fmt.Errorf("host-b still has tenant-1 (err %v)", err)
+					}
+					n, err := hostClient(t, c, "host-a").GetNetwork(context.Background(), "tenant-1")
+					if err != nil {
+						return err
+					}
+					if len(n.Tunnels) != 0 {
+						return fmt.Errorf("host-a kept tunnels %+v", n.Tunnels)
+					}
+					return nil
+				},
+			},
+		},
+	})
+}
+
+// A bridge deleted out of band is a planned change, and apply repairs it.
+func TestAccNetwork_disappearsOnOneHost(t *testing.T) {
+	c := startHosts(t, overlayHosts())
+	cfg := c.ProviderHCL() + `
+resource "kvm_network" "n" {
+  name    = "drifty"
+  overlay = "geneve"
+  vni     = 77
+}
+`
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		Steps: []resource.TestStep{
+			{
+				Config: cfg,
+				Check: func(*terraform.State) error {
+					return hostClient(t, c, "host-b").DeleteNetwork(context.Background(), "drifty")
+				},
+				ExpectNonEmptyPlan: true,
+			},
+			{
+				Config: cfg,
+				Check: func(*terraform.State) error {
+					_, err := hostClient(t, c, "host-b").GetNetwork(context.Background(), "drifty")
+					return err
+				},
+			},
+		},
+	})
+}
+
+func TestAccNetwork_badInput(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}})
+	cases := map[string]string{
+		`name = "n1"` + "\n" + `vlan = 0`:                                    `vlan.*between 1 and 4094`,
+		`name = "n1"` + "\n" + `vlan = 4095`:                                 `vlan.*between 1 and 4094`,
+		`name = "n1"` + "\n" + `overlay = "vxlan"` + "\n" + `vni = 16777216`: `vni.*between 1 and 16777215`,
+		`name = "n1"` + "\n" + `overlay = "vxlan"`:                           `Missing VNI`,
+		`name = "n1"` + "\n" + `overlay = "gre"` + "\n" + `vni = 1`:          `overlay.*value must be one of`,
+		`name = "a/b"`: `invalid`,
+		`name = "a b"`: `invalid`,
+		`name = "n1"` + "\n" + `hosts = ["nope"]`: `Unknown Hosts`,
+	}
+	for body, want := range cases {
+		resource.Test(t, resource.TestCase{
+			ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+			Steps: []resource.TestStep{{
+				Config:      c.ProviderHCL() + "resource \"kvm_network\" \"n\" {\n" + body + "\n}\n",
+				ExpectError: regexp.MustCompile(`(?s)` + want),
+			}},
+		})
+	}
+	nets, err := hostClient(t, c, "host-a").ListNetworks(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nets) != 0 {
+		t.Fatalf("bad input created networks: %+v", nets)
+	}
+}
