@@ -1,0 +1,63 @@
+# A base image, fetched by the host itself.
+resource "kvm_disk" "debian" {
+  name       = "debian-12-base"
+  host       = "host-a"
+  source_url = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+}
+
+# The VM's root disk: a linked clone (qcow2 overlay) of the base, created in O(1).
+resource "kvm_disk" "web_root" {
+  name         = "web-1-root"
+  host         = "host-a"
+  base_disk_id = kvm_disk.debian.id
+  size_mib     = 10240
+}
+
+resource "kvm_network" "lan" {
+  name = "lan"
+  vlan = 100
+}
+
+resource "kvm_vm" "web" {
+  name           = "web-1"
+  host           = "host-a"
+  vcpu           = 2
+  memory_mib     = 2048
+  max_memory_mib = 4096 # memory_mib can grow live up to this
+
+  cpu = {
+    mode    = "host-passthrough"
+    sockets = 1
+    cores   = 2
+  }
+
+  disks = [
+    { disk_id = kvm_disk.web_root.id },
+  ]
+
+  network_interfaces = [
+    { network = kvm_network.lan.name },
+  ]
+
+  cloud_init = {
+    meta_data = "instance-id: web-1\nlocal-hostname: web-1\n"
+    user_data = <<-EOT
+      #cloud-config
+      ssh_authorized_keys:
+        - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnly web@example
+      packages: [nginx]
+    EOT
+  }
+
+  autostart        = true
+  shutdown_timeout = 120
+  description      = "Front-end web server"
+  tags = {
+    team = "web"
+    env  = "prod"
+  }
+}
+
+output "web_mac" {
+  value = kvm_vm.web.network_interfaces[0].mac
+}

@@ -1,0 +1,651 @@
+package kvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
+	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
+	"github.com/hashicorp/terraform-plugin-framework-validators/listvalidator"
+	"github.com/hashicorp/terraform-plugin-framework-validators/mapvalidator"
+	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/path"
+	"github.com/hashicorp/terraform-plugin-framework/resource"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/booldefault"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/int64default"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringdefault"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
+	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
+	"github.com/hashicorp/terraform-plugin-framework/types"
+	"github.com/hashicorp/terraform-plugin-log/tflog"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+func init() { resourceFactories = append(resourceFactories, NewVMResource) }
+
+var (
+	_ resource.ResourceWithConfigure      = &VMResource{}
+	_ resource.ResourceWithImportState    = &VMResource{}
+	_ resource.ResourceWithModifyPlan     = &VMResource{}
+	_ resource.ResourceWithValidateConfig = &VMResource{}
+)
+
+// Default timeouts; a restart waits up to shutdown_timeout on top of them.
+const (
+	vmCreateTimeout = 10 * time.Minute
+	vmReadTimeout   = 2 * time.Minute
+	vmUpdateTimeout = 20 * time.Minute
+	vmDeleteTimeout = 10 * time.Minute
+)
+
+// VMResource manages a libvirt domain on one host (kvm_vm).
+type VMResource struct{ fleet *Fleet }
+
+// NewVMResource is the kvm_vm factory.
+func NewVMResource() resource.Resource { return &VMResource{} }
+
+func (r *VMResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
+	resp.TypeName = req.ProviderTypeName + "_vm"
+}
+
+func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
+	resp.Schema = schema.Schema{
+		MarkdownDescription: "A virtual machine: a libvirt domain on one host of the fleet. Changes that libvirt can apply live " +
+			"(memory within `max_memory_mib`, `running`, `autostart`, `description`, `tags`) are applied live; others are " +
+			"applied with one graceful restart, which the plan announces with a \"VM Will Restart\" warning. The VM is only " +
+			"destroyed and re-created when `name` changes (or `host` changes with `migration = \"replace\"`).\n\n" +
+			"Import with `<host>/<name>`.",
+		Attributes: map[string]schema.Attribute{
+			"id": schema.StringAttribute{
+				MarkdownDescription: "The libvirt domain UUID; stable across restarts and migration.",
+				Computed:            true,
+				PlanModifiers:       []planmodifier.String{stringplanmodifier.UseStateForUnknown()},
+			},
+			"name": schema.StringAttribute{
+				MarkdownDescription: "Domain name, unique on its host. " + api.NamePatternDescription + ". Changing it re-creates the VM.",
+				Required:            true,
+				PlanModifiers:       []planmodifier.String{stringplanmodifier.RequiresReplace()},
+				Validators:          []validator.String{vmObjectName{kind: "VM"}},
+			},
+			"host": schema.StringAttribute{
+				MarkdownDescription: "Name of the host (from the provider's `hosts`) the VM runs on, e.g. " +
+					"`kvm_cluster_placement.web.assignments[\"web-1\"]`. Changing it moves the VM as `migration` says.",
+				Required: true,
+				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplaceIf(hostChangeReplaces,
+					"Re-creates the VM when `migration` is `\"replace\"`.", "Re-creates the VM when `migration` is `\"replace\"`.")},
+				Validators: []validator.String{stringvalidator.LengthAtLeast(1)},
+			},
+			"vcpu": schema.Int64Attribute{
+				MarkdownDescription: "Number of virtual CPUs (1-512). Changing it restarts a running VM.",
+				Required:            true,
+				Validators:          []validator.Int64{int64validator.Between(1, 512)},
+			},
+			"memory_mib": schema.Int64Attribute{
+				MarkdownDescription: "Memory in MiB (at least 16). Changes up to `max_memory_mib` are applied live through the balloon.",
+				Required:            true,
+				Validators:          []validator.Int64{int64validator.AtLeast(16)},
+			},
+			"max_memory_mib": schema.Int64Attribute{
+				MarkdownDescription: "Balloon ceiling in MiB: the memory the VM boots with, within which `memory_mib` can change live. " +
+					"Must be at least `memory_mib`; defaults to `memory_mib`. Changing it restarts a running VM.",
+				Optional:   true,
+				Computed:   true,
+				Validators: []validator.Int64{int64validator.AtLeast(16)},
+			},
+			"cpu": schema.SingleNestedAttribute{
+				MarkdownDescription: "CPU model and topology. Changing it restarts a running VM.",
+				Optional:            true,
+				Attributes: map[string]schema.Attribute{
+					"mode": schema.StringAttribute{
+						MarkdownDescription: "CPU mode: `host-passthrough`, `host-model`, `maximum` or `custom`. Without `/dev/kvm` (TCG) " +
+							"the host runs `maximum` for the host modes. Default: `host-passthrough` on KVM.",
+						Optional:   true,
+						Validators: []validator.String{stringvalidator.OneOf(vmCPUModes...)},
+					},
+					"sockets": schema.Int64Attribute{
+						MarkdownDescription: "CPU sockets. `sockets` × `cores` × `threads` must equal `vcpu`; unset ones count as 1 when any is set.",
+						Optional:            true, Computed: true,
+						Validators: []validator.Int64{int64validator.AtLeast(1)},
+					},
+					"cores": schema.Int64Attribute{
+						MarkdownDescription: "Cores per socket.",
+						Optional:            true, Computed: true,
+						Validators: []validator.Int64{int64validator.AtLeast(1)},
+					},
+					"threads": schema.Int64Attribute{
+						MarkdownDescription: "Threads per core.",
+						Optional:            true, Computed: true,
+						Validators: []validator.Int64{int64validator.AtLeast(1)},
+					},
+					"pinning": schema.ListAttribute{
+						MarkdownDescription: "Host-CPU set per vCPU, one entry per vCPU in order, e.g. `[\"0\", \"1\"]` or `[\"0-3\", \"^2\"]`.",
+						Optional:            true,
+						ElementType:         types.StringType,
+						Validators: []validator.List{
+							listvalidator.SizeAtLeast(1),
+							listvalidator.ValueStringsAre(stringvalidator.RegexMatches(vmCPUSetRegexp, `must be a host CPU set like "0", "0-3" or "0,2"`)),
+						},
+					},
+				},
+			},
+			"disks": schema.ListNestedAttribute{
+				MarkdownDescription: "Volumes attached to the VM, in boot order (the first is the boot disk). Each must be a `kvm_disk` " +
+					"on the same host. Changing the list restarts a running VM. Deleting the VM leaves its disks in place.",
+				Optional: true,
+				NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
+					"disk_id": schema.StringAttribute{
+						MarkdownDescription: "ID of a `kvm_disk` (`<host>/<pool>/<name>`), e.g. `kvm_disk.root.id`.",
+						Required:            true,
+						Validators:          []validator.String{vmDiskIDFormat{}},
+					},
+					"bus": schema.StringAttribute{
+						MarkdownDescription: "Disk bus: `virtio` (default), `sata`, `scsi` or `ide`.",
+						Optional:            true, Computed: true,
+						Default:    stringdefault.StaticString(vmDefaultBus),
+						Validators: []validator.String{stringvalidator.OneOf(vmBuses...)},
+					},
+				}},
+			},
+			"network_interfaces": schema.ListNestedAttribute{
+				MarkdownDescription: "Network interfaces in order, each on a `kvm_network` realized on the VM's host. Changing the " +
+					"list restarts a running VM.",
+				Optional: true,
+				NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
+					"network": schema.StringAttribute{
+						MarkdownDescription: "Name of the `kvm_network` (e.g. `kvm_network.lan.name`).",
+						Required:            true,
+						Validators:          []validator.String{vmObjectName{kind: "network"}},
+					},
+					"mac": schema.StringAttribute{
+						MarkdownDescription: "MAC address, e.g. `52:54:00:12:34:56`. Generated by libvirt when unset and kept stable afterwards.",
+						Optional:            true, Computed: true,
+						Validators: []validator.String{stringvalidator.RegexMatches(vmMACPattern, "must be a MAC address like 52:54:00:12:34:56")},
+					},
+					"model": schema.StringAttribute{
+						MarkdownDescription: "NIC model: `virtio` (default), `e1000`, `e1000e` or `rtl8139`.",
+						Optional:            true, Computed: true,
+						Default:    stringdefault.StaticString(vmDefaultNICModel),
+						Validators: []validator.String{stringvalidator.OneOf(vmNICModels...)},
+					},
+				}},
+			},
+			"cloud_init": schema.SingleNestedAttribute{
+				MarkdownDescription: "cloud-init data; the host builds a NoCloud seed ISO from it and attaches it as a CD-ROM. " +
+					"Content changes take effect at the guest's next boot.",
+				Optional: true,
+				Attributes: map[string]schema.Attribute{
+					"user_data": schema.StringAttribute{
+						MarkdownDescription: "`user-data` (e.g. a `#cloud-config` document).",
+						Optional:            true,
+					},
+					"meta_data": schema.StringAttribute{
+						MarkdownDescription: "`meta-data` (instance-id, local-hostname).",
+						Optional:            true,
+					},
+					"network_config": schema.StringAttribute{
+						MarkdownDescription: "`network-config` (cloud-init network configuration v1 or v2).",
+						Optional:            true,
+					},
+				},
+			},
+			"running": schema.BoolAttribute{
+				MarkdownDescription: "Whether the VM should be running. Default `true`. Setting it to `false` shuts the VM down " +
+					"gracefully (up to `shutdown_timeout`, then powers it off).",
+				Optional: true, Computed: true,
+				Default: booldefault.StaticBool(true),
+			},
+			"autostart": schema.BoolAttribute{
+				MarkdownDescription: "Whether libvirt starts the VM when the host boots. Default `false`.",
+				Optional:            true, Computed: true,
+				Default: booldefault.StaticBool(false),
+			},
+			"description": schema.StringAttribute{
+				MarkdownDescription: "Free text stored in the domain's `<description>` (at most 4096 characters).",
+				Optional:            true,
+				Validators:          []validator.String{stringvalidator.LengthAtMost(4096)},
+			},
+			"tags": schema.MapAttribute{
+				MarkdownDescription: "Key/value labels stored in the domain's metadata.",
+				Optional:            true,
+				ElementType:         types.StringType,
+				Validators:          []validator.Map{mapvalidator.KeysAre(stringvalidator.LengthBetween(1, 128))},
+			},
+			"shutdown_timeout": schema.Int64Attribute{
+				MarkdownDescription: "Seconds of graceful ACPI shutdown before the VM is powered off, on stop, restart and delete " +
+					"(0-3600). Default `60`.",
+				Optional: true, Computed: true,
+				Default:    int64default.StaticInt64(vmDefaultShutdownTimeout),
+				Validators: []validator.Int64{int64validator.Between(0, 3600)},
+			},
+			"migration": schema.StringAttribute{
+				MarkdownDescription: "How a change of `host` is carried out: `live` (default), `offline` or `replace` (destroy and " +
+					"re-create on the new host). Moving with `live` or `offline` is not implemented yet and fails at apply.",
+				Optional: true, Computed: true,
+				Default:    stringdefault.StaticString(vmDefaultMigration),
+				Validators: []validator.String{stringvalidator.OneOf(vmMigrations...)},
+			},
+			"state": schema.StringAttribute{
+				MarkdownDescription: "The domain state libvirt reports: `running`, `shutoff`, `paused`, `crashed` or `other`.",
+				Computed:            true,
+			},
+		},
+		Blocks: map[string]schema.Block{
+			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
+		},
+	}
+}
+
+// hostChangeReplaces makes a host change re-create the VM only when the
+// user asked for that with migration = "replace".
+func hostChangeReplaces(ctx context.Context, req planmodifier.StringRequest, resp *stringplanmodifier.RequiresReplaceIfFuncResponse) {
+	var migration types.String
+	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("migration"), &migration)...)
+	resp.RequiresReplace = migration.ValueString() == "replace"
+}
+
+func (r *VMResource) Configure(_ context.Context, req resource.ConfigureRequest, resp *resource.ConfigureResponse) {
+	r.fleet = fleetFrom(req.ProviderData, &resp.Diagnostics)
+}
+
+// ValidateConfig checks what spans attributes, so that mistakes fail the
+// plan with the attribute named instead of a 400 from the host at apply.
+func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateConfigRequest, resp *resource.ValidateConfigResponse) {
+	var cfg vmModel
+	resp.Diagnostics.Append(req.Config.Get(ctx, &cfg)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	known := func(v types.Int64) bool { return !v.IsNull() && !v.IsUnknown() }
+	if known(cfg.MaxMemoryMiB) && known(cfg.MemoryMiB) && cfg.MaxMemoryMiB.ValueInt64() < cfg.MemoryMiB.ValueInt64() {
+		resp.Diagnostics.AddAttributeError(path.Root("max_memory_mib"), "Invalid Memory Ceiling",
+			fmt.Sprintf("max_memory_mib (%d) must be at least memory_mib (%d).", cfg.MaxMemoryMiB.ValueInt64(), cfg.MemoryMiB.ValueInt64()))
+	}
+
+	cpu, d := cfg.cpuOf(ctx)
+	resp.Diagnostics.Append(d...)
+	if cpu != nil {
+		if cpu.Mode.IsNull() && cpu.Sockets.IsNull() && cpu.Cores.IsNull() && cpu.Threads.IsNull() && cpu.Pinning.IsNull() {
+			resp.Diagnostics.AddAttributeError(path.Root("cpu"), "Empty CPU Settings",
+				"cpu must set at least one of mode, sockets, cores, threads or pinning; remove it to use the host's defaults.")
+		}
+		topo := []types.Int64{cpu.Sockets, cpu.Cores, cpu.Threads}
+		anySet, allKnown := false, known(cfg.VCPU)
+		product := int64(1)
+		for _, v := range topo {
+			if v.IsUnknown() {
+				allKnown = false
+			}
+			if known(v) {
+				anySet = true
+				product *= v.ValueInt64()
+			}
+		}
+		if anySet && allKnown && product != cfg.VCPU.ValueInt64() {
+			resp.Diagnostics.AddAttributeError(path.Root("cpu"), "Invalid CPU Topology",
+				fmt.Sprintf("sockets × cores × threads = %d (unset ones count as 1) must equal vcpu (%d).", product, cfg.VCPU.ValueInt64()))
+		}
+		if !cpu.Pinning.IsNull() && !cpu.Pinning.IsUnknown() && known(cfg.VCPU) && int64(len(cpu.Pinning.Elements())) != cfg.VCPU.ValueInt64() {
+			resp.Diagnostics.AddAttributeError(path.Root("cpu").AtName("pinning"), "Invalid CPU Pinning",
+				fmt.Sprintf("pinning has %d entries; it needs exactly one host-CPU set per vCPU (%d).", len(cpu.Pinning.Elements()), cfg.VCPU.ValueInt64()))
+		}
+	}
+
+	disks, d := cfg.disksOf(ctx)
+	resp.Diagnostics.Append(d...)
+	seen := map[string]int{}
+	for i, dm := range disks {
+		if dm.DiskID.IsNull() || dm.DiskID.IsUnknown() {
+			continue
+		}
+		id := dm.DiskID.ValueString()
+		host, _, _, err := ParseDiskID(id)
+		if err != nil {
+			continue // the attribute validator reports it
+		}
+		p := path.Root("disks").AtListIndex(i).AtName("disk_id")
+		if !cfg.Host.IsNull() && !cfg.Host.IsUnknown() && host != cfg.Host.ValueString() {
+			resp.Diagnostics.AddAttributeError(p, "Disk on Another Host",
+				fmt.Sprintf("disk %s is on host %q but the VM is on host %q; a VM can only attach disks of its own host.", id, host, cfg.Host.ValueString()))
+		}
+		if j, dup := seen[id]; dup {
+			resp.Diagnostics.AddAttributeError(p, "Disk Attached Twice", fmt.Sprintf("disk %s is already disks[%d].", id, j))
+		}
+		seen[id] = i
+	}
+}
+
+func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	if req.Plan.Raw.IsNull() {
+		return // destroy
+	}
+	var plan, cfg vmModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	resp.Diagnostics.Append(req.Config.Get(ctx, &cfg)...)
+	var state *vmModel
+	if !req.State.Raw.IsNull() {
+		state = &vmModel{}
+		resp.Diagnostics.Append(req.State.Get(ctx, state)...)
+	}
+	if resp.Diagnostics.HasError() {
+		return
+	}
+
+	if r.fleet != nil && !plan.Host.IsUnknown() && !plan.Host.IsNull() {
+		if _, err := r.fleet.Host(plan.Host.ValueString()); err != nil {
+			resp.Diagnostics.AddAttributeError(path.Root("host"), "Unknown Host", err.Error())
+			return
+		}
+	}
+	// Disk IDs from kvm_disk are usually known only now, not at validation.
+	if disks, d := plan.disksOf(ctx); !plan.Host.IsUnknown() {
+		resp.Diagnostics.Append(d...)
+		for i, dm := range disks {
+			if dm.DiskID.IsUnknown() {
+				continue
+			}
+			if host, _, _, err := ParseDiskID(dm.DiskID.ValueString()); err == nil && host != plan.Host.ValueString() {
+				resp.Diagnostics.AddAttributeError(path.Root("disks").AtListIndex(i).AtName("disk_id"), "Disk on Another Host",
+					fmt.Sprintf("disk %s is on host %q but VM %s is on host %q; a VM can only attach disks of its own host.",
+						dm.DiskID.ValueString(), host, plan.Name.ValueString(), plan.Host.ValueString()))
+			}
+		}
+		if resp.Diagnostics.HasError() {
+			return
+		}
+	}
+	if state != nil && !plan.Name.Equal(state.Name) {
+		return // replaced: everything is new
+	}
+
+	// max_memory_mib defaults to memory_mib, which is what the host stores.
+	if cfg.MaxMemoryMiB.IsNull() && plan.MaxMemoryMiB.IsUnknown() && !plan.MemoryMiB.IsUnknown() {
+		mem := plan.MemoryMiB.ValueInt64()
+		if state != nil && !state.MaxMemoryMiB.IsNull() && state.MaxMemoryMiB.ValueInt64() >= mem {
+			plan.MaxMemoryMiB = state.MaxMemoryMiB
+		} else {
+			plan.MaxMemoryMiB = types.Int64Value(mem)
+		}
+	}
+
+	// cpu topology: the host stores 1 for unset parts when any is set.
+	if cpu, d := plan.cpuOf(ctx); cpu != nil {
+		resp.Diagnostics.Append(d...)
+		ccfg, _ := cfg.cpuOf(ctx)
+		anySet := ccfg != nil && (!ccfg.Sockets.IsNull() || !ccfg.Cores.IsNull() || !ccfg.Threads.IsNull())
+		for _, v := range []*types.Int64{&cpu.Sockets, &cpu.Cores, &cpu.Threads} {
+			if v.IsUnknown() {
+				if anySet {
+					*v = types.Int64Value(1)
+				} else {
+					*v = types.Int64Null()
+				}
+			}
+		}
+		obj, d := types.ObjectValueFrom(ctx, vmCPUAttrTypes, cpu)
+		resp.Diagnostics.Append(d...)
+		plan.CPU = obj
+	}
+
+	// MACs: an interface at the same position on the same network keeps
+	// the MAC libvirt generated (the host does the same).
+	if nics, d := plan.nicsOf(ctx); len(nics) > 0 {
+		resp.Diagnostics.Append(d...)
+		var prior []vmNICModel
+		if state != nil {
+			prior, _ = state.nicsOf(ctx)
+		}
+		for i := range nics {
+			if nics[i].MAC.IsUnknown() && i < len(prior) && prior[i].Network.Equal(nics[i].Network) && !prior[i].MAC.IsNull() {
+				nics[i].MAC = prior[i].MAC
+			}
+		}
+		l, d := types.ListValueFrom(ctx, types.ObjectType{AttrTypes: vmNICAttrTypes}, nics)
+		resp.Diagnostics.Append(d...)
+		plan.NetworkInterfaces = l
+	}
+
+	if state != nil {
+		restartFor := vmRestartAttributes(ctx, *state, plan)
+		hostMoves := !plan.Host.IsUnknown() && !plan.Host.Equal(state.Host)
+		runningChanges := !plan.Running.Equal(state.Running)
+		if plan.State.IsUnknown() && !runningChanges && len(restartFor) == 0 && !hostMoves {
+			plan.State = state.State
+		}
+		wasRunning := state.Running.ValueBool() || state.State.ValueString() == api.StateRunning
+		if wasRunning && plan.Running.ValueBool() && len(restartFor) > 0 && !hostMoves {
+			resp.Diagnostics.AddWarning("VM Will Restart",
+				fmt.Sprintf("VM %s on host %s will be restarted once (graceful shutdown up to shutdown_timeout, then started again) "+
+					"to apply changes to: %s. It will not be destroyed.", plan.Name.ValueString(), state.Host.ValueString(), strings.Join(restartFor, ", ")))
+		}
+		if hostMoves && plan.Migration.ValueString() != "replace" {
+			resp.Diagnostics.AddAttributeWarning(path.Root("host"), "VM Move Not Implemented",
+				fmt.Sprintf("Moving VM %s from host %s to %s with migration = %q is not implemented yet; the apply will fail. "+
+					"Set migration = \"replace\" to re-create it on the new host instead (its disks must exist there).",
+					plan.Name.ValueString(), state.Host.ValueString(), plan.Host.ValueString(), plan.Migration.ValueString()))
+		}
+	}
+	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
+}
+
+// vmRestartAttributes names the planned changes a running domain cannot
+// take live (backend/hypervisor: needsRestart).
+func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
+	var out []string
+	if !plan.VCPU.Equal(state.VCPU) {
+		out = append(out, "vcpu")
+	}
+	if !plan.MaxMemoryMiB.Equal(state.MaxMemoryMiB) {
+		out = append(out, "max_memory_mib")
+	}
+	if !plan.CPU.Equal(state.CPU) {
+		out = append(out, "cpu")
+	}
+	if !plan.Disks.Equal(state.Disks) && !(len(plan.Disks.Elements()) == 0 && len(state.Disks.Elements()) == 0) {
+		out = append(out, "disks")
+	}
+	if !plan.NetworkInterfaces.Equal(state.NetworkInterfaces) &&
+		!(len(plan.NetworkInterfaces.Elements()) == 0 && len(state.NetworkInterfaces.Elements()) == 0) {
+		out = append(out, "network_interfaces")
+	}
+	if !plan.CloudInit.Equal(state.CloudInit) {
+		// The seed ISO is a device: adding or removing it needs a restart;
+		// new content in an existing seed is read at the next boot.
+		if plan.CloudInit.IsNull() != state.CloudInit.IsNull() {
+			out = append(out, "cloud_init")
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *VMResource) client(host string, diags interface{ AddError(string, string) }) *FleetHost {
+	if r.fleet == nil {
+		diags.AddError("Provider Not Configured", "The kvm provider was not configured; please report this issue to the provider developers.")
+		return nil
+	}
+	h, err := r.fleet.Host(host)
+	if err != nil {
+		diags.AddError("Unknown Host", err.Error())
+		return nil
+	}
+	return h
+}
+
+func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	var plan vmModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	timeout, d := plan.Timeouts.Create(ctx, vmCreateTimeout)
+	resp.Diagnostics.Append(d...)
+	h := r.client(plan.Host.ValueString(), &resp.Diagnostics)
+	spec, d := plan.toAPI(ctx)
+	resp.Diagnostics.Append(d...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	name := plan.Name.ValueString()
+	what := fmt.Sprintf("VM %s on host %s", name, h.Name)
+	tflog.Debug(ctx, "creating VM", map[string]any{"host": h.Name, "name": name})
+	if _, err := h.Client.PutVM(ctx, name, spec); err != nil {
+		switch {
+		case api.IsCode(err, api.CodeFull):
+			resp.Diagnostics.AddError("Host Refused VM",
+				fmt.Sprintf("Host %s refused VM %s (%d vCPU, %d MiB): %s. Choose another host (kvm_cluster_placement computes one that fits) or free capacity.",
+					h.Name, name, spec.VCPU, max(spec.MemoryMiB, spec.MaxMemoryMiB), apiMessage(err)))
+		case api.IsCode(err, api.CodeConflict):
+			addAPIError(&resp.Diagnostics, "Unable to Create VM", what+" (if the VM already exists, import it: terraform import <address> "+VMID(h.Name, name)+")", err)
+		default:
+			addAPIError(&resp.Diagnostics, "Unable to Create VM", what, err)
+		}
+		return
+	}
+	vm, err := h.Client.GetVM(ctx, name)
+	if err != nil {
+		addAPIError(&resp.Diagnostics, "Unable to Read VM After Create", what, err)
+		return
+	}
+	state, d := vmFromAPI(ctx, plan, h.Name, vm)
+	resp.Diagnostics.Append(d...)
+	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
+}
+
+// apiMessage returns the host's message of an API error, else the error.
+func apiMessage(err error) string {
+	var e *api.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}
+
+func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	var prior vmModel
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	timeout, d := prior.Timeouts.Read(ctx, vmReadTimeout)
+	resp.Diagnostics.Append(d...)
+	h := r.client(prior.Host.ValueString(), &resp.Diagnostics)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	name := prior.Name.ValueString()
+	vm, err := h.Client.GetVM(ctx, name)
+	if err != nil {
+		if isNotFound(err) {
+			tflog.Warn(ctx, "VM is gone; removing it from state", map[string]any{"host": h.Name, "name": name})
+			resp.State.RemoveResource(ctx)
+			return
+		}
+		var apiErr *api.Error
+		if !errors.As(err, &apiErr) && ctx.Err() == nil {
+			// The host did not answer at all. Keep what we knew, so one host
+			// being down does not break plans for VMs on the other hosts.
+			resp.Diagnostics.AddWarning("Host Unreachable",
+				fmt.Sprintf("VM %s on host %s could not be refreshed, its last known state is used: %s", name, h.Name, err))
+			return
+		}
+		addAPIError(&resp.Diagnostics, "Unable to Read VM", fmt.Sprintf("VM %s on host %s", name, h.Name), err)
+		return
+	}
+	state, d := vmFromAPI(ctx, prior, h.Name, vm)
+	resp.Diagnostics.Append(d...)
+	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
+}
+
+func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	var plan, prior vmModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	name := plan.Name.ValueString()
+	if !plan.Host.Equal(prior.Host) {
+		resp.Diagnostics.AddAttributeError(path.Root("host"), "Unable to Move VM",
+			fmt.Sprintf("moving a VM between hosts (migration = live|offline) is not implemented yet: VM %s stays on host %s. "+
+				"Set migration = \"replace\" to re-create it on host %s instead, or change host back to %q.",
+				name, prior.Host.ValueString(), plan.Host.ValueString(), prior.Host.ValueString()))
+		return
+	}
+	timeout, d := plan.Timeouts.Update(ctx, vmUpdateTimeout)
+	resp.Diagnostics.Append(d...)
+	h := r.client(plan.Host.ValueString(), &resp.Diagnostics)
+	spec, d := plan.toAPI(ctx)
+	resp.Diagnostics.Append(d...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout+time.Duration(*spec.ShutdownTimeoutSec)*time.Second)
+	defer cancel()
+	what := fmt.Sprintf("VM %s on host %s", name, h.Name)
+	vm, err := h.Client.UpdateVM(ctx, name, spec)
+	if err != nil {
+		if api.IsCode(err, api.CodeFull) {
+			resp.Diagnostics.AddError("Host Refused VM",
+				fmt.Sprintf("Host %s refused the new size of VM %s (%d vCPU, %d MiB): %s", h.Name, name, spec.VCPU, max(spec.MemoryMiB, spec.MaxMemoryMiB), apiMessage(err)))
+			return
+		}
+		addAPIError(&resp.Diagnostics, "Unable to Update VM", what, err)
+		return
+	}
+	if vm.Restarted {
+		tflog.Info(ctx, "VM was restarted to apply the change", map[string]any{"host": h.Name, "name": name})
+	}
+	state, d := vmFromAPI(ctx, plan, h.Name, vm)
+	resp.Diagnostics.Append(d...)
+	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
+}
+
+func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
+	var prior vmModel
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	shutdown := time.Duration(vmDefaultShutdownTimeout) * time.Second
+	if !prior.ShutdownTimeout.IsNull() && !prior.ShutdownTimeout.IsUnknown() {
+		shutdown = time.Duration(prior.ShutdownTimeout.ValueInt64()) * time.Second
+	}
+	timeout, d := prior.Timeouts.Delete(ctx, vmDeleteTimeout)
+	resp.Diagnostics.Append(d...)
+	h := r.client(prior.Host.ValueString(), &resp.Diagnostics)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout+shutdown)
+	defer cancel()
+	name := prior.Name.ValueString()
+	if err := h.Client.DeleteVM(ctx, name, shutdown); err != nil && !isNotFound(err) {
+		addAPIError(&resp.Diagnostics, "Unable to Delete VM", fmt.Sprintf("VM %s on host %s", name, h.Name), err)
+	}
+}
+
+func (r *VMResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	host, name, err := ParseVMID(req.ID)
+	if err == nil {
+		err = api.ValidateName("VM", name)
+	}
+	if err != nil {
+		resp.Diagnostics.AddError("Invalid Import ID", err.Error()+` (e.g. terraform import kvm_vm.web host-a/web-1)`)
+		return
+	}
+	resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("host"), host)...)
+	resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("name"), name)...)
+	resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("migration"), vmDefaultMigration)...)
+	resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("timeouts"), types.ObjectNull(timeoutsAttrTypes))...)
+}

@@ -1,0 +1,619 @@
+package kvm
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/Shopify/toxiproxy/v2/toxics"
+	"github.com/hashicorp/terraform-plugin-framework/attr"
+	"github.com/hashicorp/terraform-plugin-framework/types"
+	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
+	"github.com/hashicorp/terraform-plugin-testing/knownvalue"
+	"github.com/hashicorp/terraform-plugin-testing/plancheck"
+	"github.com/hashicorp/terraform-plugin-testing/statecheck"
+	"github.com/hashicorp/terraform-plugin-testing/terraform"
+	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
+)
+
+// libvirt's test:///default starts with a domain "test" holding 2 vCPU and
+// 8 GiB of a 3 GiB node: without overcommit every new VM would be "full".
+var vmTestHostArgs = []string{"--memory-overcommit", "10"}
+
+// vmTestDriverDomain is that built-in domain; it is not ours.
+const vmTestDriverDomain = "test"
+
+// testAccVMList lists the VMs of a host, without the test driver's own.
+func testAccVMList(cl *client.Client) ([]api.VM, error) {
+	vms, err := cl.ListVMs(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	out := vms[:0]
+	for _, vm := range vms {
+		if vm.Name != vmTestDriverDomain {
+			out = append(out, vm)
+		}
+	}
+	return out, nil
+}
+
+// testAccVMClient returns a client for one harness host, to look at and
+// tamper with VMs behind Terraform's back.
+func testAccVMClient(t *testing.T, c *harness.Cluster, host string) *client.Client {
+	t.Helper()
+	h := c.Host(host)
+	if h == nil {
+		t.Fatalf("no host %s in the cluster", host)
+	}
+	cl, err := client.New(client.Options{Endpoint: h.URL, Token: c.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// testAccVMPutNetwork realizes a network on a host (kvm_network is another
+// resource; the VM only needs the bridge to exist).
+func testAccVMPutNetwork(t *testing.T, cl *client.Client, name string) {
+	t.Helper()
+	if _, err := cl.PutNetwork(context.Background(), name, api.NetworkSpec{}); err != nil {
+		t.Fatalf("creating network %s: %v", name, err)
+	}
+}
+
+// testAccCheckVMDestroy checks that no domain is left on any host.
+func testAccCheckVMDestroy(c *harness.Cluster) resource.TestCheckFunc {
+	return func(_ *terraform.State) error {
+		for _, h := range c.Hosts {
+			cl, err := client.New(client.Options{Endpoint: h.URL, Token: c.Token})
+			if err != nil {
+				return err
+			}
+			vms, err := testAccVMList(cl)
+			if err != nil {
+				return err
+			}
+			if len(vms) > 0 {
+				return fmt.Errorf("host %s still has %d VMs (first: %s)", h.Name, len(vms), vms[0].Name)
+			}
+		}
+		return nil
+	}
+}
+
+// testAccCheckVMOnHost reads the VM through the client and runs check on it.
+func testAccCheckVMOnHost(cl *client.Client, name string, check func(*api.VM) error) resource.TestCheckFunc {
+	return func(_ *terraform.State) error {
+		vm, err := cl.GetVM(context.Background(), name)
+		if err != nil {
+			return fmt.Errorf("reading VM %s: %w", name, err)
+		}
+		return check(vm)
+	}
+}
+
+// vmHCLString quotes s as an HCL string literal, escaping what HCL would
+// interpret (quotes, backslashes, control characters, templates).
+func vmHCLString(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for i, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, "\\u%04x", r)
+		case (r == '$' || r == '%') && i+1 < len(s) && s[i+1] == '{':
+			b.WriteRune(r)
+			b.WriteRune(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+func testAccVMBasicConfig(c *harness.Cluster) string {
+	return c.ProviderHCL() + `
+resource "kvm_disk" "root" {
+  name     = "web-1-root"
+  host     = "host-a"
+  size_mib = 64
+}
+
+resource "kvm_disk" "data" {
+  name     = "web-1-data"
+  host     = "host-a"
+  size_mib = 32
+}
+
+resource "kvm_vm" "web" {
+  name           = "web-1"
+  host           = "host-a"
+  vcpu           = 2
+  memory_mib     = 128
+  max_memory_mib = 256
+  cpu = {
+    sockets = 1
+    cores   = 2
+  }
+  disks = [
+    { disk_id = kvm_disk.root.id },
+    { disk_id = kvm_disk.data.id, bus = "sata" },
+  ]
+  network_interfaces = [{ network = "lan" }]
+  cloud_init = {
+    user_data = "#cloud-config\nhostname: web-1\n"
+    meta_data = "instance-id: web-1\n"
+  }
+  description = ` + vmHCLString(`web <&"'> tier`) + `
+  tags = {
+    team = "web"
+    env  = "test"
+  }
+}
+`
+}
+
+func TestAccVM_basic(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+	testAccVMPutNetwork(t, cl, "lan")
+	addr := "kvm_vm.web"
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{
+			{
+				Config: testAccVMBasicConfig(c),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("id"), knownvalue.StringRegexp(regexp.MustCompile(`^[0-9a-f-]{36}$`))),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("state"), knownvalue.StringExact("running")),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("running"), knownvalue.Bool(true)),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("autostart"), knownvalue.Bool(false)),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("shutdown_timeout"), knownvalue.Int64Exact(60)),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("migration"), knownvalue.StringExact("live")),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("description"), knownvalue.StringExact(`web <&"'> tier`)),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("cpu"), knownvalue.ObjectExact(map[string]knownvalue.Check{
+						"mode": knownvalue.Null(), "sockets": knownvalue.Int64Exact(1), "cores": knownvalue.Int64Exact(2),
+						"threads": knownvalue.Int64Exact(1), "pinning": knownvalue.Null(),
+					})),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("disks"), knownvalue.ListExact([]knownvalue.Check{
+						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-root"), "bus": knownvalue.StringExact("virtio")}),
+						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-data"), "bus": knownvalue.StringExact("sata")}),
+					})),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("network_interfaces").AtSliceIndex(0).AtMapKey("mac"),
+						knownvalue.StringRegexp(regexp.MustCompile(`^52:54:00(:[0-9a-f]{2}){3}$`))),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("network_interfaces").AtSliceIndex(0).AtMapKey("model"), knownvalue.StringExact("virtio")),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("tags"), knownvalue.MapExact(map[string]knownvalue.Check{
+						"team": knownvalue.StringExact("web"), "env": knownvalue.StringExact("test"),
+					})),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("cloud_init").AtMapKey("user_data"), knownvalue.StringExact("#cloud-config\nhostname: web-1\n")),
+				},
+				Check: testAccCheckVMOnHost(cl, "web-1", func(vm *api.VM) error {
+					if vm.State != api.StateRunning || vm.VCPU != 2 || vm.MemoryMiB != 128 || vm.MaxMemoryMiB != 256 || len(vm.Disks) != 2 {
+						return fmt.Errorf("unexpected VM on the host: %+v", vm)
+					}
+					if vm.Description != `web <&"'> tier` {
+						return fmt.Errorf("description came back as %q", vm.Description)
+					}
+					return nil
+				}),
+			},
+			{
+				ResourceName:      addr,
+				ImportState:       true,
+				ImportStateId:     "host-a/web-1",
+				ImportStateVerify: true,
+			},
+		},
+	})
+}
+
+func testAccVMSmallConfig(c *harness.Cluster, name, extra string) string {
+	return c.ProviderHCL() + fmt.Sprintf(`
+resource "kvm_vm" "test" {
+  name = %q
+  host = "host-a"
+%s
+}
+`, name, extra)
+}
+
+func TestAccVM_update(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+	addr := "kvm_vm.test"
+	var uuid string
+	keepUUID := testAccCheckVMOnHost(cl, "upd", func(vm *api.VM) error {
+		if uuid == "" {
+			uuid = vm.UUID
+		}
+		if vm.UUID != uuid {
+			return fmt.Errorf("the VM was re-created: UUID %s, was %s", vm.UUID, uuid)
+		}
+		return nil
+	})
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{
+			{
+				Config: testAccVMSmallConfig(c, "upd", "vcpu = 1\nmemory_mib = 128\nmax_memory_mib = 512\ntags = { a = \"1\" }"),
+				Check:  keepUUID,
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("state"), knownvalue.StringExact("running")),
+				},
+			},
+			{
+				// Memory within the ceiling, tags and description: live.
+				Config: testAccVMSmallConfig(c, "upd", "vcpu = 1\nmemory_mib = 384\nmax_memory_mib = 512\ntags = { a = \"2\" }\ndescription = \"resized\""),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction(addr, plancheck.ResourceActionUpdate),
+					// The state is known in the plan: nothing restarts.
+					plancheck.ExpectKnownValue(addr, tfjsonpath.New("state"), knownvalue.StringExact("running")),
+				}},
+				Check: resource.ComposeAggregateTestCheckFunc(keepUUID, testAccCheckVMOnHost(cl, "upd", func(vm *api.VM) error {
+					if vm.MemoryMiB != 384 || vm.State != api.StateRunning || vm.Tags["a"] != "2" {
+						return fmt.Errorf("memory not applied live: %+v", vm)
+					}
+					return nil
+				})),
+			},
+			{
+				// vcpu needs a restart: in place, same domain.
+				Config: testAccVMSmallConfig(c, "upd", "vcpu = 2\nmemory_mib = 384\nmax_memory_mib = 512\ntags = { a = \"2\" }\ndescription = \"resized\""),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction(addr, plancheck.ResourceActionUpdate),
+					plancheck.ExpectUnknownValue(addr, tfjsonpath.New("state")),
+				}},
+				Check: resource.ComposeAggregateTestCheckFunc(keepUUID, testAccCheckVMOnHost(cl, "upd", func(vm *api.VM) error {
+					if vm.VCPU != 2 || vm.State != api.StateRunning {
+						return fmt.Errorf("vcpu change not applied: %+v", vm)
+					}
+					return nil
+				})),
+			},
+			{
+				Config: testAccVMSmallConfig(c, "upd", "vcpu = 2\nmemory_mib = 384\nmax_memory_mib = 512\ntags = { a = \"2\" }\ndescription = \"resized\"\nrunning = false"),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("state"), knownvalue.StringExact("shutoff")),
+				},
+				Check: resource.ComposeAggregateTestCheckFunc(keepUUID, testAccCheckVMOnHost(cl, "upd", func(vm *api.VM) error {
+					if vm.State != api.StateShutoff {
+						return fmt.Errorf("VM not stopped: state %s", vm.State)
+					}
+					return nil
+				})),
+			},
+			{
+				// Without max_memory_mib the ceiling follows memory_mib.
+				Config: testAccVMSmallConfig(c, "upd", "vcpu = 2\nmemory_mib = 256\nrunning = true"),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("state"), knownvalue.StringExact("running")),
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("max_memory_mib"), knownvalue.Int64Exact(512)),
+				},
+				Check: keepUUID,
+			},
+		},
+	})
+}
+
+func TestAccVM_disappears(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+	cfg := testAccVMSmallConfig(c, "gone", "vcpu = 1\nmemory_mib = 64")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{
+			{
+				Config: cfg,
+				Check: func(*terraform.State) error {
+					return cl.DeleteVM(context.Background(), "gone", 0)
+				},
+				ExpectNonEmptyPlan: true,
+			},
+			{
+				Config: cfg,
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_vm.test", plancheck.ResourceActionCreate),
+				}},
+			},
+		},
+	})
+}
+
+func TestAccVM_drift(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+	cfg := testAccVMSmallConfig(c, "drift", "vcpu = 1\nmemory_mib = 64\ntags = { owner = \"tf\" }")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{
+			{Config: cfg},
+			{
+				PreConfig: func() {
+					vm, err := cl.GetVM(context.Background(), "drift")
+					if err != nil {
+						t.Fatal(err)
+					}
+					spec := vm.VMSpec
+					spec.VCPU = 2
+					spec.Tags = map[string]string{"owner": "someone-else"}
+					if _, err := cl.UpdateVM(context.Background(), "drift", spec); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config: cfg,
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_vm.test", plancheck.ResourceActionUpdate),
+					plancheck.ExpectKnownValue("kvm_vm.test", tfjsonpath.New("vcpu"), knownvalue.Int64Exact(1)),
+				}},
+				Check: testAccCheckVMOnHost(cl, "drift", func(vm *api.VM) error {
+					if vm.VCPU != 1 || vm.Tags["owner"] != "tf" {
+						return fmt.Errorf("drift not corrected: %+v", vm)
+					}
+					return nil
+				}),
+			},
+		},
+	})
+}
+
+func TestAccVM_hostileNames(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+	names := []string{"../x</name>", "a\x00b", strings.Repeat("a", 300), "web 1", "a/b", "-lead", "é", ""}
+	var steps []resource.TestStep
+	for _, n := range names {
+		steps = append(steps, resource.TestStep{
+			Config: c.ProviderHCL() + `
+resource "kvm_vm" "bad" {
+  name       = ` + vmHCLString(n) + `
+  host       = "host-a"
+  vcpu       = 1
+  memory_mib = 64
+}
+`,
+			ExpectError: regexp.MustCompile(`Invalid VM Name`),
+		})
+	}
+	// Other plan-time checks.
+	bad := map[string]string{
+		`network_interfaces = [{ network = "lan", mac = "52:54:00:zz:00:01" }]`: `MAC address`,
+		`disks = [{ disk_id = "host-a/default/x", bus = "usb" }]`:               `bus`,
+		`network_interfaces = [{ network = "lan", model = "ne2k" }]`:            `model`,
+		`migration = "teleport"`:                     `migration`,
+		`shutdown_timeout = 7200`:                    `shutdown_timeout`,
+		`disks = [{ disk_id = "host-b/default/x" }]`: `Disk on Another Host`,
+		`disks = [{ disk_id = "../../etc/passwd" }]`: `Invalid Disk ID`,
+		`max_memory_mib = 32`:                        `Invalid Memory Ceiling`,
+		`cpu = { sockets = 2, cores = 2 }`:           `Invalid CPU Topology`,
+		`cpu = { pinning = ["0", "1"] }`:             `Invalid CPU Pinning`,
+		`host = "host-z"`:                            `Unknown Host`,
+	}
+	for extra, msg := range bad {
+		hostLine := `host = "host-a"`
+		if strings.HasPrefix(extra, "host =") {
+			hostLine = ""
+		}
+		steps = append(steps, resource.TestStep{
+			Config: c.ProviderHCL() + `
+resource "kvm_vm" "bad" {
+  name       = "ok"
+  ` + hostLine + `
+  vcpu       = 1
+  memory_mib = 64
+  ` + extra + `
+}
+`,
+			ExpectError: regexp.MustCompile(msg),
+		})
+	}
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		Steps:                    steps,
+	})
+	vms, err := testAccVMList(cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vms) != 0 {
+		t.Fatalf("a refused plan created %d VMs (first %q)", len(vms), vms[0].Name)
+	}
+}
+
+func TestAccVM_admission(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: []string{"--memory-overcommit", "0.0001"}})
+	cl := testAccVMClient(t, c, "host-a")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		Steps: []resource.TestStep{{
+			Config:      testAccVMSmallConfig(c, "big", "vcpu = 1\nmemory_mib = 4096"),
+			ExpectError: regexp.MustCompile(`(?s)Host Refused VM.*host-a.*full`),
+		}},
+	})
+	vms, err := testAccVMList(cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vms) != 0 {
+		t.Fatalf("a refused VM exists: %+v", vms)
+	}
+}
+
+// dropNextVMPutResponse arms the toxics below: the response to the next
+// PUT /v1/vms/... is dropped and its connection closed, after the host has
+// acted on the request, as when a network or load balancer fails mid-way.
+var (
+	vmPutSeen        atomic.Bool
+	vmPutDropArmed   atomic.Bool
+	vmPutDroppedOnce atomic.Int32
+)
+
+// vmPutWatchToxic (upstream) notices a VM create going to the host.
+type vmPutWatchToxic struct{}
+
+func (vmPutWatchToxic) Pipe(stub *toxics.ToxicStub) {
+	for {
+		select {
+		case <-stub.Interrupt:
+			return
+		case ch := <-stub.Input:
+			if ch == nil {
+				stub.Close()
+				return
+			}
+			if vmPutDropArmed.Load() && strings.HasPrefix(string(ch.Data), "PUT /v1/vms/") {
+				vmPutSeen.Store(true)
+			}
+			stub.Output <- ch
+		}
+	}
+}
+
+// vmPutDropToxic (downstream) drops the response to that request.
+type vmPutDropToxic struct{}
+
+func (vmPutDropToxic) Pipe(stub *toxics.ToxicStub) {
+	for {
+		select {
+		case <-stub.Interrupt:
+			return
+		case ch := <-stub.Input:
+			if ch == nil {
+				stub.Close()
+				return
+			}
+			if vmPutSeen.Load() && vmPutDropArmed.CompareAndSwap(true, false) {
+				vmPutDroppedOnce.Add(1)
+				stub.Close() // the client sees the connection die without an answer
+				return
+			}
+			stub.Output <- ch
+		}
+	}
+}
+
+func init() {
+	toxics.Register("kvm_vm_put_watch", new(vmPutWatchToxic))
+	toxics.Register("kvm_vm_put_drop", new(vmPutDropToxic))
+}
+
+// A create retried after a lost response yields exactly one domain.
+func TestAccVM_lostCreateResponse(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+
+	// toxiproxy in-process between the provider and kvm-hostd.
+	upstream := strings.TrimPrefix(strings.TrimPrefix(c.Host("host-a").URL, "http://"), "https://")
+	if _, _, err := net.SplitHostPort(upstream); err != nil {
+		t.Fatalf("host URL %s: %v", c.Host("host-a").URL, err)
+	}
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	proxy := toxiproxy.NewProxy(srv, "host-a", "127.0.0.1:0", upstream)
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Stop)
+	for _, tx := range []string{
+		`{"name":"watch","type":"kvm_vm_put_watch","stream":"upstream"}`,
+		`{"name":"drop","type":"kvm_vm_put_drop","stream":"downstream"}`,
+	} {
+		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(tx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	providerHCL := fmt.Sprintf(`
+provider "kvm" {
+  token = %q
+  hosts = { "host-a" = { endpoint = "http://%s" } }
+}
+`, c.Token, proxy.Listen)
+
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{{
+			PreConfig: func() {
+				vmPutSeen.Store(false)
+				vmPutDroppedOnce.Store(0)
+				vmPutDropArmed.Store(true)
+			},
+			Config: providerHCL + `
+resource "kvm_vm" "test" {
+  name       = "retried"
+  host       = "host-a"
+  vcpu       = 1
+  memory_mib = 64
+}
+`,
+			Check: func(*terraform.State) error {
+				if n := vmPutDroppedOnce.Load(); n != 1 {
+					return fmt.Errorf("the fault was injected %d times, want 1", n)
+				}
+				vms, err := testAccVMList(cl)
+				if err != nil {
+					return err
+				}
+				if len(vms) != 1 || vms[0].Name != "retried" {
+					return fmt.Errorf("want exactly one domain named retried, have %+v", vms)
+				}
+				return nil
+			},
+		}},
+	})
+}
+
+// vmRestartAttributes decides the "VM Will Restart" warning.
+func TestVMRestartAttributes(t *testing.T) {
+	ctx := context.Background()
+	base := vmModel{
+		VCPU: types.Int64Value(1), MemoryMiB: types.Int64Value(128), MaxMemoryMiB: types.Int64Value(512),
+		CPU: types.ObjectNull(vmCPUAttrTypes), Disks: types.ListNull(types.ObjectType{AttrTypes: vmDiskAttrTypes}),
+		NetworkInterfaces: types.ListNull(types.ObjectType{AttrTypes: vmNICAttrTypes}), CloudInit: types.ObjectNull(vmCloudInitAttrTypes),
+		Tags: types.MapNull(types.StringType), Description: types.StringNull(),
+	}
+	live := base
+	live.MemoryMiB = types.Int64Value(256)
+	live.Description = types.StringValue("x")
+	if got := vmRestartAttributes(ctx, base, live); len(got) != 0 {
+		t.Errorf("memory within max and description: restart for %v, want none", got)
+	}
+	restart := base
+	restart.VCPU = types.Int64Value(2)
+	restart.MaxMemoryMiB = types.Int64Value(1024)
+	restart.CloudInit = types.ObjectValueMust(vmCloudInitAttrTypes, map[string]attr.Value{
+		"user_data": types.StringValue("#cloud-config"), "meta_data": types.StringNull(), "network_config": types.StringNull(),
+	})
+	got := vmRestartAttributes(ctx, base, restart)
+	if strings.Join(got, ",") != "cloud_init,max_memory_mib,vcpu" {
+		t.Errorf("restart attributes = %v", got)
+	}
+}
+
+func TestVMHCLString(t *testing.T) {
+	for in, want := range map[string]string{
+		`a"b`: `"a\"b"`, "a\x00b": `"a\u0000b"`, "${x}": `"$${x}"`, `c:\`: `"c:\\"`,
+	} {
+		if got := vmHCLString(in); got != want {
+			t.Errorf("vmHCLString(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
