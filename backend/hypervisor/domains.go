@@ -1,0 +1,628 @@
+package hypervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+const defaultShutdownTimeout = 60 * time.Second
+
+// Resources reports host capacity and what defined domains allocate.
+func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
+	var r service.Resources
+	err := l.do(ctx, func(c *libvirt.Connect) error {
+		r = service.Resources{HypervisorType: l.virtType}
+		ni, err := c.GetNodeInfo()
+		if err != nil {
+			return wrap(err, "node info")
+		}
+		r.CPUs = int64(ni.Cpus)
+		r.MemoryMiB = int64(ni.Memory / 1024)
+		if free, err := c.GetFreeMemory(); err == nil {
+			r.FreeMemoryMiB = int64(free / mib)
+		}
+		doms, err := c.ListAllDomains(0)
+		if err != nil {
+			return wrap(err, "list domains")
+		}
+		for i := range doms {
+			info, err := doms[i].GetInfo()
+			doms[i].Free()
+			if err != nil {
+				continue
+			}
+			r.VMCount++
+			r.AllocatedVCPU += int64(info.NrVirtCpu)
+			r.AllocatedMemoryMiB += int64(info.MaxMem / 1024)
+		}
+		return nil
+	})
+	return r, err
+}
+
+func stateName(s libvirt.DomainState) string {
+	switch s {
+	case libvirt.DOMAIN_RUNNING, libvirt.DOMAIN_BLOCKED:
+		return api.StateRunning
+	case libvirt.DOMAIN_SHUTOFF:
+		return api.StateShutoff
+	case libvirt.DOMAIN_PAUSED, libvirt.DOMAIN_PMSUSPENDED:
+		return api.StatePaused
+	case libvirt.DOMAIN_CRASHED:
+		return api.StateCrashed
+	}
+	return api.StateOther
+}
+
+// vmOf reads a domain back as an api.VM: the persistent definition is the
+// spec (it is what the next boot runs; its currentMemory is the balloon
+// target, where the live value is what the guest gave back so far), the
+// live one adds tap devices.
+func (l *Libvirt) vmOf(c *libvirt.Connect, d *libvirt.Domain) (*api.VM, error) {
+	state, _, err := d.GetState()
+	if err != nil {
+		return nil, err
+	}
+	x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil {
+		return nil, err
+	}
+	spec, meta := specOf(x, l.pathRef(c))
+	active, _ := d.IsActive()
+	if active {
+		if lx, err := domXML(d, 0); err == nil && lx.Devices != nil {
+			ports := map[string]string{}
+			for _, ix := range lx.Devices.Interfaces {
+				if ix.MAC != nil && ix.Target != nil {
+					ports[strings.ToLower(ix.MAC.Address)] = ix.Target.Dev
+				}
+			}
+			for i := range spec.Interfaces {
+				spec.Interfaces[i].Port = ports[spec.Interfaces[i].MAC]
+			}
+		}
+	}
+	st := stateName(state)
+	spec.Running = st == api.StateRunning || st == api.StatePaused
+	spec.Autostart, _ = d.GetAutostart()
+	return &api.VM{Name: x.Name, UUID: x.UUID, State: st, VMSpec: spec, Owner: meta.Owner, RequestID: meta.RequestID}, nil
+}
+
+// pathRef finds the pool/volume of a disk attached out of band.
+func (l *Libvirt) pathRef(c *libvirt.Connect) volumeRef {
+	return func(path string) (string, string) {
+		v, err := c.LookupStorageVolByPath(path)
+		if err != nil {
+			return "", ""
+		}
+		defer v.Free()
+		p, err := v.LookupPoolByVolume()
+		if err != nil {
+			return "", ""
+		}
+		defer p.Free()
+		pn, _ := p.GetName()
+		vn, _ := v.GetName()
+		return pn, vn
+	}
+}
+
+// withDomain runs fn with the named domain.
+func (l *Libvirt) withDomain(ctx context.Context, name string, fn func(c *libvirt.Connect, d *libvirt.Domain) error) error {
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		d, err := c.LookupDomainByName(name)
+		if err != nil {
+			return wrap(err, "domain %s", name)
+		}
+		defer d.Free()
+		return fn(c, d)
+	})
+}
+
+// ListVMs lists every defined domain.
+func (l *Libvirt) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var out []api.VM
+	err := l.do(ctx, func(c *libvirt.Connect) error {
+		out = nil
+		doms, err := c.ListAllDomains(0)
+		if err != nil {
+			return wrap(err, "list domains")
+		}
+		for i := range doms {
+			vm, err := l.vmOf(c, &doms[i])
+			doms[i].Free()
+			if err != nil {
+				if isCode(err, libvirt.ERR_NO_DOMAIN) {
+					continue // undefined meanwhile
+				}
+				return wrap(err, "read domain")
+			}
+			out = append(out, *vm)
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
+}
+
+// GetVM reads one domain back.
+func (l *Libvirt) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	var out *api.VM
+	err := l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		vm, err := l.vmOf(c, d)
+		if err != nil {
+			return wrap(err, "read domain %s", name)
+		}
+		out = vm
+		return nil
+	})
+	return out, err
+}
+
+// resolveDisks looks up the volumes a spec attaches.
+func (l *Libvirt) resolveDisks(c *libvirt.Connect, disks []api.VMDisk) ([]resolvedDisk, error) {
+	out := make([]resolvedDisk, 0, len(disks))
+	seen := map[string]bool{}
+	for _, d := range disks {
+		pool := d.Pool
+		if pool == "" {
+			pool = "default"
+		}
+		p, err := c.LookupStoragePoolByName(pool)
+		if err != nil {
+			return nil, wrap(err, "disk %s/%s: pool", pool, d.Volume)
+		}
+		v, err := p.LookupStorageVolByName(d.Volume)
+		p.Free()
+		if err != nil {
+			return nil, wrap(err, "disk %s/%s", pool, d.Volume)
+		}
+		vol, x, err := l.volumeOf(pool, v)
+		v.Free()
+		if err != nil {
+			return nil, wrap(err, "disk %s/%s", pool, d.Volume)
+		}
+		_ = x
+		if seen[vol.Path] {
+			return nil, api.Errorf(api.CodeInvalid, "volume %s/%s is attached twice", pool, d.Volume)
+		}
+		seen[vol.Path] = true
+		rd := resolvedDisk{VMDisk: d, Path: vol.Path, Format: vol.Format, IOTune: vol.IOTune}
+		rd.Pool = pool
+		out = append(out, rd)
+	}
+	return out, nil
+}
+
+// seedDir picks the directory for a VM's seed ISO: the pool of its first
+// disk, else the "default" pool.
+func (l *Libvirt) seedDir(c *libvirt.Connect, spec *api.VMSpec) (string, error) {
+	pool := "default"
+	if len(spec.Disks) > 0 && spec.Disks[0].Pool != "" {
+		pool = spec.Disks[0].Pool
+	}
+	p, err := c.LookupStoragePoolByName(pool)
+	if err != nil {
+		return "", wrap(err, "pool %s for the cloud-init seed", pool)
+	}
+	defer p.Free()
+	doc, err := p.GetXMLDesc(0)
+	if err != nil {
+		return "", wrap(err, "pool %s", pool)
+	}
+	var px libvirtxml.StoragePool
+	if err := px.Unmarshal(doc); err != nil || px.Target == nil || px.Target.Path == "" {
+		return "", fmt.Errorf("pool %s has no target directory", pool)
+	}
+	return px.Target.Path, nil
+}
+
+// prepareSeed writes the seed ISO when the spec has cloud-init. The test
+// driver boots nothing, so there the spec is only kept in metadata.
+func (l *Libvirt) prepareSeed(c *libvirt.Connect, name string, spec *api.VMSpec) (string, error) {
+	if spec.CloudInit == nil || l.test {
+		return "", nil
+	}
+	dir, err := l.seedDir(c, spec)
+	if err != nil {
+		return "", err
+	}
+	return writeSeedISO(dir, name, spec.CloudInit)
+}
+
+func (l *Libvirt) removeSeed(path string) {
+	if path == "" || l.test {
+		return
+	}
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		l.log.Warn("remove seed ISO", "path", path, "err", err)
+	}
+}
+
+// CreateVM defines a domain from spec and starts it if spec.Running.
+func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, meta service.VMMeta) (*api.VM, error) {
+	err := l.do(ctx, func(c *libvirt.Connect) error {
+		if d, err := c.LookupDomainByName(name); err == nil {
+			d.Free()
+			return api.Errorf(api.CodeConflict, "domain %s already exists", name)
+		}
+		disks, err := l.resolveDisks(c, spec.Disks)
+		if err != nil {
+			return err
+		}
+		seed, err := l.prepareSeed(c, name, &spec)
+		if err != nil {
+			return err
+		}
+		x, err := buildDomain(&spec, domainParams{name: name, virtType: l.virtType, disks: disks, seedISO: seed,
+			meta: &instanceMeta{Owner: meta.Owner, RequestID: meta.RequestID}})
+		if err != nil {
+			l.removeSeed(seed)
+			return err
+		}
+		doc, err := x.Marshal()
+		if err != nil {
+			l.removeSeed(seed)
+			return err
+		}
+		t0 := time.Now()
+		d, err := c.DomainDefineXML(doc)
+		if err != nil {
+			l.removeSeed(seed)
+			return wrap(err, "define domain %s", name)
+		}
+		l.log.Debug("domain defined", "name", name, "took", time.Since(t0))
+		defer d.Free()
+		fail := func(err error) error {
+			// Leave nothing half-made: a retried create starts clean.
+			_ = d.Destroy()
+			_ = undefine(d)
+			l.removeSeed(seed)
+			return err
+		}
+		if spec.Autostart {
+			if err := d.SetAutostart(true); err != nil {
+				return fail(wrap(err, "autostart %s", name))
+			}
+		}
+		if spec.Running {
+			t0 = time.Now()
+			if err := d.Create(); err != nil {
+				return fail(wrap(err, "start %s", name))
+			}
+			l.log.Debug("domain started", "name", name, "took", time.Since(t0))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l.GetVM(ctx, name)
+}
+
+func undefine(d *libvirt.Domain) error {
+	err := d.UndefineFlags(libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.DOMAIN_UNDEFINE_NVRAM |
+		libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+	if err != nil && isCode(err, libvirt.ERR_NO_SUPPORT, libvirt.ERR_INVALID_ARG, libvirt.ERR_ARGUMENT_UNSUPPORTED) {
+		err = d.Undefine()
+	}
+	return err
+}
+
+// stopDomain shuts a domain down gracefully (ACPI), powering it off once
+// timeout has passed; timeout 0 powers off at once.
+func (l *Libvirt) stopDomain(ctx context.Context, d *libvirt.Domain, timeout time.Duration) error {
+	active, err := d.IsActive()
+	if err != nil {
+		return err
+	}
+	if !active {
+		return nil
+	}
+	if timeout > 0 {
+		if err := d.Shutdown(); err == nil {
+			deadline := time.Now().Add(timeout)
+			for time.Now().Before(deadline) {
+				if a, err := d.IsActive(); err == nil && !a {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		} else {
+			l.log.Debug("graceful shutdown refused, powering off", "err", err)
+		}
+	}
+	if err := d.Destroy(); err != nil {
+		if a, aerr := d.IsActive(); aerr == nil && !a {
+			return nil // it went down meanwhile
+		}
+		return err
+	}
+	return nil
+}
+
+func shutdownTimeout(spec *api.VMSpec) time.Duration {
+	if spec.ShutdownTimeoutSec == nil {
+		return defaultShutdownTimeout
+	}
+	return time.Duration(*spec.ShutdownTimeoutSec) * time.Second
+}
+
+// DeleteVM stops and undefines a domain; volumes stay.
+func (l *Libvirt) DeleteVM(ctx context.Context, name string, timeout time.Duration) error {
+	return l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+		if err != nil {
+			return wrap(err, "read domain %s", name)
+		}
+		if err := l.stopDomain(ctx, d, timeout); err != nil {
+			return wrap(err, "stop %s", name)
+		}
+		if err := undefine(d); err != nil {
+			return wrap(err, "undefine %s", name)
+		}
+		l.removeSeed(metaOf(x).SeedISO)
+		return nil
+	})
+}
+
+// UpdateVM converges a domain on spec: live where libvirt can (memory
+// within the balloon ceiling, description, tags and other metadata, run
+// state, autostart), otherwise by redefining it and restarting it once.
+func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (bool, error) {
+	restarted := false
+	err := l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		restarted = false
+		cur, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+		if err != nil {
+			return wrap(err, "read domain %s", name)
+		}
+		oldMeta := metaOf(cur)
+		curSpec, _ := specOf(cur, l.pathRef(c))
+		active, err := d.IsActive()
+		if err != nil {
+			return wrap(err, "state of %s", name)
+		}
+		disks, err := l.resolveDisks(c, spec.Disks)
+		if err != nil {
+			return err
+		}
+		if spec.UUID != "" && !strings.EqualFold(spec.UUID, cur.UUID) {
+			return api.Errorf(api.CodeInvalid, "the UUID of %s cannot change", name)
+		}
+		spec.UUID = cur.UUID
+		// Keep the MACs libvirt generated for unchanged interfaces.
+		for i := range spec.Interfaces {
+			if spec.Interfaces[i].MAC == "" && i < len(curSpec.Interfaces) && curSpec.Interfaces[i].Network == spec.Interfaces[i].Network {
+				spec.Interfaces[i].MAC = curSpec.Interfaces[i].MAC
+			}
+		}
+		seed := oldMeta.SeedISO
+		if spec.CloudInit != nil && !l.test {
+			// Content changes take effect on the next boot (cloud-init
+			// reads the seed once per instance-id anyway).
+			if seed, err = l.prepareSeed(c, name, &spec); err != nil {
+				return err
+			}
+		}
+		if spec.CloudInit == nil {
+			seed = ""
+		}
+		m := *oldMeta
+		want, err := buildDomain(&spec, domainParams{name: name, virtType: cur.Type, disks: disks, seedISO: seed, meta: &m})
+		if err != nil {
+			return err
+		}
+		if hardwareChanged(&curSpec, &spec) || seed != oldMeta.SeedISO {
+			doc, err := mergeDomain(cur, want).Marshal()
+			if err != nil {
+				return err
+			}
+			nd, err := c.DomainDefineXML(doc)
+			if err != nil {
+				return wrap(err, "redefine %s", name)
+			}
+			nd.Free()
+			if oldMeta.SeedISO != "" && seed == "" {
+				l.removeSeed(oldMeta.SeedISO)
+			}
+			if active {
+				if err := l.stopDomain(ctx, d, shutdownTimeout(&spec)); err != nil {
+					return wrap(err, "stop %s for restart", name)
+				}
+				active = false
+				restarted = spec.Running
+			}
+		} else if err := l.applyLive(d, active, &curSpec, &spec, want); err != nil {
+			return err
+		}
+		switch {
+		case spec.Running && !active:
+			if err := d.Create(); err != nil {
+				return wrap(err, "start %s", name)
+			}
+		case !spec.Running && active:
+			if err := l.stopDomain(ctx, d, shutdownTimeout(&spec)); err != nil {
+				return wrap(err, "stop %s", name)
+			}
+		}
+		if auto, err := d.GetAutostart(); err == nil && auto != spec.Autostart {
+			if err := d.SetAutostart(spec.Autostart); err != nil {
+				return wrap(err, "autostart %s", name)
+			}
+		}
+		return nil
+	})
+	return restarted, err
+}
+
+// applyLive applies the changes that need no restart, to the persistent
+// definition and, when running, to the live domain.
+func (l *Libvirt) applyLive(d *libvirt.Domain, active bool, cur, spec *api.VMSpec, want *libvirtxml.Domain) error {
+	flags := libvirt.DOMAIN_AFFECT_CONFIG
+	if active {
+		flags |= libvirt.DOMAIN_AFFECT_LIVE
+	}
+	liveMem := cur.MemoryMiB
+	if active {
+		if info, err := d.GetInfo(); err == nil {
+			liveMem = int64(info.Memory / 1024)
+		}
+	}
+	if spec.MemoryMiB != cur.MemoryMiB {
+		if err := d.SetMemoryFlags(uint64(spec.MemoryMiB)*1024, libvirt.DOMAIN_MEM_CONFIG); err != nil {
+			return wrap(err, "set memory to %d MiB", spec.MemoryMiB)
+		}
+	}
+	// Separately from CONFIG: the test driver refuses both in one call.
+	if active && spec.MemoryMiB != liveMem {
+		if err := d.SetMemoryFlags(uint64(spec.MemoryMiB)*1024, libvirt.DOMAIN_MEM_LIVE); err != nil {
+			return wrap(err, "set memory to %d MiB", spec.MemoryMiB)
+		}
+	}
+	if spec.Description != cur.Description {
+		if err := d.SetMetadata(libvirt.DOMAIN_METADATA_DESCRIPTION, spec.Description, "", "", flags); err != nil {
+			return wrap(err, "set description")
+		}
+	}
+	s, err := marshalMetaBare(metaOf(want))
+	if err != nil {
+		return err
+	}
+	if err := d.SetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, s, metaPrefix, metaNS, flags); err != nil {
+		return wrap(err, "set metadata")
+	}
+	return nil
+}
+
+// mergeDomain applies the parts of want that we own onto the current
+// definition, keeping what libvirt added (machine type, controllers, PCI
+// addresses of unchanged devices) so the guest sees stable hardware.
+func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
+	n := *cur
+	n.Description = want.Description
+	n.Metadata = want.Metadata
+	n.Memory = want.Memory
+	n.CurrentMemory = want.CurrentMemory
+	n.VCPU = want.VCPU
+	n.CPU = want.CPU
+	n.CPUTune = want.CPUTune
+	dev := libvirtxml.DomainDeviceList{}
+	if cur.Devices != nil {
+		dev = *cur.Devices
+	}
+	oldDisk := map[string]libvirtxml.DomainDisk{}
+	for _, d := range dev.Disks {
+		if d.Target != nil {
+			oldDisk[d.Target.Dev+"\x00"+diskPath(&d)] = d
+		}
+	}
+	dev.Disks = nil
+	for _, d := range want.Devices.Disks {
+		if o, ok := oldDisk[d.Target.Dev+"\x00"+diskPath(&d)]; ok && o.Target.Bus == d.Target.Bus {
+			d.Address, d.Alias = o.Address, o.Alias
+		}
+		dev.Disks = append(dev.Disks, d)
+	}
+	oldIf := map[string]libvirtxml.DomainInterface{}
+	for _, i := range dev.Interfaces {
+		if i.MAC != nil {
+			oldIf[strings.ToLower(i.MAC.Address)] = i
+		}
+	}
+	dev.Interfaces = nil
+	for _, i := range want.Devices.Interfaces {
+		if i.MAC != nil {
+			if o, ok := oldIf[i.MAC.Address]; ok {
+				i.Address, i.Alias, i.VirtualPort = o.Address, o.Alias, keepPort(o.VirtualPort, i.VirtualPort)
+			}
+		}
+		dev.Interfaces = append(dev.Interfaces, i)
+	}
+	for _, wc := range want.Devices.Controllers {
+		found := false
+		for _, c := range dev.Controllers {
+			if c.Type == wc.Type {
+				found = true
+			}
+		}
+		if !found {
+			dev.Controllers = append(dev.Controllers, wc)
+		}
+	}
+	n.Devices = &dev
+	return &n
+}
+
+// keepPort keeps the OVS interface id libvirt generated for a port.
+func keepPort(old, want *libvirtxml.DomainInterfaceVirtualPort) *libvirtxml.DomainInterfaceVirtualPort {
+	if old != nil && old.Params != nil && old.Params.OpenVSwitch != nil {
+		return old
+	}
+	return want
+}
+
+// hardwareChanged reports whether going from cur to want changes what
+// the guest sees as hardware, which only a restart applies.
+func hardwareChanged(cur, want *api.VMSpec) bool {
+	maxMem := want.MaxMemoryMiB
+	if maxMem == 0 {
+		maxMem = want.MemoryMiB
+	}
+	if cur.VCPU != want.VCPU || cur.MaxMemoryMiB != maxMem {
+		return true
+	}
+	if !reflect.DeepEqual(normCPU(cur.CPU), normCPU(want.CPU)) {
+		return true
+	}
+	if len(cur.Disks) != len(want.Disks) || len(cur.Interfaces) != len(want.Interfaces) {
+		return true
+	}
+	for i := range want.Disks {
+		a, b := cur.Disks[i], want.Disks[i]
+		if a.Pool != orDefault(b.Pool, "default") || a.Volume != b.Volume || a.Bus != orDefault(b.Bus, "virtio") {
+			return true
+		}
+	}
+	for i := range want.Interfaces {
+		a, b := cur.Interfaces[i], want.Interfaces[i]
+		if b.MAC == "" || !strings.EqualFold(a.MAC, b.MAC) || a.Network != b.Network || a.Bridge != b.Bridge ||
+			a.Model != orDefault(b.Model, "virtio") || a.VLAN != b.VLAN {
+			return true
+		}
+	}
+	return (cur.CloudInit == nil) != (want.CloudInit == nil)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func normCPU(c *api.CPU) api.CPU {
+	if c == nil {
+		return api.CPU{}
+	}
+	n := *c
+	if len(n.Pinning) == 0 {
+		n.Pinning = nil
+	}
+	return n
+}

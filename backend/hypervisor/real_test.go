@@ -1,0 +1,216 @@
+package hypervisor
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+// Real-libvirt tests run only with KVM_TEST_LIBVIRT_URI (e.g. qemu:///system).
+const realPoolRoot = "/var/lib/kvm-hostd-test"
+
+func openReal(t *testing.T) (*Libvirt, string) {
+	t.Helper()
+	uri := os.Getenv("KVM_TEST_LIBVIRT_URI")
+	if uri == "" {
+		t.Skip("KVM_TEST_LIBVIRT_URI not set")
+	}
+	l, err := Open(uri, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	pool := uniq("kvmtest")
+	dir := filepath.Join(realPoolRoot, pool)
+	if err := l.EnsurePool(ctx, pool, dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Remove everything the test made: domains using the pool, its
+		// volumes, the pool and its directory.
+		if vols, err := l.ListVolumes(ctx, pool); err == nil {
+			for _, v := range vols {
+				for _, u := range v.UsedBy {
+					_ = l.DeleteVM(ctx, u, 0)
+				}
+			}
+			for range 3 { // children before bases
+				vols, _ = l.ListVolumes(ctx, pool)
+				for _, v := range vols {
+					if len(v.Children) == 0 {
+						_ = l.DeleteVolume(ctx, pool, v.Name)
+					}
+				}
+			}
+		}
+		_ = l.do(ctx, func(c *libvirt.Connect) error {
+			p, err := c.LookupStoragePoolByName(pool)
+			if err != nil {
+				return err
+			}
+			defer p.Free()
+			_ = p.Destroy()
+			return p.Undefine()
+		})
+		_ = os.RemoveAll(dir)
+		_ = l.Close()
+	})
+	return l, pool
+}
+
+func qemuImgSize(t *testing.T, path string) string {
+	out, err := exec.Command("qemu-img", "info", "-U", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-img info: %v %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "virtual size:") {
+			return line
+		}
+	}
+	return string(out)
+}
+
+func TestRealLifecycle(t *testing.T) {
+	l, pool := openReal(t)
+	ctx := context.Background()
+	t.Logf("domain type %s", l.virtType)
+
+	base, clone, data := uniq("base"), uniq("clone"), uniq("data")
+	if _, err := l.CreateVolume(ctx, pool, base, api.VolumeSpec{SizeMiB: 2048}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	cv, err := l.CreateVolume(ctx, pool, clone, api.VolumeSpec{SizeMiB: 64, BaseVolume: base,
+		SourceURL: "https://example.invalid/img.qcow2", IOTune: &api.IOTune{ReadIOPSSec: 500}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("linked clone: %v", time.Since(t0))
+	if cv.BaseVolume != base || cv.SizeMiB != 2048 || cv.SourceURL == "" || cv.IOTune == nil {
+		t.Fatalf("clone: %+v", cv)
+	}
+	if _, err := l.CreateVolume(ctx, pool, data, api.VolumeSpec{SizeMiB: 32, Format: "qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	// Upload a small raw image into the data volume through a stream.
+	raw := uniq("raw")
+	if _, err := l.CreateVolume(ctx, pool, raw, api.VolumeSpec{SizeMiB: 1, Format: "raw"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WriteVolume(ctx, pool, raw, strings.NewReader(strings.Repeat("k", 4096)), 4096); err != nil {
+		t.Fatal(err)
+	}
+
+	to := int64(1)
+	name := uniq("vm")
+	spec := api.VMSpec{VCPU: 1, MemoryMiB: 64, MaxMemoryMiB: 128, Running: true, Autostart: true,
+		Disks:              []api.VMDisk{{Pool: pool, Volume: clone}, {Pool: pool, Volume: data}},
+		CloudInit:          &api.CloudInit{UserData: "#cloud-config\n", NetworkConfig: "version: 2\n"},
+		Description:        `real <&"'>`,
+		Tags:               map[string]string{"k": "v"},
+		ShutdownTimeoutSec: &to}
+	t0 = time.Now()
+	vm, err := l.CreateVM(ctx, name, spec, service.VMMeta{Owner: "o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("create+start 64 MiB domain: %v", time.Since(t0))
+	if vm.State != api.StateRunning || len(vm.Disks) != 2 || vm.Disks[1].Target != "vdb" || vm.Description != spec.Description || vm.CloudInit == nil {
+		t.Fatalf("vm: %+v", vm)
+	}
+	iso := filepath.Join(realPoolRoot, pool, name+"-cidata.iso")
+	if _, err := os.Stat(iso); err != nil {
+		t.Fatalf("seed ISO: %v", err)
+	}
+	if v, _ := l.GetVolume(ctx, pool, clone); len(v.UsedBy) != 1 || v.UsedBy[0] != name {
+		t.Fatalf("used by: %+v", v)
+	}
+
+	// Online grow through the running domain.
+	t0 = time.Now()
+	if err := l.ResizeVolume(ctx, pool, data, 96); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("online resize: %v", time.Since(t0))
+	dv, _ := l.GetVolume(ctx, pool, data)
+	if dv.SizeMiB != 96 {
+		t.Fatalf("size after grow: %d", dv.SizeMiB)
+	}
+	if s := qemuImgSize(t, dv.Path); !strings.Contains(s, "96 MiB") {
+		t.Fatalf("qemu-img: %s", s)
+	}
+	if err := l.SetVolumeIOTune(ctx, pool, data, &api.IOTune{WriteBytesSec: 10 << 20}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Live: memory within max; restart: vCPUs.
+	spec.MemoryMiB = 100
+	if r, err := l.UpdateVM(ctx, name, spec); err != nil || r {
+		t.Fatalf("live update: %v %v", r, err)
+	}
+	if vm, _ = l.GetVM(ctx, name); vm.MemoryMiB != 100 {
+		t.Fatalf("memory: %d", vm.MemoryMiB)
+	}
+	spec.VCPU = 2
+	t0 = time.Now()
+	if r, err := l.UpdateVM(ctx, name, spec); err != nil || !r {
+		t.Fatalf("restart update: %v %v", r, err)
+	}
+	t.Logf("restart update (1 s ACPI timeout, guest has no OS): %v", time.Since(t0))
+	if vm, _ = l.GetVM(ctx, name); vm.VCPU != 2 || vm.State != api.StateRunning {
+		t.Fatalf("after restart: %+v", vm)
+	}
+
+	// Snapshots on the running domain.
+	for _, mem := range []bool{false, true} {
+		sn := uniq("snap")
+		t0 = time.Now()
+		s, err := l.CreateSnapshot(ctx, name, sn, api.SnapshotSpec{Description: "d <&>", IncludeMemory: mem})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("snapshot (memory=%v): %v", mem, time.Since(t0))
+		if s.IncludeMemory != mem || s.Description != "d <&>" {
+			t.Fatalf("snapshot: %+v", s)
+		}
+		t0 = time.Now()
+		if err := l.RevertSnapshot(ctx, name, sn); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("revert (memory=%v): %v", mem, time.Since(t0))
+		if vm, _ = l.GetVM(ctx, name); vm.State != api.StateRunning {
+			t.Fatalf("state after revert: %s", vm.State)
+		}
+		if s, _ = l.GetSnapshot(ctx, name, sn); s.IncludeMemory != mem || !s.Current {
+			t.Fatalf("after revert: %+v", s)
+		}
+		if err := l.DeleteSnapshot(ctx, name, sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t0 = time.Now()
+	if err := l.DeleteVM(ctx, name, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("delete (1 s ACPI timeout): %v", time.Since(t0))
+	if _, err := os.Stat(iso); !os.IsNotExist(err) {
+		t.Fatalf("seed ISO left: %v", err)
+	}
+	for _, v := range []string{base, clone, data} {
+		if _, err := l.GetVolume(ctx, pool, v); err != nil {
+			t.Fatalf("volume %s after VM delete: %v", v, err)
+		}
+	}
+}

@@ -1,0 +1,702 @@
+package hypervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"golang.org/x/sys/unix"
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+)
+
+const (
+	mib       = 1024 * 1024
+	xattrName = "user.kvmhostd.meta"
+)
+
+// volMeta is what a volume carries besides what libvirt models.
+type volMeta struct {
+	SourceURL      string      `json:"source_url,omitempty"`
+	SourceChecksum string      `json:"source_checksum,omitempty"`
+	IOTune         *api.IOTune `json:"iotune,omitempty"`
+	// Written is the length of the last upload (test driver only, where
+	// no file records it).
+	Written int64 `json:"written,omitempty"`
+}
+
+func (m volMeta) isZero() bool {
+	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0
+}
+
+// readMeta reads a volume's extras: the file's extended attribute on real
+// pools, so a restart of kvm-hostd loses nothing; memory on the test driver.
+func (l *Libvirt) readMeta(path string) volMeta {
+	if l.test {
+		l.memMu.Lock()
+		defer l.memMu.Unlock()
+		return l.memMeta[path]
+	}
+	var m volMeta
+	buf := make([]byte, 64*1024)
+	n, err := unix.Getxattr(path, xattrName, buf)
+	if err != nil {
+		return m
+	}
+	if err := json.Unmarshal(buf[:n], &m); err != nil {
+		l.log.Warn("unreadable volume metadata", "path", path, "err", err)
+	}
+	return m
+}
+
+func (l *Libvirt) writeMeta(path string, m volMeta) error {
+	if l.test {
+		l.memMu.Lock()
+		defer l.memMu.Unlock()
+		if m.isZero() {
+			delete(l.memMeta, path)
+		} else {
+			l.memMeta[path] = m
+		}
+		return nil
+	}
+	if m.isZero() {
+		err := unix.Removexattr(path, xattrName)
+		if err != nil && !errors.Is(err, unix.ENODATA) {
+			return fmt.Errorf("clear metadata of %s: %w", path, err)
+		}
+		return nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := unix.Setxattr(path, xattrName, b, 0); err != nil {
+		return fmt.Errorf("record metadata of %s: %w", path, err)
+	}
+	return nil
+}
+
+func (l *Libvirt) dropMeta(path string) {
+	if l.test {
+		l.memMu.Lock()
+		delete(l.memMeta, path)
+		l.memMu.Unlock()
+	}
+}
+
+// EnsurePool defines, builds, starts and autostarts a dir pool; an
+// existing pool of that name is used as it is (test:///default ships one
+// named "default").
+func (l *Libvirt) EnsurePool(ctx context.Context, pool, dir string) error {
+	if !l.test {
+		if err := mkdirTraversable(dir); err != nil {
+			return err
+		}
+	}
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		p, err := c.LookupStoragePoolByName(pool)
+		if err != nil && !isCode(err, libvirt.ERR_NO_STORAGE_POOL) {
+			return wrap(err, "look up pool %s", pool)
+		}
+		if err != nil {
+			x := &libvirtxml.StoragePool{Type: "dir", Name: pool,
+				Target: &libvirtxml.StoragePoolTarget{Path: dir}}
+			doc, err := x.Marshal()
+			if err != nil {
+				return err
+			}
+			p, err = c.StoragePoolDefineXML(doc, 0)
+			if err != nil && l.test && isCode(err, libvirt.ERR_OPERATION_FAILED) {
+				// test:///default ships a pool "default-pool" at
+				// /default-pool; test pools hold no files, so any other
+				// directory name serves.
+				x.Target.Path = filepath.Join(dir, pool)
+				if doc, err = x.Marshal(); err != nil {
+					return err
+				}
+				p, err = c.StoragePoolDefineXML(doc, 0)
+			}
+			if err != nil {
+				return wrap(err, "define pool %s", pool)
+			}
+			if err := p.Build(libvirt.STORAGE_POOL_BUILD_NEW); err != nil && !l.test {
+				l.log.Debug("pool build", "pool", pool, "err", err)
+			}
+		}
+		defer p.Free()
+		active, err := p.IsActive()
+		if err != nil {
+			return wrap(err, "pool %s state", pool)
+		}
+		if !active {
+			if err := p.Create(0); err != nil {
+				return wrap(err, "start pool %s", pool)
+			}
+		}
+		if auto, err := p.GetAutostart(); err == nil && !auto {
+			if err := p.SetAutostart(true); err != nil {
+				return wrap(err, "autostart pool %s", pool)
+			}
+		}
+		return nil
+	})
+}
+
+// mkdirTraversable creates dir (0755) and makes every parent traversable:
+// QEMU runs as libvirt-qemu and must reach the images.
+func mkdirTraversable(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create pool directory: %w", err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+				return fmt.Errorf("make %s traversable: %w", d, err)
+			}
+		}
+		if d == "/" || d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+// withPool runs fn with the named pool, refreshed so out-of-band files show.
+func (l *Libvirt) withPool(ctx context.Context, pool string, refresh bool, fn func(c *libvirt.Connect, p *libvirt.StoragePool) error) error {
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		p, err := c.LookupStoragePoolByName(pool)
+		if err != nil {
+			return wrap(err, "pool %s", pool)
+		}
+		defer p.Free()
+		if refresh && !l.test {
+			_ = p.Refresh(0)
+		}
+		return fn(c, p)
+	})
+}
+
+func volXML(v *libvirt.StorageVol) (*libvirtxml.StorageVolume, error) {
+	doc, err := v.GetXMLDesc(0)
+	if err != nil {
+		return nil, err
+	}
+	x := &libvirtxml.StorageVolume{}
+	if err := x.Unmarshal(doc); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+func sizeBytes(s *libvirtxml.StorageVolumeSize) uint64 {
+	if s == nil {
+		return 0
+	}
+	if s.Unit == "" {
+		return s.Value // volume sizes default to bytes
+	}
+	return toBytes(s.Unit, s.Value)
+}
+
+// volumeOf reads one volume (without UsedBy/Children).
+func (l *Libvirt) volumeOf(pool string, v *libvirt.StorageVol) (*api.Volume, *libvirtxml.StorageVolume, error) {
+	x, err := volXML(v)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := &api.Volume{Name: x.Name, Pool: pool}
+	if x.Target != nil {
+		out.Path = x.Target.Path
+		if x.Target.Format != nil {
+			out.Format = x.Target.Format.Type
+		}
+	}
+	if out.Format == "" {
+		out.Format = api.FormatRaw
+	}
+	out.SizeMiB = int64(sizeBytes(x.Capacity) / mib)
+	out.AllocatedMiB = int64((sizeBytes(x.Allocation) + mib - 1) / mib)
+	m := l.readMeta(out.Path)
+	out.SourceURL, out.SourceChecksum = m.SourceURL, m.SourceChecksum
+	if !m.IOTune.IsZero() {
+		t := *m.IOTune
+		out.IOTune = &t
+	}
+	if l.test && m.Written > 0 {
+		// The test driver never allocates; report what was uploaded.
+		out.AllocatedMiB = (m.Written + mib - 1) / mib
+	}
+	return out, x, nil
+}
+
+// poolVolumes reads every volume of a pool and links bases and children.
+func (l *Libvirt) poolVolumes(c *libvirt.Connect, pool string, p *libvirt.StoragePool) ([]api.Volume, error) {
+	vols, err := p.ListAllStorageVolumes(0)
+	if err != nil {
+		return nil, wrap(err, "list volumes of %s", pool)
+	}
+	out := make([]api.Volume, 0, len(vols))
+	backing := map[string]string{} // volume path -> backing path
+	for i := range vols {
+		v, x, err := l.volumeOf(pool, &vols[i])
+		vols[i].Free()
+		if err != nil {
+			if isCode(err, libvirt.ERR_NO_STORAGE_VOL) {
+				continue // deleted meanwhile
+			}
+			return nil, wrap(err, "read volume in %s", pool)
+		}
+		if x.BackingStore != nil {
+			backing[v.Path] = x.BackingStore.Path
+		}
+		out = append(out, *v)
+	}
+	byPath := map[string]string{}
+	for _, v := range out {
+		byPath[v.Path] = v.Name
+	}
+	users, err := l.diskUsers(c)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		v := &out[i]
+		if b, ok := backing[v.Path]; ok {
+			v.BaseVolume = byPath[b]
+		}
+		for child, b := range backing {
+			if b == v.Path {
+				v.Children = append(v.Children, byPath[child])
+			}
+		}
+		sort.Strings(v.Children)
+		v.UsedBy = users[v.Path]
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// diskUsers maps a file path to the domains whose disks use it.
+func (l *Libvirt) diskUsers(c *libvirt.Connect) (map[string][]string, error) {
+	doms, err := c.ListAllDomains(0)
+	if err != nil {
+		return nil, wrap(err, "list domains")
+	}
+	users := map[string][]string{}
+	for i := range doms {
+		d := &doms[i]
+		x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+		d.Free()
+		if err != nil {
+			continue
+		}
+		seen := map[string]bool{}
+		for _, disk := range diskList(x) {
+			p := diskPath(&disk)
+			if p != "" && !seen[p] {
+				seen[p] = true
+				users[p] = append(users[p], x.Name)
+			}
+		}
+	}
+	for _, u := range users {
+		sort.Strings(u)
+	}
+	return users, nil
+}
+
+// ListVolumes lists the volumes of a pool.
+func (l *Libvirt) ListVolumes(ctx context.Context, pool string) ([]api.Volume, error) {
+	var out []api.Volume
+	err := l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		var err error
+		out, err = l.poolVolumes(c, pool, p)
+		return err
+	})
+	return out, err
+}
+
+// GetVolume reads one volume with its users and children.
+func (l *Libvirt) GetVolume(ctx context.Context, pool, name string) (*api.Volume, error) {
+	var out *api.Volume
+	err := l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(name)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, name)
+		}
+		v.Free()
+		all, err := l.poolVolumes(c, pool, p)
+		if err != nil {
+			return err
+		}
+		for i := range all {
+			if all[i].Name == name {
+				out = &all[i]
+				return nil
+			}
+		}
+		return api.Errorf(api.CodeNotFound, "volume %s/%s not found", pool, name)
+	})
+	return out, err
+}
+
+// CreateVolume creates an empty volume, or a qcow2 overlay on BaseVolume
+// (O(1): only the overlay header is written, the base is never copied).
+func (l *Libvirt) CreateVolume(ctx context.Context, pool, name string, spec api.VolumeSpec) (*api.Volume, error) {
+	format := spec.Format
+	if format == "" {
+		format = api.FormatQCOW2
+	}
+	if format != api.FormatQCOW2 && format != api.FormatRaw {
+		return nil, api.Errorf(api.CodeInvalid, "volume format %q: use qcow2 or raw", format)
+	}
+	if spec.SizeMiB < 0 {
+		return nil, api.Errorf(api.CodeInvalid, "volume size must not be negative")
+	}
+	err := l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		if v, err := p.LookupStorageVolByName(name); err == nil {
+			v.Free()
+			return api.Errorf(api.CodeConflict, "volume %s/%s already exists", pool, name)
+		}
+		capacity := uint64(spec.SizeMiB) * mib
+		x := &libvirtxml.StorageVolume{
+			Name:     name,
+			Capacity: &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: capacity},
+			Target:   &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: format}},
+		}
+		if format == api.FormatQCOW2 || l.test {
+			// Sparse: allocate nothing up front.
+			x.Allocation = &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: 0}
+		}
+		if spec.BaseVolume != "" {
+			if format != api.FormatQCOW2 {
+				return api.Errorf(api.CodeInvalid, "a linked clone must be qcow2")
+			}
+			bv, err := p.LookupStorageVolByName(spec.BaseVolume)
+			if err != nil {
+				return wrap(err, "base volume %s/%s", pool, spec.BaseVolume)
+			}
+			base, berr := l.volumeOfFree(pool, bv)
+			if berr != nil {
+				return berr
+			}
+			if uint64(base.SizeMiB)*mib > capacity {
+				x.Capacity.Value = uint64(base.SizeMiB) * mib
+			}
+			x.BackingStore = &libvirtxml.StorageVolumeBackingStore{Path: base.Path,
+				Format: &libvirtxml.StorageVolumeTargetFormat{Type: base.Format}}
+		}
+		if x.Capacity.Value == 0 {
+			return api.Errorf(api.CodeInvalid, "volume size_mib must be positive")
+		}
+		doc, err := x.Marshal()
+		if err != nil {
+			return err
+		}
+		v, err := p.StorageVolCreateXML(doc, 0)
+		if err != nil {
+			return wrap(err, "create volume %s/%s", pool, name)
+		}
+		defer v.Free()
+		path, err := v.GetPath()
+		if err != nil {
+			return wrap(err, "volume path")
+		}
+		m := volMeta{SourceURL: spec.SourceURL, SourceChecksum: spec.SourceChecksum}
+		if !spec.IOTune.IsZero() {
+			t := *spec.IOTune
+			m.IOTune = &t
+		}
+		if err := l.writeMeta(path, m); err != nil {
+			_ = v.Delete(0)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l.GetVolume(ctx, pool, name)
+}
+
+func (l *Libvirt) volumeOfFree(pool string, v *libvirt.StorageVol) (*api.Volume, error) {
+	defer v.Free()
+	out, _, err := l.volumeOf(pool, v)
+	if err != nil {
+		return nil, wrap(err, "read volume")
+	}
+	return out, nil
+}
+
+// WriteVolume uploads an image into a volume through a libvirt stream, so
+// it works the same on a remote libvirt.
+func (l *Libvirt) WriteVolume(ctx context.Context, pool, name string, r io.Reader, length int64) error {
+	return l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(name)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, name)
+		}
+		defer v.Free()
+		path, err := v.GetPath()
+		if err != nil {
+			return wrap(err, "volume path")
+		}
+		if l.test {
+			// The test driver has no data path: consume and record.
+			n, err := io.Copy(io.Discard, r)
+			if err != nil {
+				return fmt.Errorf("read image: %w", err)
+			}
+			m := l.readMeta(path)
+			m.Written = n
+			return l.writeMeta(path, m)
+		}
+		// Keep the metadata: uploads rewrite the file.
+		m := l.readMeta(path)
+		st, err := c.NewStream(0)
+		if err != nil {
+			return wrap(err, "new stream")
+		}
+		defer st.Free()
+		var ln uint64
+		if length > 0 {
+			ln = uint64(length)
+		}
+		if err := v.Upload(st, 0, ln, 0); err != nil {
+			return wrap(err, "upload to %s/%s", pool, name)
+		}
+		buf := make([]byte, 1<<20)
+		for {
+			if err := ctx.Err(); err != nil {
+				_ = st.Abort()
+				return err
+			}
+			n, rerr := r.Read(buf)
+			for off := 0; off < n; {
+				w, err := st.Send(buf[off:n])
+				if err != nil {
+					_ = st.Abort()
+					return wrap(err, "stream to %s/%s", pool, name)
+				}
+				off += w
+			}
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				_ = st.Abort()
+				return fmt.Errorf("read image: %w", rerr)
+			}
+		}
+		if err := st.Finish(); err != nil {
+			return wrap(err, "finish upload to %s/%s", pool, name)
+		}
+		_ = p.Refresh(0)
+		return l.writeMeta(path, m)
+	})
+}
+
+// attachedDisk is a disk of a domain using a given path.
+type attachedDisk struct {
+	dom    string
+	target string
+	active bool
+}
+
+// attachments lists the domains (and their disk targets) using path.
+func (l *Libvirt) attachments(c *libvirt.Connect, path string) ([]attachedDisk, error) {
+	doms, err := c.ListAllDomains(0)
+	if err != nil {
+		return nil, wrap(err, "list domains")
+	}
+	var out []attachedDisk
+	for i := range doms {
+		d := &doms[i]
+		active, _ := d.IsActive()
+		x, err := domXML(d, 0)
+		d.Free()
+		if err != nil {
+			continue
+		}
+		for _, disk := range diskList(x) {
+			if diskPath(&disk) == path && disk.Target != nil {
+				out = append(out, attachedDisk{dom: x.Name, target: disk.Target.Dev, active: active})
+			}
+		}
+	}
+	return out, nil
+}
+
+// ResizeVolume grows a volume; through the running domain when attached,
+// so the guest sees the new size at once.
+func (l *Libvirt) ResizeVolume(ctx context.Context, pool, name string, sizeMiB int64) error {
+	return l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(name)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, name)
+		}
+		defer v.Free()
+		cur, x, err := l.volumeOf(pool, v)
+		if err != nil {
+			return wrap(err, "read volume %s/%s", pool, name)
+		}
+		switch {
+		case sizeMiB < cur.SizeMiB:
+			return api.Errorf(api.CodeInvalid, "volume %s/%s is %d MiB; shrinking to %d MiB is not supported", pool, name, cur.SizeMiB, sizeMiB)
+		case sizeMiB == cur.SizeMiB:
+			return nil
+		}
+		size := uint64(sizeMiB) * mib
+		if l.test {
+			return l.testResize(p, x, size)
+		}
+		att, err := l.attachments(c, cur.Path)
+		if err != nil {
+			return err
+		}
+		for _, a := range att {
+			if !a.active {
+				continue
+			}
+			d, err := c.LookupDomainByName(a.dom)
+			if err != nil {
+				return wrap(err, "domain %s", a.dom)
+			}
+			err = d.BlockResize(a.target, size, libvirt.DOMAIN_BLOCK_RESIZE_BYTES)
+			d.Free()
+			if err != nil {
+				return wrap(err, "online resize of %s on %s", a.target, a.dom)
+			}
+			return nil
+		}
+		if err := v.Resize(size, 0); err != nil {
+			return wrap(err, "resize volume %s/%s", pool, name)
+		}
+		return nil
+	})
+}
+
+// testResize emulates a resize on the test driver (which has none) by
+// re-creating the volume definition with the new capacity: test volumes
+// hold no data, and path, format and backing store stay the same.
+func (l *Libvirt) testResize(p *libvirt.StoragePool, x *libvirtxml.StorageVolume, size uint64) error {
+	v, err := p.LookupStorageVolByName(x.Name)
+	if err != nil {
+		return wrap(err, "volume %s", x.Name)
+	}
+	defer v.Free()
+	if err := v.Delete(0); err != nil {
+		return wrap(err, "resize volume %s", x.Name)
+	}
+	nx := &libvirtxml.StorageVolume{Name: x.Name,
+		Capacity:   &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: size},
+		Allocation: x.Allocation, BackingStore: x.BackingStore}
+	if x.Target != nil {
+		nx.Target = &libvirtxml.StorageVolumeTarget{Format: x.Target.Format}
+	}
+	doc, err := nx.Marshal()
+	if err != nil {
+		return err
+	}
+	nv, err := p.StorageVolCreateXML(doc, 0)
+	if err != nil {
+		return wrap(err, "resize volume %s", x.Name)
+	}
+	nv.Free()
+	return nil
+}
+
+// SetVolumeIOTune records the limits and applies them to attaching domains.
+func (l *Libvirt) SetVolumeIOTune(ctx context.Context, pool, name string, t *api.IOTune) error {
+	return l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(name)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, name)
+		}
+		path, err := v.GetPath()
+		v.Free()
+		if err != nil {
+			return wrap(err, "volume path")
+		}
+		m := l.readMeta(path)
+		m.IOTune = nil
+		if !t.IsZero() {
+			tt := *t
+			m.IOTune = &tt
+		}
+		if err := l.writeMeta(path, m); err != nil {
+			return err
+		}
+		if l.test {
+			return nil // no block tuning on the test driver; recorded only
+		}
+		att, err := l.attachments(c, path)
+		if err != nil {
+			return err
+		}
+		for _, a := range att {
+			if err := applyIOTune(c, a, t); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func applyIOTune(c *libvirt.Connect, a attachedDisk, t *api.IOTune) error {
+	d, err := c.LookupDomainByName(a.dom)
+	if err != nil {
+		return wrap(err, "domain %s", a.dom)
+	}
+	defer d.Free()
+	if t == nil {
+		t = &api.IOTune{}
+	}
+	params := &libvirt.DomainBlockIoTuneParameters{
+		ReadBytesSecSet: true, ReadBytesSec: uint64(t.ReadBytesSec),
+		WriteBytesSecSet: true, WriteBytesSec: uint64(t.WriteBytesSec),
+		ReadIopsSecSet: true, ReadIopsSec: uint64(t.ReadIOPSSec),
+		WriteIopsSecSet: true, WriteIopsSec: uint64(t.WriteIOPSSec),
+		TotalBytesSecSet: true, TotalIopsSecSet: true,
+	}
+	flags := libvirt.DOMAIN_AFFECT_CONFIG
+	if a.active {
+		flags |= libvirt.DOMAIN_AFFECT_LIVE
+	}
+	if err := d.SetBlockIoTune(a.target, params, flags); err != nil {
+		return wrap(err, "set I/O limits of %s on %s", a.target, a.dom)
+	}
+	return nil
+}
+
+// DeleteVolume deletes a volume (the service checked it is unused).
+func (l *Libvirt) DeleteVolume(ctx context.Context, pool, name string) error {
+	return l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(name)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, name)
+		}
+		defer v.Free()
+		path, _ := v.GetPath()
+		if err := v.Delete(0); err != nil {
+			return wrap(err, "delete volume %s/%s", pool, name)
+		}
+		l.dropMeta(path)
+		return nil
+	})
+}
