@@ -81,7 +81,7 @@ cd "$work/tf"
 echo
 echo "== terraform apply (examples/quickstart)"
 start=$(date +%s.%N)
-"$tf" apply -auto-approve -input=false -no-color | grep -E '^(Apply complete|.*: Creation complete|Warning)' || true
+"$tf" apply -auto-approve -input=false -no-color | grep -E '^(Apply complete|.*: Creation complete|Warning: [^P])' || true
 printf 'apply took %.1f s\n' "$(echo "$(date +%s.%N) - $start" | bc)"
 echo
 echo "== what was created, and where"

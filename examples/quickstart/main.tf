@@ -115,3 +115,19 @@ output "network" {
 output "snapshot" {
   value = "${kvm_snapshot.before_upgrade.id} (created ${kvm_snapshot.before_upgrade.created_at})"
 }
+
+output "hosts" {
+  description = "Live inventory of every host, as its kvm-hostd reports it."
+  value = {
+    for h in data.kvm_hosts.all.hosts : h.name => {
+      healthy         = h.healthy
+      cpus            = h.cpus
+      memory_mib      = h.memory_mib
+      free_memory_mib = h.free_memory_mib
+      vm_count        = h.vm_count
+      labels          = h.labels
+      tunnel_ip       = h.tunnel_ip
+      version         = h.version
+    }
+  }
+}
