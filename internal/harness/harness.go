@@ -390,3 +390,22 @@ func tail(path string, n int) string {
 func randomSuffix() string {
 	return fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
 }
+
+// RealOptions points opts at the real stack that `make test` starts
+// (KVM_TEST_LIBVIRT_URI, usually qemu:///system, and KVM_TEST_OVSDB, an Open
+// vSwitch), or skips the test when it is not available. Real tests share one
+// libvirtd: give objects names unique to the test.
+func RealOptions(t testing.TB, opts Options) Options {
+	t.Helper()
+	uri := os.Getenv("KVM_TEST_LIBVIRT_URI")
+	if uri == "" {
+		t.Skip("real-stack test: run through make test, or set KVM_TEST_LIBVIRT_URI=qemu:///system (and KVM_TEST_OVSDB)")
+	}
+	opts.LibvirtURI = uri
+	if ovsdb := os.Getenv("KVM_TEST_OVSDB"); ovsdb != "" {
+		opts.OVSDB = ovsdb
+	} else {
+		opts.OVSDB = "embedded"
+	}
+	return opts
+}

@@ -1,0 +1,216 @@
+package realstack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// requireRealStack skips unless the real-stack tests were asked for: they need root,
+// the packages from scripts/install-deps.sh, and start real daemons.
+func requireRealStack(t *testing.T) {
+	t.Helper()
+	if os.Getenv("KVM_TEST_REALSTACK") != "1" {
+		t.Skip("set KVM_TEST_REALSTACK=1 to run real-stack tests (root, libvirt, OVS)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("real-stack tests need root")
+	}
+}
+
+// shortTempDir returns a temp dir short enough for AF_UNIX socket paths, which
+// t.TempDir (named after the test) can exceed.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func TestEnsureLibvirt(t *testing.T) {
+	requireRealStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	d, err := EnsureLibvirt(ctx, LibvirtOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Logf("libvirt at %s (started here: %v)", d.URI, d.Started)
+
+	// A second handle (as another test package would take) must see it up, not start
+	// a second libvirtd.
+	d2, err := EnsureLibvirt(ctx, LibvirtOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2.Started {
+		t.Error("second EnsureLibvirt started libvirtd again")
+	}
+	if err := d2.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// d still holds a reference: the daemons must have survived d2.Stop.
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", d.URI, "list", "--all").CombinedOutput(); err != nil {
+		t.Fatalf("libvirt gone after the other handle stopped: %v: %s", err, out)
+	}
+	if n := len(findProcesses("libvirtd")); n != 1 {
+		t.Errorf("found %d libvirtd in this namespace, want 1", n)
+	}
+}
+
+func TestEnsureOVS(t *testing.T) {
+	requireRealStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	o, err := EnsureOVS(ctx, shortTempDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	daemons := append([]daemon(nil), o.daemons...)
+	t.Cleanup(func() { _ = o.Stop() })
+	if !strings.HasPrefix(o.Endpoint, "unix:/") {
+		t.Errorf("endpoint = %q", o.Endpoint)
+	}
+
+	// Bridge names are netdevs in this namespace: keep them unique and <= 15 bytes.
+	br := fmt.Sprintf("rst%d", os.Getpid()%1000000)
+	if err := o.AddNetdevBridge(br); err != nil {
+		t.Fatal(err)
+	}
+	out, err := o.Vsctl("list-br")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != br {
+		t.Errorf("list-br = %q, want %q", out, br)
+	}
+	// The system OVS (if any) must not see the private bridge.
+	if out, err := exec.Command("ovs-vsctl", "--timeout=2", "br-exists", br).CombinedOutput(); err == nil {
+		t.Errorf("bridge %s leaked into the system OVS: %s", br, out)
+	}
+	if _, err := o.Vsctl("del-br", br); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := o.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range daemons {
+		if d.alive() {
+			t.Errorf("%s still running after Stop", d)
+		}
+	}
+}
+
+func TestHostNamespaces(t *testing.T) {
+	requireRealStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	hs, err := NewHostNamespaces(ctx, HostsOptions{Names: []string{"a", "b"}, OVS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		start := time.Now()
+		if err := hs.Close(); err != nil {
+			t.Error(err)
+		}
+		t.Logf("teardown took %s", time.Since(start).Round(time.Millisecond))
+	})
+	t.Logf("two hosts up in %s", time.Since(start).Round(time.Millisecond))
+
+	a, b := hs.Host("a"), hs.Host("b")
+	for _, h := range hs.Hosts {
+		// From the root namespace over TCP, as another host's libvirtd would connect.
+		if out, err := exec.CommandContext(ctx, "virsh", "-c", h.URI, "uri").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", h.URI, err, out)
+		}
+		if out, err := exec.CommandContext(ctx, "virsh", "-c", h.LocalURI, "list", "--all").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", h.LocalURI, err, out)
+		}
+		// "On" the host: its own address and its own libvirt config.
+		out, err := h.Command("ip", "-4", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), h.IP+"/24") {
+			t.Errorf("host %s: eth0 = %q, %v; want %s", h.Name, out, err, h.IP)
+		}
+		out, err = h.Command("grep", "-c", "realstack host "+h.Name, "/etc/libvirt/libvirtd.conf").CombinedOutput()
+		if err != nil {
+			t.Errorf("host %s does not see its private /etc/libvirt: %v: %s", h.Name, err, out)
+		}
+		if err := h.OVS.AddNetdevBridge("br-test"); err != nil {
+			t.Errorf("host %s: %v", h.Name, err)
+		}
+	}
+	// Hosts reach each other across the bridge (as migration needs).
+	if out, err := a.Command("virsh", "-c", b.URI, "uri").CombinedOutput(); err != nil {
+		t.Errorf("a cannot reach b: %v: %s", err, out)
+	}
+
+	t.Run("live migration", func(t *testing.T) {
+		testLiveMigration(ctx, t, a, b)
+	})
+}
+
+// testLiveMigration moves a running 64 MiB diskless domain from one host to the other
+// with virsh, the way the recipe measured it.
+func testLiveMigration(ctx context.Context, t *testing.T, src, dst *NSHost) {
+	const name = "rs-migrate"
+	xml := `<domain type='qemu'>
+  <name>` + name + `</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
+</domain>`
+	xmlFile := filepath.Join(t.TempDir(), "domain.xml")
+	if err := os.WriteFile(xmlFile, []byte(xml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	virsh := func(uri string, args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, "virsh", append([]string{"-c", uri}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("virsh -c %s %s: %v: %s", uri, strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	start := time.Now()
+	virsh(src.URI, "define", xmlFile)
+	virsh(src.URI, "start", name)
+	t.Logf("define+start took %s", time.Since(start).Round(time.Millisecond))
+	uuid := virsh(src.URI, "domuuid", name)
+
+	start = time.Now()
+	virsh(src.URI, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", name, dst.URI)
+	t.Logf("live migration took %s", time.Since(start).Round(time.Millisecond))
+
+	if state := virsh(dst.URI, "domstate", name); state != "running" {
+		t.Errorf("on destination: state %q, want running", state)
+	}
+	if got := virsh(dst.URI, "domuuid", name); got != uuid {
+		t.Errorf("UUID changed across migration: %s -> %s", uuid, got)
+	}
+	if out, err := exec.CommandContext(ctx, "virsh", "-c", src.URI, "dominfo", name).CombinedOutput(); err == nil {
+		t.Errorf("domain still defined on source: %s", out)
+	}
+	virsh(dst.URI, "destroy", name)
+	virsh(dst.URI, "undefine", name)
+}

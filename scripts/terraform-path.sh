@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Print the absolute path of the terraform binary the tests should use, building one
+# if needed. Meant for `TF_ACC_TERRAFORM_PATH := $(shell scripts/terraform-path.sh)`,
+# so stdout carries only the path and the warm path is fast (no network).
+#
+# Order: terraform on PATH if >= 1.5 (unless FORCE_BUILD_TERRAFORM=1), then a cached
+# build in .cache/bin/terraform, else build it from the Go module proxy.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_bin="$repo_root/.cache/bin/terraform"
+min_major=1 min_minor=5
+
+# Skip HashiCorp's update check: it is a network call on every `terraform version`.
+export CHECKPOINT_DISABLE=1
+
+# usable BIN: exit 0 when BIN runs and reports a version >= 1.5.
+usable() {
+	local bin="$1" out ver major minor
+	[[ -x "$bin" ]] || return 1
+	out="$("$bin" version -json 2>/dev/null)" || return 1
+	ver="$(sed -n 's/.*"terraform_version": *"\([0-9][0-9.]*\).*/\1/p' <<<"$out")"
+	IFS=. read -r major minor _ <<<"$ver"
+	[[ -n "$major" && -n "$minor" ]] || return 1
+	((major > min_major || (major == min_major && minor >= min_minor)))
+}
+
+if [[ "${FORCE_BUILD_TERRAFORM:-0}" != 1 ]]; then
+	if on_path="$(command -v terraform 2>/dev/null)" && usable "$on_path"; then
+		readlink -f "$on_path"
+		exit 0
+	fi
+fi
+
+if ! usable "$cache_bin"; then
+	# Several make/test processes may ask at once; build only once.
+	mkdir -p "$(dirname "$cache_bin")"
+	exec 9>"$repo_root/.cache/terraform-build.lock"
+	flock 9
+	if ! usable "$cache_bin"; then
+		"$repo_root/scripts/build-terraform.sh" "$cache_bin" >&2
+	fi
+	usable "$cache_bin" || { echo "terraform-path: built $cache_bin is not usable" >&2; exit 1; }
+fi
+echo "$cache_bin"
