@@ -41,6 +41,14 @@ type Options struct {
 	ExtraArgs []string
 	// Env adds environment variables to every kvm-hostd.
 	Env []string
+	// ListenIPs per host name (default 127.0.0.1), e.g. a host's address in
+	// its network namespace.
+	ListenIPs map[string]string
+	// ExtraHostArgs per host name, appended after ExtraArgs.
+	ExtraHostArgs map[string][]string
+	// Wrap, when set, builds the command that runs kvm-hostd for a host, so
+	// it can run "on" a simulated host (e.g. realstack's NSHost.Command).
+	Wrap func(host string, argv []string) *exec.Cmd
 }
 
 // Cluster is a set of running kvm-hostd processes.
@@ -60,6 +68,7 @@ type Host struct {
 	cmd      *exec.Cmd
 	logPath  string
 	waitDone chan struct{}
+	wrap     func(host string, argv []string) *exec.Cmd
 }
 
 var (
@@ -167,8 +176,12 @@ func StartCluster(opts Options) (*Cluster, error) {
 			// which a 0700 temp dir is not.
 			poolDir = filepath.Join(poolRoot, filepath.Base(dir), name)
 		}
+		listenIP := "127.0.0.1"
+		if ip := opts.ListenIPs[name]; ip != "" {
+			listenIP = ip
+		}
 		args := []string{
-			"--name", name, "--listen", "127.0.0.1:0",
+			"--name", name, "--listen", listenIP + ":0",
 			"--libvirt-uri", opts.LibvirtURI, "--ovsdb", opts.OVSDB,
 			"--pool-dir", poolDir, "--token-file", tokenFile,
 			"--audit-log", filepath.Join(dir, name+"-audit.log"),
@@ -181,7 +194,8 @@ func StartCluster(opts Options) (*Cluster, error) {
 			args = append(args, "--tunnel-ip", ip)
 		}
 		args = append(args, opts.ExtraArgs...)
-		h := &Host{Name: name, args: append([]string{bin}, args...), env: opts.Env, logPath: filepath.Join(dir, name+".log")}
+		args = append(args, opts.ExtraHostArgs[name]...)
+		h := &Host{Name: name, args: append([]string{bin}, args...), env: opts.Env, logPath: filepath.Join(dir, name+".log"), wrap: opts.Wrap}
 		c.Hosts = append(c.Hosts, h)
 		wg.Add(1)
 		go func() {
@@ -219,7 +233,12 @@ func (h *Host) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(h.args[0], h.args[1:]...)
+	var cmd *exec.Cmd
+	if h.wrap != nil {
+		cmd = h.wrap(h.Name, h.args)
+	} else {
+		cmd = exec.Command(h.args[0], h.args[1:]...)
+	}
 	cmd.Env = append(os.Environ(), h.env...)
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
