@@ -15,4 +15,5 @@ terraform {
 }
 TF
 cd "$work"
-"$tf" providers schema -json 2>/dev/null
+# tfplugindocs looks a provider up by its short name (or under hashicorp/).
+"$tf" providers schema -json 2>/dev/null | sed 's#"registry.terraform.io/kvmfleet/kvm":#"kvm":#'
