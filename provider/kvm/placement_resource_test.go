@@ -339,3 +339,49 @@ func TestAccPlacement_validation(t *testing.T) {
 		},
 	})
 }
+
+func TestAccPlacement_import(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a", "host-b"}, ExtraArgs: []string{"--memory-overcommit", "10"}})
+	cfg := c.ProviderHCL() + `
+resource "kvm_cluster_placement" "web" {
+  request = {
+    "web-1" = { vcpu = 1, memory_mib = 64, anti_affinity_group = "web" }
+    "web-2" = { vcpu = 1, memory_mib = 64, anti_affinity_group = "web" }
+  }
+}
+`
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		Steps: []resource.TestStep{
+			{
+				// Adopt an existing layout that is the opposite of what a
+				// fresh placement would pick; the keys must keep it.
+				Config:             cfg,
+				ResourceName:       "kvm_cluster_placement.web",
+				ImportState:        true,
+				ImportStateId:      "web-1=host-b,web-2=host-a",
+				ImportStatePersist: true,
+				ImportStateCheck: func(s []*terraform.InstanceState) error {
+					if len(s) != 1 || s[0].Attributes["assignments.web-1"] != "host-b" {
+						return fmt.Errorf("imported state: %+v", s)
+					}
+					return nil
+				},
+			},
+			{
+				Config: cfg,
+				Check: resource.ComposeTestCheckFunc(
+					resource.TestCheckResourceAttr("kvm_cluster_placement.web", "assignments.web-1", "host-b"),
+					resource.TestCheckResourceAttr("kvm_cluster_placement.web", "assignments.web-2", "host-a"),
+				),
+			},
+			{
+				Config:        cfg,
+				ResourceName:  "kvm_cluster_placement.web",
+				ImportState:   true,
+				ImportStateId: "web-1",
+				ExpectError:   regexp.MustCompile(`key=host`),
+			},
+		},
+	})
+}
