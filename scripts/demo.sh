@@ -44,6 +44,13 @@ pool_root="$work"
 if [[ "$mode" == real ]]; then
 	# shellcheck disable=SC1091
 	source scripts/realstack-env.sh # sets libvirt_uri, ovsdb, pool_root, realstack_down
+	# One kvm-hostd: here every host would share the one system libvirtd, and
+	# kvm-hostd's pool is always named "default" — three hosts would put their
+	# three golden-base disks in one pool and see each other's VMs. One host,
+	# one web VM, on real QEMU and a real OVS bridge.
+	hosts=(host-a)
+	labels=("zone=a")
+	export TF_VAR_web_count=1
 fi
 
 token="demo-$RANDOM$RANDOM"
@@ -81,11 +88,28 @@ cd "$work/tf"
 echo
 echo "== terraform apply (examples/quickstart)"
 start=$(date +%s.%N)
-"$tf" apply -auto-approve -input=false -no-color | grep -E '^(Apply complete|.*: Creation complete|Warning: [^P])' || true
+if ! "$tf" apply -auto-approve -input=false -no-color >"$work/apply.txt" 2>&1; then
+	cat "$work/apply.txt" >&2
+	exit 1
+fi
+grep -E '^(Apply complete|.*: Creation complete|Warning: [^P])' "$work/apply.txt" || true
 printf 'apply took %.1f s\n' "$(echo "$(date +%s.%N) - $start" | bc)"
 echo
 echo "== what was created, and where"
 "$tf" output -no-color
+if [[ "$mode" == real ]]; then
+	echo
+	echo "== the VM's NIC on the real Open vSwitch ($ovsdb)"
+	bridge="$("$tf" output -no-color -json network | sed -n 's/.*"bridge":"\([^"]*\)".*/\1/p')"
+	vsctl=(ovs-vsctl --db="$ovsdb")
+	echo "bridge $bridge: datapath_type=$("${vsctl[@]}" get Bridge "$bridge" datapath_type)"
+	for port in $("${vsctl[@]}" list-ports "$bridge"); do
+		echo "  port $port: tag=$("${vsctl[@]}" get Port "$port" tag)" \
+			"type=$("${vsctl[@]}" get Interface "$port" type)" \
+			"attached-mac=$("${vsctl[@]}" --if-exists get Interface "$port" external_ids:attached-mac)" \
+			"vm-id=$("${vsctl[@]}" --if-exists get Interface "$port" external_ids:vm-id)"
+	done
+fi
 echo
 echo "== a second terraform plan"
 set +e
@@ -101,5 +125,9 @@ else
 fi
 echo
 echo "== terraform destroy"
-"$tf" destroy -auto-approve -input=false -no-color | grep -E '^Destroy complete' || true
+if ! "$tf" destroy -auto-approve -input=false -no-color >"$work/destroy.txt" 2>&1; then
+	cat "$work/destroy.txt" >&2
+	exit 1
+fi
+grep -E '^Destroy complete' "$work/destroy.txt"
 DEMO_DESTROYED=1

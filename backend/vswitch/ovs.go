@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-logr/logr"
 	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/ovn-kubernetes/libovsdb/model"
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
@@ -164,11 +166,12 @@ func (s *OVS) connect(ctx context.Context, endpoint string, lg logr.Logger) erro
 		return api.Errorf(api.CodeUnavailable, "ovsdb %s: %v", endpoint, err)
 	}
 	s.client = c
+	ovsRow, br, port, iface := &OpenvSwitch{}, &Bridge{}, &Port{}, &Interface{}
 	if _, err := c.Monitor(ctx, c.NewMonitor(
-		client.WithTable(&OpenvSwitch{}),
-		client.WithTable(&Bridge{}),
-		client.WithTable(&Port{}),
-		client.WithTable(&Interface{}),
+		client.WithTable(ovsRow, modelColumns(ovsRow)...),
+		client.WithTable(br, modelColumns(br)...),
+		client.WithTable(port, modelColumns(port)...),
+		client.WithTable(iface, modelColumns(iface)...),
 	)); err != nil {
 		return api.Errorf(api.CodeUnavailable, "ovsdb %s: monitor: %v", endpoint, err)
 	}
@@ -185,6 +188,23 @@ func (s *OVS) connect(ctx context.Context, endpoint string, lg logr.Logger) erro
 	}
 	_, err = s.transact(ctx, ops)
 	return err
+}
+
+// modelColumns returns pointers to m's column fields (all but _uuid), so a
+// monitor asks for exactly the columns the model has. With no fields
+// libovsdb monitors every column of the server's schema, and an update that
+// touches a column the model lacks (Interface statistics, which
+// ovs-vswitchd refreshes every 5 s) fails with "column not found": libovsdb
+// logs it and drops the rest of that update, leaving the cache stale.
+func modelColumns(m model.Model) []any {
+	v := reflect.ValueOf(m).Elem()
+	var fields []any
+	for i := range v.NumField() {
+		if tag := v.Type().Field(i).Tag.Get("ovsdb"); tag != "" && tag != "_uuid" {
+			fields = append(fields, v.Field(i).Addr().Interface())
+		}
+	}
+	return fields
 }
 
 // root returns the single Open_vSwitch row.

@@ -116,18 +116,19 @@ output "snapshot" {
   value = "${kvm_snapshot.before_upgrade.id} (created ${kvm_snapshot.before_upgrade.created_at})"
 }
 
+# The hosts' capacity and identity. Live usage (free_memory_mib, vm_count,
+# allocated_*) is left out: it changes as VMs come and go, and an output of it
+# would make every plan non-empty.
 output "hosts" {
-  description = "Live inventory of every host, as its kvm-hostd reports it."
+  description = "Every host's capacity and labels, as its kvm-hostd reports them."
   value = {
     for h in data.kvm_hosts.all.hosts : h.name => {
-      healthy         = h.healthy
-      cpus            = h.cpus
-      memory_mib      = h.memory_mib
-      free_memory_mib = h.free_memory_mib
-      vm_count        = h.vm_count
-      labels          = h.labels
-      tunnel_ip       = h.tunnel_ip
-      version         = h.version
+      healthy    = h.healthy
+      cpus       = h.cpus
+      memory_mib = h.memory_mib
+      labels     = h.labels
+      tunnel_ip  = h.tunnel_ip
+      version    = h.version
     }
   }
 }

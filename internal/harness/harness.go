@@ -37,6 +37,10 @@ type Options struct {
 	// PoolDir is the root for per-host pool directories on real libvirt;
 	// must be traversable by libvirt-qemu. Default /var/lib/kvm-hostd-test.
 	PoolDir string
+	// PoolDirs per host name override the pool directory exactly (no
+	// per-cluster subdirectory), e.g. the same path on every namespace host,
+	// as live migration of linked clones needs.
+	PoolDirs map[string]string
 	// ExtraArgs are appended to every kvm-hostd command line.
 	ExtraArgs []string
 	// Env adds environment variables to every kvm-hostd.
@@ -173,8 +177,12 @@ func StartCluster(opts Options) (*Cluster, error) {
 		poolDir := filepath.Join(dir, name, "pool")
 		if !strings.HasPrefix(opts.LibvirtURI, "test:") {
 			// QEMU runs as libvirt-qemu: every parent must be traversable,
-			// which a 0700 temp dir is not.
-			poolDir = filepath.Join(poolRoot, filepath.Base(dir), name)
+			// which a 0700 temp dir is not. One libvirtd has one pool named
+			// "default", so every cluster on it shares this directory.
+			poolDir = filepath.Join(poolRoot, "pool")
+		}
+		if d := opts.PoolDirs[name]; d != "" {
+			poolDir = d
 		}
 		listenIP := "127.0.0.1"
 		if ip := opts.ListenIPs[name]; ip != "" {
