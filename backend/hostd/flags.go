@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -26,6 +27,7 @@ type Config struct {
 	TLSKey           string
 	ClientCA         string
 	TunnelIP         string
+	MigrationURI     string
 	Labels           map[string]string
 	CPUOvercommit    float64
 	MemoryOvercommit float64
@@ -55,6 +57,11 @@ Try it anywhere, without daemons or root (libvirt's test driver and an
 in-memory OVSDB):
   kvm-hostd --libvirt-uri test:///default --ovsdb embedded --token-file token
 
+Live migration: give every host --migration-uri, the libvirt URI its peers
+use to reach its libvirtd (e.g. qemu+tcp://10.0.0.12/system), and the same
+--pool-dir layout on every host (a linked clone's overlay records its base's
+path, which must exist on the target).
+
 Every flag can also be set with an environment variable, shown in brackets;
 a flag on the command line wins.
 
@@ -82,6 +89,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key file")
 	fs.StringVar(&c.ClientCA, "client-ca", "", "CA file: require client certificates signed by it (mTLS)")
 	fs.StringVar(&c.TunnelIP, "tunnel-ip", "", "this host's underlay IP for overlay network tunnels")
+	fs.StringVar(&c.MigrationURI, "migration-uri", "", "libvirt URI other hosts use to reach this host's libvirtd when migrating VMs to it, "+
+		"e.g. qemu+tcp://10.0.0.12/system (empty: this host cannot receive VMs)")
 	fs.StringVar(&labels, "labels", "", "host labels for placement, e.g. zone=a,gpu=yes")
 	fs.Float64Var(&c.CPUOvercommit, "cpu-overcommit", 4, "vCPUs admitted per host CPU")
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
@@ -143,6 +152,11 @@ func (c *Config) validate() error {
 	}
 	if c.TunnelIP != "" && net.ParseIP(c.TunnelIP) == nil {
 		errs = append(errs, fmt.Errorf("--tunnel-ip %q is not an IP address", c.TunnelIP))
+	}
+	if c.MigrationURI != "" {
+		if u, err := url.Parse(c.MigrationURI); err != nil || u.Scheme == "" || strings.HasPrefix(u.Scheme, "test") {
+			errs = append(errs, fmt.Errorf("--migration-uri %q must be a remote libvirt URI such as qemu+tcp://10.0.0.12/system", c.MigrationURI))
+		}
 	}
 	if c.CPUOvercommit <= 0 || c.MemoryOvercommit <= 0 {
 		errs = append(errs, errors.New("--cpu-overcommit and --memory-overcommit must be positive"))

@@ -87,7 +87,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	svc, err := service.New(ctx, service.Config{
 		Name: c.Name, Version: Version, Labels: c.Labels, TunnelIP: c.TunnelIP,
 		CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit,
-		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI,
+		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI, MigrationURI: c.MigrationURI,
 	}, m.hv, m.sw, m.Log)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package hypervisor
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -9,10 +10,27 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
-// MigrateVM moves a domain to req.TargetURI, peer to peer. Live mode
-// copies the (non-shared) disks incrementally: the destination's kvm-hostd
-// has created empty overlays on its own copy of each base. Offline mode
-// moves only the definition; the caller copies the disks.
+// migratedDisk is one disk whose storage a migration copies.
+type migratedDisk struct {
+	target  string // vda
+	path    string
+	overlay bool // has a backing store (a linked clone)
+}
+
+// MigrateVM moves a domain to req.TargetURI, peer to peer, copying its
+// (non-shared) disks: incrementally (VIR_MIGRATE_NON_SHARED_INC) when every
+// disk is an overlay — the target's kvm-hostd has created an empty overlay
+// on its own copy of each base, at the same path — else in full
+// (VIR_MIGRATE_NON_SHARED_DISK) into the volumes pre-created on the target.
+//
+// A running domain migrates live. A stopped domain (or mode "offline", which
+// first shuts a running one down gracefully) is started paused, migrated the
+// same way so its disks are copied, and destroyed on the target: it arrives
+// stopped and defined. On failure libvirt leaves the domain on the source
+// (a domain that was stopped is stopped again).
+//
+// After success the source copies of the migrated volumes are deleted
+// (libvirt never deletes them); their bases stay.
 func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateRequest, progress func(float64)) error {
 	if l.test {
 		return api.Errorf(api.CodeUnsupported, "the libvirt test driver cannot migrate")
@@ -23,7 +41,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if progress == nil {
 		progress = func(float64) {}
 	}
-	return l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+	var migrated []migratedDisk
+	err := l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		migrated = nil
 		x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
 		if err != nil {
 			return wrap(err, "read domain %s", name)
@@ -32,22 +52,68 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		if err != nil {
 			return wrap(err, "state of %s", name)
 		}
-		params := &libvirt.DomainMigrateParameters{}
-		var flags libvirt.DomainMigrateFlags = libvirt.MIGRATE_PEER2PEER | libvirt.MIGRATE_PERSIST_DEST | libvirt.MIGRATE_UNDEFINE_SOURCE
-		if req.Mode == "offline" || !active {
-			flags |= libvirt.MIGRATE_OFFLINE
-		} else {
-			flags |= libvirt.MIGRATE_LIVE | libvirt.MIGRATE_NON_SHARED_INC
-			for _, disk := range diskList(x) {
-				if disk.Target != nil {
-					params.MigrateDisks = append(params.MigrateDisks, disk.Target.Dev)
-				}
+		meta := metaOf(x)
+		if meta.SeedISO != "" {
+			return api.Errorf(api.CodeUnsupported, "VM %s has a cloud-init seed ISO, which migration does not copy yet", name)
+		}
+		allOverlays := true
+		for _, disk := range diskList(x) {
+			if disk.Target == nil {
+				continue
 			}
-			params.MigrateDisksSet = len(params.MigrateDisks) > 0
+			p := diskPath(&disk)
+			if p == "" {
+				return api.Errorf(api.CodeUnsupported, "disk %s of VM %s is not a file; only pool volumes can migrate", disk.Target.Dev, name)
+			}
+			md := migratedDisk{target: disk.Target.Dev, path: p}
+			if v, err := c.LookupStorageVolByPath(p); err == nil {
+				if vx, err := volXML(v); err == nil && vx.BackingStore != nil && vx.BackingStore.Path != "" {
+					md.overlay = true
+				}
+				v.Free()
+			}
+			allOverlays = allOverlays && md.overlay
+			migrated = append(migrated, md)
+		}
+
+		if active && req.Mode == "offline" {
+			timeout := defaultShutdownTimeout
+			if meta.ShutdownTimeout != nil {
+				timeout = time.Duration(*meta.ShutdownTimeout) * time.Second
+			}
+			if err := l.stopDomain(ctx, d, timeout); err != nil {
+				return wrap(err, "stop %s for offline migration", name)
+			}
+			active = false
+		}
+		startedPaused := false
+		if !active {
+			// libvirt copies storage only while a QEMU process runs: run
+			// one that never executes a guest instruction.
+			if err := d.CreateWithFlags(libvirt.DOMAIN_START_PAUSED); err != nil {
+				return wrap(err, "start %s paused to copy its disks", name)
+			}
+			startedPaused = true
+		}
+
+		params := &libvirt.DomainMigrateParameters{}
+		flags := libvirt.MIGRATE_LIVE | libvirt.MIGRATE_PEER2PEER | libvirt.MIGRATE_PERSIST_DEST | libvirt.MIGRATE_UNDEFINE_SOURCE
+		if startedPaused {
+			flags |= libvirt.MIGRATE_PAUSED
+		}
+		if len(migrated) > 0 {
+			if allOverlays {
+				flags |= libvirt.MIGRATE_NON_SHARED_INC
+			} else {
+				flags |= libvirt.MIGRATE_NON_SHARED_DISK
+			}
+			params.MigrateDisksSet = true
+			for _, m := range migrated {
+				params.MigrateDisks = append(params.MigrateDisks, m.target)
+			}
 		}
 		progress(0)
 		done := make(chan struct{})
-		defer close(done)
 		go func() {
 			// Poll the job: libvirt reports remaining memory and disk.
 			t := time.NewTicker(500 * time.Millisecond)
@@ -63,17 +129,79 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 					if ji, err := d.GetJobInfo(); err == nil {
 						total := ji.DataTotal
 						if total > 0 && ji.DataTotalSet {
-							progress(float64(ji.DataProcessed) / float64(total) * 0.99)
+							progress(float64(ji.DataProcessed) / float64(total) * 0.95)
 						}
 					}
 				}
 			}
 		}()
-		if err := d.MigrateToURI3(req.TargetURI, params, flags); err != nil {
+		t0 := time.Now()
+		err = d.MigrateToURI3(req.TargetURI, params, flags)
+		close(done)
+		if err != nil {
+			if startedPaused {
+				if a, aerr := d.IsActive(); aerr == nil && a {
+					_ = d.Destroy()
+				}
+			}
 			return wrap(err, "migrate %s to %s", name, req.TargetURI)
 		}
-		l.removeSeed(metaOf(x).SeedISO)
-		progress(1)
+		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
+			"incremental", allOverlays && len(migrated) > 0, "stopped", startedPaused, "took", time.Since(t0))
+		if startedPaused {
+			if err := destroyOn(req.TargetURI, name); err != nil {
+				return fmt.Errorf("VM %s was migrated but could not be stopped on %s again: %w", name, req.TargetURI, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The domain now lives on the target with its own copies of the disks.
+	for _, m := range migrated {
+		if err := l.deleteVolumeByPath(ctx, m.path); err != nil {
+			l.log.Warn("migrated: could not delete the source copy of a disk", "vm", name, "path", m.path, "err", err)
+		}
+	}
+	progress(1)
+	return nil
+}
+
+// destroyOn powers off a domain on another libvirt (a stopped VM that was
+// started paused to copy its disks).
+func destroyOn(uri, name string) error {
+	c, err := libvirt.NewConnect(uri)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	d, err := c.LookupDomainByName(name)
+	if err != nil {
+		return err
+	}
+	defer d.Free()
+	if a, err := d.IsActive(); err == nil && !a {
+		return nil
+	}
+	return d.Destroy()
+}
+
+// deleteVolumeByPath deletes the volume at path (no error if it is gone).
+func (l *Libvirt) deleteVolumeByPath(ctx context.Context, path string) error {
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		v, err := c.LookupStorageVolByPath(path)
+		if err != nil {
+			if isCode(err, libvirt.ERR_NO_STORAGE_VOL) {
+				return nil
+			}
+			return wrap(err, "volume %s", path)
+		}
+		defer v.Free()
+		if err := v.Delete(0); err != nil {
+			return wrap(err, "delete volume %s", path)
+		}
+		l.dropMeta(path)
 		return nil
 	})
 }

@@ -383,6 +383,13 @@ func (l *Libvirt) CreateVolume(ctx context.Context, pool, name string, spec api.
 			// Sparse: allocate nothing up front.
 			x.Allocation = &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: 0}
 		}
+		if format == api.FormatQCOW2 {
+			// qcow2 v3. Without <compat> libvirt (9.0) asks qemu-img for
+			// compat=0.10 (v2), which QEMU refuses to grow once it holds an
+			// internal snapshot ("Can't resize a v2 image which has
+			// snapshots") and which lacks zero clusters.
+			x.Target.Compat = "1.1"
+		}
 		if spec.BaseVolume != "" {
 			if format != api.FormatQCOW2 {
 				return api.Errorf(api.CodeInvalid, "a linked clone must be qcow2")

@@ -27,6 +27,9 @@ type Config struct {
 	MemoryOvercommit float64
 	PoolDir          string
 	LibvirtURI       string
+	// MigrationURI is how other hosts' libvirt reaches this one (reported
+	// in the inventory; empty: this host cannot receive VMs).
+	MigrationURI string
 }
 
 // Service implements the kvm-hostd API on one host.
@@ -78,6 +81,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 		TunnelIP:         s.cfg.TunnelIP,
 		Version:          s.cfg.Version,
 		LibvirtURI:       s.cfg.LibvirtURI,
+		MigrationURI:     s.cfg.MigrationURI,
 		Healthy:          true,
 	}
 	if h.Labels == nil {

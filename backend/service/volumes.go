@@ -135,6 +135,34 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		if diff := volumeSpecDiff(spec, existing); diff != "" {
 			return nil, false, conflict("volume %s/%s already exists with a different %s", pool, name, diff)
 		}
+		if spec.Recreate {
+			// A fresh, empty copy for a (retried) migration: only when
+			// nothing uses the volume, so no data anyone sees is lost.
+			if len(existing.UsedBy) > 0 {
+				return nil, false, conflict("volume %s/%s is attached to VM(s) %s; it cannot be recreated", pool, name, strings.Join(existing.UsedBy, ", "))
+			}
+			if len(existing.Children) > 0 {
+				return nil, false, conflict("volume %s/%s is the base of volume(s) %s; it cannot be recreated", pool, name, strings.Join(existing.Children, ", "))
+			}
+			if spec.SourceURL != "" {
+				return nil, false, invalid("recreate is for empty volumes and linked clones, not source_url volumes")
+			}
+			if spec.SizeMiB == 0 {
+				spec.SizeMiB = existing.SizeMiB
+			}
+			if spec.IOTune == nil && !existing.IOTune.IsZero() {
+				spec.IOTune = existing.IOTune
+			}
+			if err := s.hv.DeleteVolume(ctx, pool, name); err != nil {
+				return nil, false, fmt.Errorf("recreating volume %s/%s: %w", pool, name, err)
+			}
+			v, err = s.hv.CreateVolume(ctx, pool, name, spec)
+			if err != nil {
+				return nil, false, fmt.Errorf("recreating volume %s/%s: %w", pool, name, err)
+			}
+			s.log.Info("volume recreated empty", "volume", pool+"/"+name, "base", spec.BaseVolume)
+			return v, true, nil
+		}
 		if op := s.ops.last(volumeTarget(pool, name)); op != nil && op.State == api.OpFailed && spec.SourceURL != "" {
 			// A previous download failed: retry it rather than report a
 			// half-written volume as done.

@@ -77,6 +77,10 @@ type Host struct {
 	// (or "test" on libvirt's test driver).
 	HypervisorType string `json:"hypervisor_type,omitempty"`
 	LibvirtURI     string `json:"libvirt_uri,omitempty"`
+	// MigrationURI is the libvirt URI other hosts use to reach this host's
+	// libvirtd as a migration target (kvm-hostd --migration-uri, e.g.
+	// qemu+tcp://10.0.0.12/system). Empty: the host cannot receive VMs.
+	MigrationURI string `json:"migration_uri,omitempty"`
 	// Message explains Healthy=false.
 	Message string `json:"message,omitempty"`
 }
@@ -111,6 +115,12 @@ type VolumeSpec struct {
 	SourceURL      string  `json:"source_url,omitempty"`
 	SourceChecksum string  `json:"source_checksum,omitempty"` // "sha256:<hex>"
 	IOTune         *IOTune `json:"iotune,omitempty"`
+	// Recreate, when the volume already exists with the same format and
+	// base, deletes and re-creates it empty. Only a volume that no VM
+	// attaches and no volume is backed by can be recreated. Used to give a
+	// (retried) live migration the fresh overlay libvirt requires on the
+	// target of an incremental storage copy.
+	Recreate bool `json:"recreate,omitempty"`
 }
 
 // VolumeUpdate is the body of PATCH /v1/pools/{pool}/volumes/{name}.

@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
@@ -78,9 +79,11 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 			},
 			"host": schema.StringAttribute{
 				MarkdownDescription: "Name of the host (a key of the provider's `hosts`) that holds the disk. " +
-					"A disk is never destroyed and re-created because its host changes: moving a disk's contents to another host " +
-					"is not supported yet and fails the apply with a clear error, unless the volume is already on the new host " +
-					"(for example after a VM migration that copied its storage), in which case it is adopted there.",
+					"A disk is never destroyed and re-created because its host changes. A disk attached to a VM moves with the VM: " +
+					"change both `host`s together and the disk update prepares an empty volume on the new host (for a linked clone, " +
+					"an overlay on the new host's copy of the same base, which must exist there), into which the VM's live " +
+					"migration copies the contents; the old copy is then deleted. A disk attached to no VM can only be moved " +
+					"if the volume is already on the new host, where it is adopted; otherwise the apply fails with a clear error.",
 				Required: true,
 			},
 			"pool": schema.StringAttribute{
@@ -108,13 +111,16 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 			"base_disk_id": schema.StringAttribute{
 				MarkdownDescription: "ID (`<host>/<pool>/<name>`) of another `kvm_disk` on the same host and pool to use as the " +
 					"read-only base of a linked clone, e.g. `kvm_disk.base.id`. The clone is a qcow2 overlay: created in O(1), " +
-					"nothing is copied. Conflicts with `source_url`. Changing it replaces the disk.",
+					"nothing is copied. Conflicts with `source_url`. Changing it replaces the disk, except when only its host part " +
+					"changes together with `host` (the clone moves with its VM onto the new host's copy of the same base).",
 				Optional: true,
 				Validators: []validator.String{
 					diskIDFormat(),
 					stringvalidator.ConflictsWith(path.MatchRoot("source_url")),
 				},
-				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
+				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplaceIf(baseChangeReplaces,
+					"Replaces the disk unless only the host part changes, to the disk's new host.",
+					"Replaces the disk unless only the host part changes, to the disk's new host.")},
 			},
 			"source_url": schema.StringAttribute{
 				MarkdownDescription: "`http://` or `https://` URL of an image that the host downloads itself (the image never " +
@@ -157,6 +163,26 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 		Blocks: map[string]schema.Block{
 			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
 		},
+	}
+}
+
+// baseChangeReplaces replaces a linked clone when its base changes, except
+// when only the base's host changes, to the disk's own (new) host: the
+// clone then moves with its VM onto that host's copy of the same base.
+func baseChangeReplaces(ctx context.Context, req planmodifier.StringRequest, resp *stringplanmodifier.RequiresReplaceIfFuncResponse) {
+	resp.RequiresReplace = true
+	if req.StateValue.IsNull() || req.PlanValue.IsNull() || req.PlanValue.IsUnknown() {
+		return
+	}
+	sh, sp, sn, err1 := ParseDiskID(req.StateValue.ValueString())
+	ph, pp, pn, err2 := ParseDiskID(req.PlanValue.ValueString())
+	if err1 != nil || err2 != nil || sp != pp || sn != pn || sh == ph {
+		return
+	}
+	var host types.String
+	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("host"), &host)...)
+	if !host.IsNull() && !host.IsUnknown() && host.ValueString() == ph {
+		resp.RequiresReplace = false
 	}
 }
 
@@ -413,11 +439,19 @@ func (r *DiskResource) Update(ctx context.Context, req resource.UpdateRequest, r
 	}
 	cur, err := h.Client.GetVolume(ctx, pool, name)
 	if !plan.Host.Equal(state.Host) {
-		// The volume must keep its contents. Copying between hosts is not
-		// implemented yet; adopt it only if it already is on the new host
-		// (a VM migration with storage copy puts it there).
-		if err != nil || cur.Format != plan.Format.ValueString() {
-			detail := fmt.Sprintf("moving a disk between hosts is not supported yet: disk %s is on host %q and is not on host %q. "+
+		// The volume must keep its contents. One attached to a VM moves
+		// with it: prepare the target volume the VM's migration copies
+		// into (kvm_disk updates are applied before the kvm_vm's).
+		if moved, handled := r.prepareMove(ctx, state, plan, h, err, resp); handled {
+			if resp.Diagnostics.HasError() {
+				return
+			}
+			cur, err = moved, nil
+		} else if err != nil || cur.Format != plan.Format.ValueString() {
+			// Copying an unattached volume between hosts is not
+			// implemented; adopt it only if it already is on the new host.
+			detail := fmt.Sprintf("moving a disk between hosts is not supported yet for a disk that no VM attaches (a disk attached "+
+				"to a VM moves with it): disk %s is on host %q and is not on host %q. "+
 				"Keep host = %q, or move the volume to %q by other means first (a VM migration that copies storage does).",
 				state.ID.ValueString(), state.Host.ValueString(), hostName, state.Host.ValueString(), hostName)
 			if err != nil && !isNotFound(err) {
@@ -425,8 +459,9 @@ func (r *DiskResource) Update(ctx context.Context, req resource.UpdateRequest, r
 			}
 			resp.Diagnostics.AddAttributeError(path.Root("host"), "Unable to Move Disk", detail)
 			return
+		} else {
+			tflog.Info(ctx, "disk found on its new host; adopting it", map[string]any{"id": id, "from": state.ID.ValueString()})
 		}
-		tflog.Info(ctx, "disk found on its new host; adopting it", map[string]any{"id": id, "from": state.ID.ValueString()})
 	} else if err != nil {
 		addAPIError(&resp.Diagnostics, "Unable to Update Disk", "disk "+id, err)
 		return
@@ -466,6 +501,70 @@ func (r *DiskResource) Update(ctx context.Context, req resource.UpdateRequest, r
 	}
 	plan.fromAPI(hostName, v)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+}
+
+// prepareMove handles a host change of a disk that a VM attaches on its
+// old host: the VM's live migration will copy the contents, so the new host
+// gets an empty volume of the same name, format and size (for a linked
+// clone: an empty overlay on the new host's volume of the same base name,
+// which lands at the same path when both hosts use the same pool directory).
+// An existing, unattached volume of that name on the new host (left by a
+// failed attempt) is recreated fresh, as incremental storage migration
+// requires. handled is false when the disk is not attached to a VM (or its
+// old host cannot be read): the caller's adopt-or-refuse rule applies.
+func (r *DiskResource) prepareMove(ctx context.Context, state, plan diskModel, newH *FleetHost, newErr error, resp *resource.UpdateResponse) (*api.Volume, bool) {
+	oldHost, pool, name := state.location()
+	if r.fleet == nil {
+		return nil, false
+	}
+	oldH, err := r.fleet.Host(oldHost)
+	if err != nil {
+		return nil, false
+	}
+	old, err := oldH.Client.GetVolume(ctx, pool, name)
+	if err != nil || len(old.UsedBy) == 0 {
+		return nil, false
+	}
+	fail := func(format string, args ...any) (*api.Volume, bool) {
+		resp.Diagnostics.AddAttributeError(path.Root("host"), "Unable to Move Disk",
+			fmt.Sprintf("disk %s (attached to VM %s) cannot move to host %s: ", state.ID.ValueString(), strings.Join(old.UsedBy, ", "), newH.Name)+
+				fmt.Sprintf(format, args...)+fmt.Sprintf(" Nothing was changed: the disk stays on host %s.", oldHost))
+		return nil, true
+	}
+	if old.SourceURL != "" {
+		return fail("it was downloaded from source_url, and moving such a disk with its VM is not supported yet.")
+	}
+	inv := newH.Inventory(ctx)
+	if !inv.Healthy {
+		return fail("host %s is not healthy: %s.", newH.Name, inv.Message)
+	}
+	if inv.MigrationURI == "" {
+		return fail("host %s reports no migration_uri, so VMs cannot migrate to it; start its kvm-hostd with "+
+			"--migration-uri (KVM_HOSTD_MIGRATION_URI), e.g. qemu+tcp://<its address>/system.", newH.Name)
+	}
+	spec := api.VolumeSpec{SizeMiB: old.SizeMiB, Format: old.Format, BaseVolume: old.BaseVolume}
+	if old.BaseVolume != "" {
+		if _, err := newH.Client.GetVolume(ctx, pool, old.BaseVolume); err != nil {
+			if isNotFound(err) {
+				return fail("linked clone %s can move to %s only if %s has base volume %s in pool %s (create kvm_disk %s on %s).",
+					name, newH.Name, newH.Name, old.BaseVolume, pool, old.BaseVolume, newH.Name)
+			}
+			return fail("reading base volume %s/%s on %s failed: %s.", pool, old.BaseVolume, newH.Name, err)
+		}
+	}
+	if t, d := plan.iotune(ctx); !d.HasError() && !t.IsZero() {
+		spec.IOTune = t
+	}
+	spec.Recreate = newErr == nil // left by a failed attempt: start fresh
+	v, err := newH.Client.PutVolume(ctx, pool, name, spec)
+	if err != nil {
+		addAPIError(&resp.Diagnostics, "Unable to Move Disk",
+			fmt.Sprintf("disk %s: preparing the volume on host %s for its VM's migration (the disk stays on host %s)", state.ID.ValueString(), newH.Name, oldHost), err)
+		return nil, true
+	}
+	tflog.Info(ctx, "disk prepared on its new host; its VM's migration copies the contents",
+		map[string]any{"id": DiskID(newH.Name, pool, name), "from": state.ID.ValueString(), "base": old.BaseVolume})
+	return v, true
 }
 
 func (r *DiskResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

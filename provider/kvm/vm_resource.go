@@ -226,7 +226,11 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			},
 			"migration": schema.StringAttribute{
 				MarkdownDescription: "How a change of `host` is carried out: `live` (default), `offline` or `replace` (destroy and " +
-					"re-create on the new host). Moving with `live` or `offline` is not implemented yet and fails at apply.",
+					"re-create on the new host). `live` moves a running VM without stopping it; `offline` shuts it down gracefully " +
+					"(`shutdown_timeout`), moves it and starts it again if `running`. Either way the UUID stays, the disks move with " +
+					"it (change their `kvm_disk` `host` too), and the target host needs `migration_uri`, room for the VM, its networks, " +
+					"and for linked clones the same base volume. On failure the VM stays on its old host. VMs with `cloud_init` " +
+					"cannot migrate yet.",
 				Optional: true, Computed: true,
 				Default:    stringdefault.StaticString(vmDefaultMigration),
 				Validators: []validator.String{stringvalidator.OneOf(vmMigrations...)},
@@ -424,10 +428,11 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 				fmt.Sprintf("VM %s on host %s will be restarted once (graceful shutdown up to shutdown_timeout, then started again) "+
 					"to apply changes to: %s. It will not be destroyed.", plan.Name.ValueString(), state.Host.ValueString(), strings.Join(restartFor, ", ")))
 		}
-		if hostMoves && plan.Migration.ValueString() != "replace" {
-			resp.Diagnostics.AddAttributeWarning(path.Root("host"), "VM Move Not Implemented",
-				fmt.Sprintf("Moving VM %s from host %s to %s with migration = %q is not implemented yet; the apply will fail. "+
-					"Set migration = \"replace\" to re-create it on the new host instead (its disks must exist there).",
+		if hostMoves && plan.Migration.ValueString() != "replace" && (!state.CloudInit.IsNull() || !plan.CloudInit.IsNull()) {
+			resp.Diagnostics.AddAttributeError(path.Root("host"), "VM With cloud_init Cannot Migrate",
+				fmt.Sprintf("VM %s has cloud_init: its NoCloud seed ISO is a file of host %s that migration does not copy yet, so "+
+					"the VM cannot move to %s with migration = %q. Remove cloud_init first (the guest has read it at first boot), "+
+					"or set migration = \"replace\" to re-create the VM on the new host.",
 					plan.Name.ValueString(), state.Host.ValueString(), plan.Host.ValueString(), plan.Migration.ValueString()))
 		}
 	}
@@ -575,13 +580,6 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 		return
 	}
 	name := plan.Name.ValueString()
-	if !plan.Host.Equal(prior.Host) {
-		resp.Diagnostics.AddAttributeError(path.Root("host"), "Unable to Move VM",
-			fmt.Sprintf("moving a VM between hosts (migration = live|offline) is not implemented yet: VM %s stays on host %s. "+
-				"Set migration = \"replace\" to re-create it on host %s instead, or change host back to %q.",
-				name, prior.Host.ValueString(), plan.Host.ValueString(), prior.Host.ValueString()))
-		return
-	}
 	timeout, d := plan.Timeouts.Update(ctx, vmUpdateTimeout)
 	resp.Diagnostics.Append(d...)
 	h := r.client(plan.Host.ValueString(), &resp.Diagnostics)
@@ -592,6 +590,12 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Duration(*spec.ShutdownTimeoutSec)*time.Second)
 	defer cancel()
+	if !plan.Host.Equal(prior.Host) {
+		// migration = "replace" plans a replacement, never an update.
+		if !r.migrate(ctx, plan, prior, h, resp) {
+			return
+		}
+	}
 	what := fmt.Sprintf("VM %s on host %s", name, h.Name)
 	vm, err := h.Client.UpdateVM(ctx, name, spec)
 	if err != nil {
