@@ -230,13 +230,28 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 		s.admission.Unlock()
 		return nil, false, err
 	}
-	// Define while holding the admission lock so the next admission check
-	// sees this VM's allocation; the driver starts it too, which is the
-	// slow part, but correctness beats a few hundred ms here.
-	vm, err = s.hv.CreateVM(ctx, name, spec, meta)
+	// Only define under the admission lock: a defined domain already counts
+	// in the host's allocation, so the next admission check sees it. Starting
+	// QEMU is the slow part and runs outside the lock, so creates on one host
+	// proceed in parallel.
+	defined := spec
+	defined.Running = false
+	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
 	s.admission.Unlock()
 	if err != nil {
 		return nil, false, err
+	}
+	if spec.Running {
+		if _, err := s.hv.UpdateVM(ctx, name, spec); err != nil {
+			// Leave nothing behind, so a retried create starts clean.
+			if derr := s.hv.DeleteVM(context.WithoutCancel(ctx), name, 0); derr != nil {
+				s.log.Error("removing VM that failed to start", "vm", name, "error", derr)
+			}
+			return nil, false, fmt.Errorf("starting VM %s: %w", name, err)
+		}
+		if vm, err = s.hv.GetVM(ctx, name); err != nil {
+			return nil, false, err
+		}
 	}
 	if s.sw != nil && len(spec.Interfaces) > 0 && !s.hv.ManagesSwitchPorts() {
 		if err := s.sw.AttachVMPorts(ctx, name, vm.Interfaces); err != nil {
