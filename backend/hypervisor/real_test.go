@@ -133,8 +133,8 @@ func TestRealLifecycle(t *testing.T) {
 	if _, err := os.Stat(iso); err != nil {
 		t.Fatalf("seed ISO: %v", err)
 	}
-	if v, _ := l.GetVolume(ctx, pool, clone); len(v.UsedBy) != 1 || v.UsedBy[0] != name {
-		t.Fatalf("used by: %+v", v)
+	if users, _, _ := l.VolumeUsage(ctx, pool, clone); len(users) != 1 || users[0] != name {
+		t.Fatalf("used by: %v", users)
 	}
 
 	// Online grow through the running domain.

@@ -64,18 +64,18 @@ func TestTestDriverVolumes(t *testing.T) {
 	if c.BaseVolume != base || c.SizeMiB != 100 || c.Format != "qcow2" {
 		t.Fatalf("clone: %+v", c)
 	}
-	b, err := l.GetVolume(ctx, "default", base)
+	_, children, err := l.VolumeUsage(ctx, "default", base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(b.Children, []string{clone}) {
-		t.Fatalf("children: %v", b.Children)
+	if !reflect.DeepEqual(children, []string{clone}) {
+		t.Fatalf("children: %v", children)
 	}
 
 	if err := l.WriteVolume(ctx, "default", base, strings.NewReader(strings.Repeat("x", 3*mib)), 3*mib); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ = l.GetVolume(ctx, "default", base); b.AllocatedMiB != 3 {
+	if b, _ := l.GetVolume(ctx, "default", base); b.AllocatedMiB != 3 {
 		t.Fatalf("allocated after write: %d", b.AllocatedMiB)
 	}
 
@@ -97,8 +97,8 @@ func TestTestDriverVolumes(t *testing.T) {
 	if _, err := l.CreateVM(ctx, vm, api.VMSpec{VCPU: 1, MemoryMiB: 64, Disks: []api.VMDisk{{Pool: "default", Volume: clone}}}, service.VMMeta{}); err != nil {
 		t.Fatal(err)
 	}
-	if c, _ = l.GetVolume(ctx, "default", clone); !reflect.DeepEqual(c.UsedBy, []string{vm}) {
-		t.Fatalf("used by: %v", c.UsedBy)
+	if users, _, _ := l.VolumeUsage(ctx, "default", clone); !reflect.DeepEqual(users, []string{vm}) {
+		t.Fatalf("used by: %v", users)
 	}
 	vols, err := l.ListVolumes(ctx, "default")
 	if err != nil || len(vols) < 2 {
@@ -107,8 +107,8 @@ func TestTestDriverVolumes(t *testing.T) {
 	if err := l.DeleteVM(ctx, vm, 0); err != nil {
 		t.Fatal(err)
 	}
-	if c, _ = l.GetVolume(ctx, "default", clone); len(c.UsedBy) != 0 {
-		t.Fatalf("used by after delete: %v", c.UsedBy)
+	if users, _, _ := l.VolumeUsage(ctx, "default", clone); len(users) != 0 {
+		t.Fatalf("used by after delete: %v", users)
 	}
 	if err := l.DeleteVolume(ctx, "default", clone); err != nil {
 		t.Fatal(err)

@@ -331,28 +331,72 @@ func (l *Libvirt) ListVolumes(ctx context.Context, pool string) ([]api.Volume, e
 	return out, err
 }
 
-// GetVolume reads one volume with its users and children.
+// GetVolume reads one volume and the name of its base. It looks at that
+// volume only (no pool scan, no domain scan), because the provider reads
+// every disk on every plan; VolumeUsage answers who uses it. The pool is
+// refreshed only when the volume is not found, so a file created out of
+// band still shows.
 func (l *Libvirt) GetVolume(ctx context.Context, pool, name string) (*api.Volume, error) {
 	var out *api.Volume
-	err := l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+	err := l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
 		v, err := p.LookupStorageVolByName(name)
+		if err != nil && isCode(err, libvirt.ERR_NO_STORAGE_VOL) && !l.test {
+			_ = p.Refresh(0)
+			v, err = p.LookupStorageVolByName(name)
+		}
 		if err != nil {
 			return wrap(err, "volume %s/%s", pool, name)
 		}
-		v.Free()
+		defer v.Free()
+		vol, x, err := l.volumeOf(pool, v)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, name)
+		}
+		if x.BackingStore != nil && x.BackingStore.Path != "" {
+			vol.BaseVolume = l.volumeNameInPool(c, pool, x.BackingStore.Path)
+		}
+		out = vol
+		return nil
+	})
+	return out, err
+}
+
+// volumeNameInPool names the volume at path if it belongs to pool, else "".
+func (l *Libvirt) volumeNameInPool(c *libvirt.Connect, pool, path string) string {
+	bv, err := c.LookupStorageVolByPath(path)
+	if err != nil {
+		return ""
+	}
+	defer bv.Free()
+	bp, err := bv.LookupPoolByVolume()
+	if err != nil {
+		return ""
+	}
+	defer bp.Free()
+	if pn, err := bp.GetName(); err != nil || pn != pool {
+		return ""
+	}
+	n, _ := bv.GetName()
+	return n
+}
+
+// VolumeUsage returns the domains attaching a volume and the volumes backed
+// by it; it scans the pool and every domain.
+func (l *Libvirt) VolumeUsage(ctx context.Context, pool, name string) (usedBy, children []string, err error) {
+	err = l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
 		all, err := l.poolVolumes(c, pool, p)
 		if err != nil {
 			return err
 		}
 		for i := range all {
 			if all[i].Name == name {
-				out = &all[i]
+				usedBy, children = all[i].UsedBy, all[i].Children
 				return nil
 			}
 		}
 		return api.Errorf(api.CodeNotFound, "volume %s/%s not found", pool, name)
 	})
-	return out, err
+	return usedBy, children, err
 }
 
 // CreateVolume creates an empty volume, or a qcow2 overlay on BaseVolume

@@ -46,7 +46,10 @@ func (s *Server) listVolumes(r *http.Request) (int, any, error) {
 }
 
 func (s *Server) getVolume(r *http.Request) (int, any, error) {
-	v, err := s.svc.GetVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"))
+	// used_by and children need a scan of the pool and every domain;
+	// ?usage=false skips it for plain reads.
+	usage := r.URL.Query().Get("usage") != "false"
+	v, err := s.svc.GetVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), usage)
 	return http.StatusOK, v, err
 }
 

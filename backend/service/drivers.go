@@ -48,9 +48,11 @@ type Hypervisor interface {
 	EnsurePool(ctx context.Context, pool, dir string) error
 
 	ListVolumes(ctx context.Context, pool string) ([]api.Volume, error)
-	// GetVolume fills UsedBy (domains attaching it) and Children (volumes
-	// backed by it) as well.
+	// GetVolume reads one volume cheaply: no UsedBy or Children.
 	GetVolume(ctx context.Context, pool, name string) (*api.Volume, error)
+	// VolumeUsage returns the domains attaching a volume and the volumes
+	// backed by it (a scan of the pool and every domain).
+	VolumeUsage(ctx context.Context, pool, name string) (usedBy, children []string, err error)
 	// CreateVolume creates an empty volume, or a qcow2 overlay when
 	// spec.BaseVolume is set. SourceURL/SourceChecksum/IOTune are recorded
 	// with the volume so that GetVolume returns them.

@@ -151,7 +151,7 @@ func (s *Service) resolveInterfaces(ctx context.Context, spec *api.VMSpec) error
 // checkDisks verifies every disk exists and is not attached to another VM.
 func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec) error {
 	for i, d := range spec.Disks {
-		v, err := s.hv.GetVolume(ctx, d.Pool, d.Volume)
+		v, err := s.volumeWithUsage(ctx, d.Pool, d.Volume)
 		if err != nil {
 			if api.IsNotFound(err) {
 				return api.Errorf(api.CodeNotFound, "disks[%d]: volume %s/%s does not exist on host %s", i, d.Pool, d.Volume, s.cfg.Name)

@@ -102,15 +102,34 @@ func (s *Service) ListVolumes(ctx context.Context, pool string) ([]api.Volume, e
 }
 
 // GetVolume reads a volume, with the download operation if one is running.
-func (s *Service) GetVolume(ctx context.Context, pool, name string) (*api.Volume, error) {
+// With usage it also fills UsedBy and Children, which costs a scan of the
+// pool and every domain; plain reads skip it.
+func (s *Service) GetVolume(ctx context.Context, pool, name string, usage bool) (*api.Volume, error) {
 	if err := validatePoolAndName(pool, name); err != nil {
 		return nil, err
 	}
-	v, err := s.hv.GetVolume(ctx, pool, name)
+	get := s.hv.GetVolume
+	if usage {
+		get = s.volumeWithUsage
+	}
+	v, err := get(ctx, pool, name)
 	if err != nil {
 		return nil, err
 	}
 	v.Operation = s.ops.running(volumeTarget(pool, name))
+	return v, nil
+}
+
+// volumeWithUsage reads a volume with the domains attaching it and the
+// volumes backed by it.
+func (s *Service) volumeWithUsage(ctx context.Context, pool, name string) (*api.Volume, error) {
+	v, err := s.hv.GetVolume(ctx, pool, name)
+	if err != nil {
+		return nil, err
+	}
+	if v.UsedBy, v.Children, err = s.hv.VolumeUsage(ctx, pool, name); err != nil {
+		return nil, err
+	}
 	return v, nil
 }
 
@@ -138,6 +157,9 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		if spec.Recreate {
 			// A fresh, empty copy for a (retried) migration: only when
 			// nothing uses the volume, so no data anyone sees is lost.
+			if existing.UsedBy, existing.Children, err = s.hv.VolumeUsage(ctx, pool, name); err != nil {
+				return nil, false, err
+			}
 			if len(existing.UsedBy) > 0 {
 				return nil, false, conflict("volume %s/%s is attached to VM(s) %s; it cannot be recreated", pool, name, strings.Join(existing.UsedBy, ", "))
 			}
@@ -353,7 +375,7 @@ func (s *Service) DeleteVolume(ctx context.Context, pool, name string) error {
 	}
 	unlock := s.locks.Lock("pool/" + pool)
 	defer unlock()
-	v, err := s.hv.GetVolume(ctx, pool, name)
+	v, err := s.volumeWithUsage(ctx, pool, name)
 	if err != nil {
 		return err
 	}

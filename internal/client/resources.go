@@ -29,8 +29,17 @@ func (c *Client) ListVolumes(ctx context.Context, pool string) ([]api.Volume, er
 	return l.Volumes, err
 }
 
-// GetVolume reads one volume.
+// GetVolume reads one volume, without used_by and children (cheap: the
+// host looks at this volume only).
 func (c *Client) GetVolume(ctx context.Context, pool, name string) (*api.Volume, error) {
+	var v api.Volume
+	_, err := c.do(ctx, http.MethodGet, volPath(pool, name), url.Values{"usage": {"false"}}, nil, &v)
+	return &v, err
+}
+
+// GetVolumeUsage reads one volume with used_by (VMs attaching it) and
+// children (volumes backed by it), which costs the host a scan.
+func (c *Client) GetVolumeUsage(ctx context.Context, pool, name string) (*api.Volume, error) {
 	var v api.Volume
 	_, err := c.do(ctx, http.MethodGet, volPath(pool, name), nil, nil, &v)
 	return &v, err

@@ -521,7 +521,7 @@ func (r *DiskResource) prepareMove(ctx context.Context, state, plan diskModel, n
 	if err != nil {
 		return nil, false
 	}
-	old, err := oldH.Client.GetVolume(ctx, pool, name)
+	old, err := oldH.Client.GetVolumeUsage(ctx, pool, name)
 	if err != nil || len(old.UsedBy) == 0 {
 		return nil, false
 	}

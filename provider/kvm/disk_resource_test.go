@@ -178,7 +178,7 @@ resource "kvm_disk" "clone" {
 					statecheck.ExpectKnownValue("kvm_disk.clone", tfjsonpath.New("format"), knownvalue.StringExact("qcow2")),
 				},
 				Check: func(*terraform.State) error {
-					v, err := cl.GetVolume(context.Background(), "default", "base")
+					v, err := cl.GetVolumeUsage(context.Background(), "default", "base")
 					if err != nil {
 						return err
 					}

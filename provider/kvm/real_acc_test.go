@@ -178,7 +178,7 @@ func TestAccReal_diskVMSnapshotLifecycle(t *testing.T) {
 						return nil
 					},
 					func(*terraform.State) error {
-						v, err := cl.GetVolume(ctx, "default", prefix+"base")
+						v, err := cl.GetVolumeUsage(ctx, "default", prefix+"base")
 						if err != nil {
 							return err
 						}

@@ -80,7 +80,7 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		}
 	}
 	for i, d := range vm.Disks {
-		tv, err := dst.Client.GetVolume(ctx, d.Pool, d.Volume)
+		tv, err := dst.Client.GetVolumeUsage(ctx, d.Pool, d.Volume)
 		if err != nil {
 			if isNotFound(err) {
 				return fail("disks[%d]: volume %s/%s is not on host %s; set host = %q on its kvm_disk too (a disk moves with its VM).",
