@@ -168,7 +168,7 @@ func TestAccMigrate_live(t *testing.T) {
 					if _, err := clA.GetVM(bg, "mig-vm"); !api.IsNotFound(err) {
 						return fmt.Errorf("VM still on host-a (err %v)", err)
 					}
-					v, err := clB.GetVolume(bg, "default", "mig-clone")
+					v, err := clB.GetVolumeUsage(bg, "default", "mig-clone")
 					if err != nil {
 						return fmt.Errorf("clone on host-b: %w", err)
 					}
