@@ -132,11 +132,24 @@ func (l *Libvirt) EnsurePool(ctx context.Context, pool, dir string) error {
 			}
 		}
 		defer p.Free()
+		if !l.test {
+			if doc, err := p.GetXMLDesc(0); err == nil {
+				x := &libvirtxml.StoragePool{}
+				if x.Unmarshal(doc) == nil && x.Target != nil && filepath.Clean(x.Target.Path) != filepath.Clean(dir) {
+					// One libvirt has one pool of a name: an existing
+					// "default" (e.g. /var/lib/libvirt/images) wins.
+					l.log.Warn("storage pool exists at another directory; using it", "pool", pool, "path", x.Target.Path, "pool_dir", dir)
+				}
+			}
+		}
 		active, err := p.IsActive()
 		if err != nil {
 			return wrap(err, "pool %s state", pool)
 		}
 		if !active {
+			// Its directory may have been removed since: re-create it
+			// (a no-op error when it exists).
+			_ = p.Build(0)
 			if err := p.Create(0); err != nil {
 				return wrap(err, "start pool %s", pool)
 			}

@@ -419,14 +419,47 @@ resource "kvm_network" "overlay" {
 	resource.Test(t, resource.TestCase{
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		CheckDestroy:             checkGone,
-		Steps: []resource.TestStep{{
-			Config: cfg,
-			Check: resource.ComposeTestCheckFunc(
-				resource.TestCheckResourceAttr("kvm_network.overlay", "bridge", bridge),
-				checkTunnels,
-				checkTraffic,
-			),
-		}},
+		Steps: []resource.TestStep{
+			{
+				Config: cfg,
+				Check: resource.ComposeTestCheckFunc(
+					resource.TestCheckResourceAttr("kvm_network.overlay", "bridge", bridge),
+					checkTunnels,
+					checkTraffic,
+				),
+			},
+			{
+				// Drift: a tunnel deleted out of band on host b cuts the
+				// segment and shows in the plan ...
+				PreConfig: func() {
+					b := hosts[1]
+					if _, err := b.ns.OVS.Vsctl("del-port", bridge, api.TunnelPortName(network, hosts[0].host)); err != nil {
+						t.Fatal(err)
+					}
+					if out, err := realNetPing(hosts[0].ns, hosts[0].overlay, b.overlay); err == nil {
+						t.Fatalf("ping still crosses without host b's tunnel:\n%s", out)
+					}
+				},
+				Config:             cfg,
+				PlanOnly:           true,
+				ExpectNonEmptyPlan: true,
+			},
+			{
+				// ... and apply repairs it: the tunnel is back and packets
+				// cross again.
+				Config: cfg,
+				Check: resource.ComposeTestCheckFunc(checkTunnels, func(*terraform.State) error {
+					a, b := hosts[0], hosts[1]
+					if !harness.Wait(ctx, 20*time.Second, func() bool {
+						_, err := realNetPingN(a.ns, a.overlay, b.overlay, 1, time.Second)
+						return err == nil
+					}) {
+						return fmt.Errorf("no packet crossed the repaired overlay in 20s\n%s", realNetDiag(hosts))
+					}
+					return nil
+				}),
+			},
+		},
 	})
 	// kvm-hostd's OVSDB cache took every update (a column its model lacks
 	// used to make libovsdb drop the rest of an update, every 5 s).

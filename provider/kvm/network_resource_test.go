@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
@@ -199,4 +200,81 @@ func TestAccNetwork_badInput(t *testing.T) {
 	if len(nets) != 0 {
 		t.Fatalf("bad input created networks: %+v", nets)
 	}
+}
+
+// VMs on both hosts with a NIC on each of two networks: the embedded OVSDB
+// records one tagged port per NIC, and destroy leaves no row behind.
+func TestAccNetwork_vmsWithTwoNICs(t *testing.T) {
+	c := startHosts(t, overlayHosts())
+	cfg := c.ProviderHCL() + `
+resource "kvm_network" "vlan" {
+  name = "nic-vlan"
+  vlan = 30
+}
+resource "kvm_network" "overlay" {
+  name    = "nic-overlay"
+  overlay = "vxlan"
+  vni     = 9
+}
+locals {
+  hosts = ["host-a", "host-b"]
+}
+resource "kvm_disk" "root" {
+  count    = 2
+  name     = "nic-root"
+  host     = local.hosts[count.index]
+  size_mib = 16
+}
+resource "kvm_vm" "vm" {
+  count      = 2
+  name       = "nic-vm"
+  host       = local.hosts[count.index]
+  vcpu       = 1
+  memory_mib = 64
+  disks      = [{ disk_id = kvm_disk.root[count.index].id }]
+  network_interfaces = [
+    { network = kvm_network.vlan.name },
+    { network = kvm_network.overlay.name, mac = "52:54:00:00:09:0${count.index + 1}" },
+  ]
+  shutdown_timeout = 0
+}
+`
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy: resource.ComposeTestCheckFunc(
+			testAccCheckNetworkGone(t, c, "nic-vlan"), testAccCheckNetworkGone(t, c, "nic-overlay")),
+		Steps: []resource.TestStep{
+			{
+				Config: cfg,
+				Check: func(*terraform.State) error {
+					for _, h := range []string{"host-a", "host-b"} {
+						cl := hostClient(t, c, h)
+						vm, err := cl.GetVM(context.Background(), "nic-vm")
+						if err != nil {
+							return err
+						}
+						if len(vm.Interfaces) != 2 || vm.Interfaces[0].MAC == "" || vm.Interfaces[0].VLAN != 30 || vm.Interfaces[1].Network != "nic-overlay" {
+							return fmt.Errorf("%s: interfaces %+v", h, vm.Interfaces)
+						}
+						for _, n := range []string{"nic-vlan", "nic-overlay"} {
+							net, err := cl.GetNetwork(context.Background(), n)
+							if err != nil {
+								return err
+							}
+							if len(net.Ports) != 1 {
+								return fmt.Errorf("%s: network %s has ports %v, want the VM's one", h, n, net.Ports)
+							}
+						}
+						// A network a VM still uses cannot be deleted: the
+						// host names the VM and keeps the network.
+						err = cl.DeleteNetwork(context.Background(), "nic-vlan")
+						if client.StatusOf(err) != 409 || !strings.Contains(err.Error(), "nic-vm") {
+							return fmt.Errorf("%s: deleting a network in use: %v, want 409 naming nic-vm", h, err)
+						}
+					}
+					return nil
+				},
+			},
+		},
+	})
 }
