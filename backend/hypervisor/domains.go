@@ -2,6 +2,7 @@ package hypervisor
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"reflect"
@@ -412,6 +413,13 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 				spec.Interfaces[i].MAC = curSpec.Interfaces[i].MAC
 			}
 		}
+		// NICs being added get their MAC now, so a hot-add can record it
+		// in the metadata; libvirt would otherwise pick one at attach time.
+		for i := len(curSpec.Interfaces); i < len(spec.Interfaces); i++ {
+			if spec.Interfaces[i].MAC == "" {
+				spec.Interfaces[i].MAC = randomMAC()
+			}
+		}
 		seed := oldMeta.SeedISO
 		if spec.CloudInit != nil && !l.test {
 			// Content changes take effect on the next boot (cloud-init
@@ -428,7 +436,17 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 		if err != nil {
 			return err
 		}
-		if hardwareChanged(&curSpec, &spec) || seed != oldMeta.SeedISO {
+		// NICs appended to a running domain are hot-added (the domain has
+		// <acpi/>); anything else, or a failed hot-add, takes the restart.
+		hotAdded := false
+		if active && !l.test && seed == oldMeta.SeedISO && nicsOnlyAppended(&curSpec, &spec) {
+			if err := attachNICs(d, want, len(curSpec.Interfaces)); err != nil {
+				l.log.Warn("NIC hot-add failed; restarting the domain instead", "vm", name, "error", err)
+			} else {
+				hotAdded = true
+			}
+		}
+		if !hotAdded && (hardwareChanged(&curSpec, &spec) || seed != oldMeta.SeedISO) {
 			doc, err := mergeDomain(cur, want).Marshal()
 			if err != nil {
 				return err
@@ -579,6 +597,39 @@ func keepPort(old, want *libvirtxml.DomainInterfaceVirtualPort) *libvirtxml.Doma
 
 // hardwareChanged reports whether going from cur to want changes what
 // the guest sees as hardware, which only a restart applies.
+// nicsOnlyAppended reports whether want differs from cur only by network
+// interfaces added after the existing ones.
+func nicsOnlyAppended(cur, want *api.VMSpec) bool {
+	if len(want.Interfaces) <= len(cur.Interfaces) {
+		return false
+	}
+	prefix := *want
+	prefix.Interfaces = want.Interfaces[:len(cur.Interfaces)]
+	return !hardwareChanged(cur, &prefix)
+}
+
+// attachNICs hot-adds want's interfaces from index on, live and to the
+// persistent definition.
+func attachNICs(d *libvirt.Domain, want *libvirtxml.Domain, from int) error {
+	for i := from; i < len(want.Devices.Interfaces); i++ {
+		doc, err := want.Devices.Interfaces[i].Marshal()
+		if err != nil {
+			return err
+		}
+		if err := d.AttachDeviceFlags(doc, libvirt.DOMAIN_DEVICE_MODIFY_LIVE|libvirt.DOMAIN_DEVICE_MODIFY_CONFIG); err != nil {
+			return wrap(err, "attach interface %d", i)
+		}
+	}
+	return nil
+}
+
+// randomMAC returns a locally administered MAC in QEMU's 52:54:00 range.
+func randomMAC() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
+}
+
 func hardwareChanged(cur, want *api.VMSpec) bool {
 	maxMem := want.MaxMemoryMiB
 	if maxMem == 0 {

@@ -463,7 +463,8 @@ func TestAccReal_vmOnVLANNetwork(t *testing.T) {
 	prefix := realPrefix("rv")
 	c, cl := realStart(t, prefix)
 	netName, vmName := prefix+"net", prefix+"vm"
-	var port string // the tap device libvirt plugged into the bridge
+	var port string  // the tap device libvirt plugged into the bridge
+	var domID string // libvirt's id of the running domain: changes on restart
 	cfg := c.ProviderHCL() + fmt.Sprintf(`
 resource "kvm_network" "net" {
   name  = "%[1]s"
@@ -549,6 +550,43 @@ resource "kvm_vm" "vm" {
 				}
 				if strings.Trim(iface, `"`) != vm.UUID {
 					return fmt.Errorf("port %s belongs to vm-id %s, want %s", port, iface, vm.UUID)
+				}
+				if domID, _, err = realVirsh("domid", vmName); err != nil {
+					return err
+				}
+				return nil
+			},
+		}, {
+			// A NIC appended to the running VM is hot-added: same QEMU
+			// process (libvirt's domain id survives only without a
+			// restart), and its port appears on the bridge.
+			Config: strings.Replace(cfg, "network_interfaces = [{ network = kvm_network.net.name }]",
+				"network_interfaces = [{ network = kvm_network.net.name }, { network = kvm_network.net.name }]", 1),
+			Check: func(s *terraform.State) error {
+				id, _, err := realVirsh("domid", vmName)
+				if err != nil {
+					return err
+				}
+				if strings.TrimSpace(id) != strings.TrimSpace(domID) {
+					return fmt.Errorf("domain id changed from %s to %s: the VM was restarted instead of hot-adding the NIC", strings.TrimSpace(domID), strings.TrimSpace(id))
+				}
+				vm, err := cl.GetVM(context.Background(), vmName)
+				if err != nil {
+					return err
+				}
+				if len(vm.Interfaces) != 2 || vm.Interfaces[1].Port == "" {
+					return fmt.Errorf("after hot-add the host reports interfaces %+v", vm.Interfaces)
+				}
+				mac, err := stateAttr(s, "kvm_vm.vm", "network_interfaces.1.mac")
+				if err != nil {
+					return err
+				}
+				attached, err := realOVSVsctl("get", "Interface", vm.Interfaces[1].Port, "external_ids:attached-mac")
+				if err != nil {
+					return err
+				}
+				if strings.Trim(attached, `"`) != mac {
+					return fmt.Errorf("hot-added port %s is attached to MAC %s, want %s", vm.Interfaces[1].Port, attached, mac)
 				}
 				return nil
 			},

@@ -154,8 +154,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				}},
 			},
 			"network_interfaces": schema.ListNestedAttribute{
-				MarkdownDescription: "Network interfaces in order, each on a `kvm_network` realized on the VM's host. Changing the " +
-					"list restarts a running VM.",
+				MarkdownDescription: "Network interfaces in order, each on a `kvm_network` realized on the VM's host. Interfaces " +
+					"added at the end of a running VM's list are hot-plugged (on QEMU); any other change restarts a running VM.",
 				Optional: true,
 				NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
 					"network": schema.StringAttribute{
@@ -456,7 +456,8 @@ func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
 		out = append(out, "disks")
 	}
 	if !plan.NetworkInterfaces.Equal(state.NetworkInterfaces) &&
-		!(len(plan.NetworkInterfaces.Elements()) == 0 && len(state.NetworkInterfaces.Elements()) == 0) {
+		!(len(plan.NetworkInterfaces.Elements()) == 0 && len(state.NetworkInterfaces.Elements()) == 0) &&
+		!nicsAppended(state.NetworkInterfaces, plan.NetworkInterfaces) {
 		out = append(out, "network_interfaces")
 	}
 	if !plan.CloudInit.Equal(state.CloudInit) {
@@ -468,6 +469,21 @@ func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// nicsAppended reports whether the planned interfaces are the current ones
+// with more added at the end: kvm-hostd hot-adds those to a running VM.
+func nicsAppended(state, plan types.List) bool {
+	se, pe := state.Elements(), plan.Elements()
+	if len(pe) <= len(se) {
+		return false
+	}
+	for i := range se {
+		if !pe[i].Equal(se[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *VMResource) client(host string, diags interface{ AddError(string, string) }) *FleetHost {

@@ -606,6 +606,29 @@ func TestVMRestartAttributes(t *testing.T) {
 	if strings.Join(got, ",") != "cloud_init,max_memory_mib,vcpu" {
 		t.Errorf("restart attributes = %v", got)
 	}
+
+	// Appending a NIC is a hot-add; replacing or removing one restarts.
+	nic := func(network string) attr.Value {
+		return types.ObjectValueMust(vmNICAttrTypes, map[string]attr.Value{
+			"network": types.StringValue(network), "mac": types.StringValue("52:54:00:00:00:0" + network[len(network)-1:]), "model": types.StringValue("virtio"),
+		})
+	}
+	nics := func(vs ...attr.Value) types.List {
+		return types.ListValueMust(types.ObjectType{AttrTypes: vmNICAttrTypes}, vs)
+	}
+	one, two, other := base, base, base
+	one.NetworkInterfaces = nics(nic("n1"))
+	two.NetworkInterfaces = nics(nic("n1"), nic("n2"))
+	other.NetworkInterfaces = nics(nic("n3"))
+	if got := vmRestartAttributes(ctx, one, two); len(got) != 0 {
+		t.Errorf("appending a NIC: restart for %v, want none (hot-add)", got)
+	}
+	if got := vmRestartAttributes(ctx, two, one); strings.Join(got, ",") != "network_interfaces" {
+		t.Errorf("removing a NIC: restart for %v, want network_interfaces", got)
+	}
+	if got := vmRestartAttributes(ctx, one, other); strings.Join(got, ",") != "network_interfaces" {
+		t.Errorf("replacing a NIC: restart for %v, want network_interfaces", got)
+	}
 }
 
 func TestVMHCLString(t *testing.T) {
