@@ -278,3 +278,55 @@ resource "kvm_vm" "vm" {
 		},
 	})
 }
+
+// A network spanning a host that is down fails naming that host and what
+// was left; once the host is back, applying again converges.
+func TestAccNetwork_partialFailureConverges(t *testing.T) {
+	c := startHosts(t, overlayHosts())
+	cfg := `
+provider "kvm" {}
+resource "kvm_network" "n" {
+  name = "partial"
+  vlan = 12
+}
+`
+	t.Setenv("KVM_TOKEN", c.Token)
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckNetworkGone(t, c, "partial"),
+		Steps: []resource.TestStep{
+			{
+				PreConfig: func() {
+					t.Setenv("KVM_HOSTS", c.KVMHosts())
+					if err := c.Host("host-b").Stop(); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config:      cfg,
+				ExpectError: regexp.MustCompile(`(?s)failed on 1 of 2 hosts:.*host-b:.*succeeded on host-a`),
+			},
+			{
+				PreConfig: func() {
+					if err := c.Host("host-b").Start(); err != nil {
+						t.Fatal(err)
+					}
+					// host-b listens on a new port after its restart.
+					t.Setenv("KVM_HOSTS", c.KVMHosts())
+				},
+				Config: cfg,
+				Check: func(*terraform.State) error {
+					for _, h := range []string{"host-a", "host-b"} {
+						n, err := hostClient(t, c, h).GetNetwork(context.Background(), "partial")
+						if err != nil {
+							return fmt.Errorf("%s: %w", h, err)
+						}
+						if n.VLAN != 12 {
+							return fmt.Errorf("%s: vlan %d", h, n.VLAN)
+						}
+					}
+					return nil
+				},
+			},
+		},
+	})
+}
