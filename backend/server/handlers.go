@@ -81,6 +81,57 @@ func (s *Server) deleteVolume(r *http.Request) (int, any, error) {
 	return http.StatusNoContent, nil, s.svc.DeleteVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"))
 }
 
+func (s *Server) copyVolume(r *http.Request) (int, any, error) {
+	var req api.VolumeCopyRequest
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	op, err := s.svc.CopyVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), req, r.Header.Get(api.HeaderIdempotencyKey))
+	return http.StatusAccepted, op, err
+}
+
+// volumeContent streams a volume's bytes (application/octet-stream). Errors
+// found before the first byte are JSON like everywhere else; an error in
+// the middle of the stream aborts the connection, so the reader sees a
+// truncated chunked body rather than a short "successful" one.
+func (s *Server) volumeContent(r *http.Request) (int, any, error) {
+	return 0, streamResponse(func(w http.ResponseWriter) {
+		sw := &streamWriter{w: w}
+		_, err := s.svc.ReadVolumeContent(r.Context(), r.PathValue("pool"), r.PathValue("name"), sw)
+		if err != nil {
+			if !sw.started {
+				if e := toError(err); e.Code == api.CodeInternal {
+					s.log.Error("internal error", "request_id", requestID(r.Context()), "error", err)
+				}
+				writeError(w, err)
+				return
+			}
+			s.log.Error("volume content stream aborted", "request_id", requestID(r.Context()), "error", err)
+			panic(http.ErrAbortHandler)
+		}
+		if !sw.started {
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusOK)
+		}
+	}), nil
+}
+
+// streamWriter sends the 200 header with the first byte.
+type streamWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (sw *streamWriter) Write(b []byte) (int, error) {
+	if !sw.started {
+		sw.started = true
+		sw.w.Header().Set("Content-Type", "application/octet-stream")
+		sw.w.WriteHeader(http.StatusOK)
+	}
+	return sw.w.Write(b)
+}
+
 func (s *Server) listVMs(r *http.Request) (int, any, error) {
 	vms, err := s.svc.ListVMs(r.Context())
 	if vms == nil {

@@ -67,6 +67,8 @@ func (s *Server) routes() {
 	v1("PUT /pools/{pool}/volumes/{name}", s.putVolume)
 	v1("PATCH /pools/{pool}/volumes/{name}", s.patchVolume)
 	v1("DELETE /pools/{pool}/volumes/{name}", s.deleteVolume)
+	v1("POST /pools/{pool}/volumes/{name}/copy", s.copyVolume)
+	v1("GET /pools/{pool}/volumes/{name}/content", s.volumeContent) // raw bytes, streamed
 
 	v1("GET /vms", s.listVMs)
 	v1("GET /vms/{name}", s.getVM)
@@ -171,6 +173,10 @@ type handlerFunc func(r *http.Request) (int, any, error)
 func (s *Server) wrap(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		status, body, err := h(r)
+		if stream, ok := body.(streamResponse); ok && err == nil {
+			stream(w)
+			return
+		}
 		if err != nil {
 			if e := toError(err); e.Code == api.CodeInternal {
 				s.log.Error("internal error", "request_id", requestID(r.Context()), "error", err)
@@ -181,6 +187,10 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 		writeJSON(w, status, body)
 	})
 }
+
+// streamResponse is a handler result that writes the response itself
+// (volume content), instead of a JSON body.
+type streamResponse func(w http.ResponseWriter)
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
 	if body == nil {

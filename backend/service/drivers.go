@@ -60,6 +60,10 @@ type Hypervisor interface {
 	// WriteVolume replaces the contents of an existing volume with the
 	// image read from r (length bytes, or -1 if unknown).
 	WriteVolume(ctx context.Context, pool, name string, r io.Reader, length int64) error
+	// ReadVolume streams the contents of a volume (its file as stored: a
+	// qcow2 volume's qcow2 image, a raw volume's bytes) to w and returns
+	// how many bytes it wrote. It never buffers the whole volume.
+	ReadVolume(ctx context.Context, pool, name string, w io.Writer) (int64, error)
 	// ResizeVolume grows a volume: online through the domain (blockresize)
 	// when a running domain attaches it, through the volume otherwise.
 	ResizeVolume(ctx context.Context, pool, name string, sizeMiB int64) error

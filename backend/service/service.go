@@ -47,6 +47,8 @@ type Service struct {
 	idem *idempotencyCache
 	// http fetches source_url images.
 	fetch Fetcher
+	// fetchContent fetches another host's volume content for a copy.
+	fetchContent ContentFetcher
 }
 
 // New builds a Service and ensures the default pool exists.
@@ -60,7 +62,7 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetch: defaultFetcher()}
+	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetch: defaultFetcher(), fetchContent: defaultContentFetcher()}
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
 	}

@@ -123,6 +123,23 @@ type VolumeSpec struct {
 	Recreate bool `json:"recreate,omitempty"`
 }
 
+// VolumeCopyRequest is the body of POST /v1/pools/{pool}/volumes/{name}/copy:
+// the receiving host creates the volume from Spec (as PUT does; for a linked
+// clone its base must already be in the pool) and then fills it, as an
+// operation, with the bytes it GETs from ContentURL: another host's
+// /v1/pools/{pool}/volumes/{name}/content. If the copy fails, the
+// half-written volume is deleted.
+type VolumeCopyRequest struct {
+	ContentURL string `json:"content_url"`
+	// Token is sent to ContentURL as a bearer token. It is used for this
+	// copy only: never stored, logged or returned.
+	Token string `json:"token,omitempty"`
+	// Spec describes the volume as it is on the source host. A SourceURL in
+	// it is recorded with the copy (where the image originally came from),
+	// not fetched; Recreate is not allowed.
+	Spec VolumeSpec `json:"spec"`
+}
+
 // VolumeUpdate is the body of PATCH /v1/pools/{pool}/volumes/{name}.
 // Nil fields are left alone.
 type VolumeUpdate struct {

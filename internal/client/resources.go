@@ -75,6 +75,30 @@ func (c *Client) DeleteVolume(ctx context.Context, pool, name string) error {
 	return err
 }
 
+// ContentURL is the URL of a volume's content on this host (GET streams
+// its bytes), for another host to copy it from.
+func (c *Client) ContentURL(pool, name string) string {
+	u := *c.base
+	u.Path = "/" + api.Version + volPath(pool, name) + "/content"
+	u.RawPath = ""
+	return u.String()
+}
+
+// Token is the bearer token this client sends, so the provider can let
+// another host read this host's volume content for a copy.
+func (c *Client) Token() string { return c.token }
+
+// CopyVolume makes this host create a volume and fill it from another
+// host's content URL, then waits for the copy operation. A failed copy
+// leaves no volume behind. The idempotency key makes the POST safe to retry.
+func (c *Client) CopyVolume(ctx context.Context, pool, name string, req api.VolumeCopyRequest, idempotencyKey string) (*api.Operation, error) {
+	var op api.Operation
+	if _, err := c.do(WithIdempotencyKey(ctx, idempotencyKey), http.MethodPost, volPath(pool, name)+"/copy", nil, req, &op); err != nil {
+		return nil, err
+	}
+	return c.WaitOperation(ctx, op.ID)
+}
+
 // VMs.
 
 func vmPath(name string) string { return "/vms/" + esc(name) }

@@ -489,28 +489,57 @@ resource "kvm_disk" "data" {
 		Steps: []resource.TestStep{
 			{Config: disk("host-a")},
 			{
-				Config:      disk("host-b"),
-				ExpectError: regexp.MustCompile(`(?s)Unable to Move Disk.*moving a disk between hosts is not supported yet`),
-			},
-			{
-				// Still on host-a, state unchanged: the plan is the same move.
-				Config:   disk("host-a"),
-				PlanOnly: true,
-				Check:    testAccCheckDiskExists(clA, "default", "moving"),
-			},
-			{
-				PreConfig: func() {
-					if _, err := clB.PutVolume(context.Background(), "default", "moving", api.VolumeSpec{SizeMiB: 32}); err != nil {
-						t.Fatal(err)
-					}
-				},
+				// No VM attaches it: host-b copies it from host-a, which
+				// then deletes its copy.
 				Config: disk("host-b"),
 				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
 					plancheck.ExpectResourceAction("kvm_disk.data", plancheck.ResourceActionUpdate),
 				}},
+				Check: resource.ComposeTestCheckFunc(
+					testAccCheckDiskExists(clB, "default", "moving"),
+					testAccCheckDiskGone(clA, "default", "moving"),
+				),
 				ConfigStateChecks: []statecheck.StateCheck{
 					statecheck.ExpectKnownValue("kvm_disk.data", tfjsonpath.New("id"), knownvalue.StringExact("host-b/default/moving")),
 				},
+			},
+			{
+				// A volume of that name already on the target is adopted,
+				// and the old copy kept (with a warning).
+				PreConfig: func() {
+					if _, err := clA.PutVolume(context.Background(), "default", "moving", api.VolumeSpec{SizeMiB: 32}); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config: disk("host-a"),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_disk.data", plancheck.ResourceActionUpdate),
+				}},
+				Check: resource.ComposeTestCheckFunc(
+					testAccCheckDiskExists(clA, "default", "moving"),
+					testAccCheckDiskExists(clB, "default", "moving"),
+				),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue("kvm_disk.data", tfjsonpath.New("id"), knownvalue.StringExact("host-a/default/moving")),
+				},
+			},
+			{
+				// A target volume of another format is refused; nothing changes.
+				PreConfig: func() {
+					if err := clB.DeleteVolume(context.Background(), "default", "moving"); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := clB.PutVolume(context.Background(), "default", "moving", api.VolumeSpec{SizeMiB: 32, Format: api.FormatRaw}); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config:      disk("host-b"),
+				ExpectError: regexp.MustCompile(`(?s)Unable to Move Disk.*of\s+format\s+raw\s+instead\s+of\s+qcow2`),
+			},
+			{
+				Config:   disk("host-a"),
+				PlanOnly: true,
+				Check:    testAccCheckDiskExists(clA, "default", "moving"),
 			},
 		},
 	})
