@@ -181,3 +181,26 @@ func TestParseFlagsEnvAndHelp(t *testing.T) {
 		t.Fatal("missing --token-file accepted")
 	}
 }
+
+// A volume attached to one VM cannot be attached to another, nor deleted.
+func TestVolumeInUse(t *testing.T) {
+	m, _ := startMain(t)
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/shared-1", "s3cret", `{"size_mib":16}`); st != 201 {
+		t.Fatalf("volume: %d %s", st, b)
+	}
+	vm := `{"vcpu":1,"memory_mib":64,"running":true,"disks":[{"volume":"shared-1"}]}`
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/vms/user-1", "s3cret", vm); st != 201 {
+		t.Fatalf("first VM: %d %s", st, b)
+	}
+	st, e, b := call(t, "PUT", m.URL()+"/v1/vms/user-2", "s3cret", vm)
+	if st != 409 || !strings.Contains(e.Message, "already attached to VM user-1") {
+		t.Fatalf("second VM on the same volume: %d %s, want 409 naming user-1", st, b)
+	}
+	st, e, b = call(t, "DELETE", m.URL()+"/v1/pools/default/volumes/shared-1", "s3cret", "")
+	if st != 409 || !strings.Contains(e.Message, "user-1") {
+		t.Fatalf("deleting an attached volume: %d %s, want 409 naming user-1", st, b)
+	}
+	if st, _, _ := call(t, "GET", m.URL()+"/v1/vms/user-2", "s3cret", ""); st != 404 {
+		t.Fatalf("refused VM exists: %d", st)
+	}
+}

@@ -393,6 +393,17 @@ func (l *Libvirt) volumeNameInPool(c *libvirt.Connect, pool, path string) string
 	return n
 }
 
+// DiskUsers maps every disk file to the domains using it.
+func (l *Libvirt) DiskUsers(ctx context.Context) (map[string][]string, error) {
+	var users map[string][]string
+	err := l.do(ctx, func(c *libvirt.Connect) error {
+		var err error
+		users, err = l.diskUsers(c)
+		return err
+	})
+	return users, err
+}
+
 // VolumeUsage returns the domains attaching a volume and the volumes backed
 // by it; it scans the pool and every domain.
 func (l *Libvirt) VolumeUsage(ctx context.Context, pool, name string) (usedBy, children []string, err error) {

@@ -53,6 +53,9 @@ type Hypervisor interface {
 	// VolumeUsage returns the domains attaching a volume and the volumes
 	// backed by it (a scan of the pool and every domain).
 	VolumeUsage(ctx context.Context, pool, name string) (usedBy, children []string, err error)
+	// DiskUsers maps every file a domain's disks use to those domains (a
+	// scan of the domains only).
+	DiskUsers(ctx context.Context) (map[string][]string, error)
 	// CreateVolume creates an empty volume, or a qcow2 overlay when
 	// spec.BaseVolume is set. SourceURL/SourceChecksum/IOTune are recorded
 	// with the volume so that GetVolume returns them.

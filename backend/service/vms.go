@@ -150,15 +150,24 @@ func (s *Service) resolveInterfaces(ctx context.Context, spec *api.VMSpec) error
 
 // checkDisks verifies every disk exists and is not attached to another VM.
 func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec) error {
+	if len(spec.Disks) == 0 {
+		return nil
+	}
+	// One scan of the domains serves every disk; the pools are not
+	// scanned, which matters when many VMs are created at once.
+	users, err := s.hv.DiskUsers(ctx)
+	if err != nil {
+		return err
+	}
 	for i, d := range spec.Disks {
-		v, err := s.volumeWithUsage(ctx, d.Pool, d.Volume)
+		v, err := s.hv.GetVolume(ctx, d.Pool, d.Volume)
 		if err != nil {
 			if api.IsNotFound(err) {
 				return api.Errorf(api.CodeNotFound, "disks[%d]: volume %s/%s does not exist on host %s", i, d.Pool, d.Volume, s.cfg.Name)
 			}
 			return err
 		}
-		for _, u := range v.UsedBy {
+		for _, u := range users[v.Path] {
 			if u != vm {
 				return conflict("disks[%d]: volume %s/%s is already attached to VM %s", i, d.Pool, d.Volume, u)
 			}
