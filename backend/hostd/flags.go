@@ -54,8 +54,9 @@ Usage:
             --pool-dir /var/lib/kvm-hostd/pool --token-file /etc/kvm-hostd/token
 
 Try it anywhere, without daemons or root (libvirt's test driver and an
-in-memory OVSDB):
-  kvm-hostd --libvirt-uri test:///default --ovsdb embedded --token-file token
+in-memory OVSDB; without --token-file the API is unauthenticated, which is
+only allowed on a loopback address):
+  kvm-hostd --name host-a --listen 127.0.0.1:7701 --libvirt-uri test:///default --ovsdb embedded
 
 Live migration: give every host --migration-uri, the libvirt URI its peers
 use to reach its libvirtd (e.g. qemu+tcp://10.0.0.12/system), and the same
@@ -147,8 +148,10 @@ func (c *Config) validate() error {
 	if c.ClientCA != "" && c.TLSCert == "" {
 		errs = append(errs, errors.New("--client-ca needs --tls-cert and --tls-key"))
 	}
-	if c.TokenFile == "" && c.ClientCA == "" {
-		errs = append(errs, errors.New("--token-file is required (or --client-ca for certificate-only auth)"))
+	if c.TokenFile == "" && c.ClientCA == "" && !c.loopbackOnly() {
+		// Without a token the API is open: fine for trying kvm-hostd on
+		// one's own machine, never on an address others can reach.
+		errs = append(errs, errors.New("--token-file is required (or --client-ca for certificate-only auth) unless --listen is a loopback address"))
 	}
 	if c.TunnelIP != "" && net.ParseIP(c.TunnelIP) == nil {
 		errs = append(errs, fmt.Errorf("--tunnel-ip %q is not an IP address", c.TunnelIP))
@@ -171,6 +174,23 @@ func (c *Config) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// loopbackOnly reports whether --listen binds a loopback address only.
+func (c *Config) loopbackOnly() bool {
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Unauthenticated reports whether the API runs without any client auth
+// (allowed on loopback only).
+func (c *Config) Unauthenticated() bool { return c.TokenFile == "" && c.ClientCA == "" }
 
 // ParseLabels parses "k=v,k2=v2".
 func ParseLabels(s string) (map[string]string, error) {

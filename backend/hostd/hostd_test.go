@@ -177,8 +177,12 @@ func TestParseFlagsEnvAndHelp(t *testing.T) {
 	if !strings.Contains(help.String(), "KVM_HOSTD_POOL_DIR") || !strings.Contains(help.String(), "--ovsdb") {
 		t.Fatalf("--help output lacks flags/env names:\n%s", help.String())
 	}
-	if _, err := ParseFlags([]string{"--name", "n"}, func(string) string { return "" }, io.Discard); err == nil {
-		t.Fatal("missing --token-file accepted")
+	if _, err := ParseFlags([]string{"--name", "n", "--listen", "0.0.0.0:7443"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Fatal("missing --token-file accepted on a non-loopback address")
+	}
+	cfg, err = ParseFlags([]string{"--name", "n", "--listen", "127.0.0.1:7701"}, func(string) string { return "" }, io.Discard)
+	if err != nil || !cfg.Unauthenticated() {
+		t.Fatalf("no token on loopback: %v (unauthenticated %v), want accepted", err, cfg != nil && cfg.Unauthenticated())
 	}
 }
 

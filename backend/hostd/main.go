@@ -69,6 +69,9 @@ func (m *Main) Open(ctx context.Context) (err error) {
 			return fmt.Errorf("--token-file %s is empty", c.TokenFile)
 		}
 	}
+	if c.Unauthenticated() {
+		m.Log.Warn("no --token-file or --client-ca: the API is unauthenticated (allowed because --listen is loopback only)", "listen", c.Listen)
+	}
 	if c.AuditLog != "" {
 		if m.audit, err = server.OpenAuditLog(c.AuditLog); err != nil {
 			return err
