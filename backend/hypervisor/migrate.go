@@ -3,9 +3,12 @@ package hypervisor
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
@@ -42,6 +45,7 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		progress = func(float64) {}
 	}
 	var migrated []migratedDisk
+	var seed string
 	err := l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
 		migrated = nil
 		x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
@@ -53,8 +57,13 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			return wrap(err, "state of %s", name)
 		}
 		meta := metaOf(x)
-		if meta.SeedISO != "" {
-			return api.Errorf(api.CodeUnsupported, "VM %s has a cloud-init seed ISO, which migration does not copy yet", name)
+		seed = meta.SeedISO
+		if seed != "" {
+			// The seed is a read-only CD-ROM, which libvirt does not copy:
+			// QEMU on the target opens the same path, so put it there.
+			if err := copySeedTo(req.TargetURI, seed); err != nil {
+				return fmt.Errorf("copying the cloud-init seed of %s to %s: %w", name, req.TargetURI, err)
+			}
 		}
 		allOverlays := true
 		for _, disk := range diskList(x) {
@@ -158,7 +167,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if err != nil {
 		return err
 	}
-	// The domain now lives on the target with its own copies of the disks.
+	// The domain now lives on the target with its own copies of the disks
+	// and of the seed.
+	l.removeSeed(seed)
 	for _, m := range migrated {
 		if err := l.deleteVolumeByPath(ctx, m.path); err != nil {
 			l.log.Warn("migrated: could not delete the source copy of a disk", "vm", name, "path", m.path, "err", err)
@@ -166,6 +177,64 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	progress(1)
 	return nil
+}
+
+// copySeedTo uploads the seed ISO at path into the storage pool of the
+// libvirt at uri that lives in the same directory, replacing any earlier
+// copy. Hosts keep their pools at the same paths (a requirement of
+// migration anyway), so the domain's CD-ROM path is valid there.
+func copySeedTo(uri, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	c, err := libvirt.NewConnect(uri)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := c.LookupStoragePoolByTargetPath(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("the target has no storage pool at %s (its pool directories must match this host's): %w", filepath.Dir(path), err)
+	}
+	defer p.Free()
+	_ = p.Refresh(0)
+	name := filepath.Base(path)
+	if old, err := p.LookupStorageVolByName(name); err == nil {
+		_ = old.Delete(0)
+		old.Free()
+	}
+	vx := libvirtxml.StorageVolume{
+		Name:     name,
+		Capacity: &libvirtxml.StorageVolumeSize{Value: uint64(len(data))},
+		Target:   &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "raw"}},
+	}
+	doc, err := vx.Marshal()
+	if err != nil {
+		return err
+	}
+	v, err := p.StorageVolCreateXML(doc, 0)
+	if err != nil {
+		return err
+	}
+	defer v.Free()
+	st, err := c.NewStream(0)
+	if err != nil {
+		return err
+	}
+	defer st.Free()
+	if err := v.Upload(st, 0, uint64(len(data)), 0); err != nil {
+		return err
+	}
+	for sent := 0; sent < len(data); {
+		n, err := st.Send(data[sent:])
+		if err != nil {
+			_ = st.Abort()
+			return err
+		}
+		sent += n
+	}
+	return st.Finish()
 }
 
 // destroyOn powers off a domain on another libvirt (a stopped VM that was

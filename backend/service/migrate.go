@@ -26,14 +26,8 @@ func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if s.cfg.MigrationURI != "" && req.TargetURI == s.cfg.MigrationURI {
 		return nil, invalid("target_uri %s is this host (%s)", req.TargetURI, s.cfg.Name)
 	}
-	vm, err := s.hv.GetVM(ctx, name)
-	if err != nil {
+	if _, err := s.hv.GetVM(ctx, name); err != nil {
 		return nil, err
-	}
-	if vm.CloudInit != nil {
-		// The seed ISO is a file of this host that the target does not
-		// have; copying or rebuilding it is not implemented.
-		return nil, api.Errorf(api.CodeUnsupported, "VM %s has cloud_init: VMs with a cloud-init seed cannot migrate yet", name)
 	}
 	v, err := s.idem.Do(idemKey, func() (any, error) {
 		return s.ops.start("migrate", "vm/"+name, func(ctx context.Context, progress func(float64)) error {

@@ -63,7 +63,7 @@ func TestMigrationPrerequisites(t *testing.T) {
 		t.Errorf("migrate to itself: err %v, want invalid", err)
 	}
 	if _, err := cl.MigrateVM(ctx, "mp-vm", api.MigrateRequest{TargetHost: "other", TargetURI: "qemu+tcp://10.0.0.13/system"}, "k2"); !api.IsCode(err, api.CodeUnsupported) {
-		t.Errorf("migrate a VM with cloud_init: err %v, want unsupported", err)
+		t.Errorf("migrate on libvirt's test driver: err %v, want unsupported", err)
 	}
 	if vm, err := cl.GetVM(ctx, "mp-vm"); err != nil || vm.Name != "mp-vm" {
 		t.Errorf("VM after refused migrations: %v", err)

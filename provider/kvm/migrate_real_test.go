@@ -65,6 +65,8 @@ resource "kvm_vm" "vm" {
   shutdown_timeout = 0
   migration        = local.migration
   disks            = [{ disk_id = kvm_disk.clone.id }]
+  # Its seed ISO is a CD-ROM libvirt does not copy: kvm-hostd does.
+  cloud_init = { user_data = "#cloud-config\nhostname: mig-vm\n" }
 }
 `, host, mode)
 }
@@ -182,6 +184,17 @@ func TestAccMigrate_live(t *testing.T) {
 						if _, err := cl.GetVolume(bg, "default", "mig-base"); err != nil {
 							return fmt.Errorf("base volume: %w", err)
 						}
+					}
+					// The cloud-init seed moved with the VM (QEMU on host-b
+					// opened it, or the VM would not run there).
+					if vm.CloudInit == nil || !strings.Contains(vm.CloudInit.UserData, "hostname: mig-vm") {
+						return fmt.Errorf("VM on host-b lost its cloud_init: %+v", vm.CloudInit)
+					}
+					if _, err := clB.GetVolume(bg, "default", "mig-vm-cidata.iso"); err != nil {
+						return fmt.Errorf("seed ISO on host-b: %w", err)
+					}
+					if _, err := clA.GetVolume(bg, "default", "mig-vm-cidata.iso"); !api.IsNotFound(err) {
+						return fmt.Errorf("seed ISO still on host-a (err %v)", err)
 					}
 					for _, line := range regexp.MustCompile(`.*domain migrated.*`).FindAllString(c.Host("host-a").Log(), -1) {
 						t.Log(line)

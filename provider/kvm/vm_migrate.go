@@ -53,9 +53,6 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		addAPIError(&resp.Diagnostics, "Unable to Migrate VM", fmt.Sprintf("VM %s on host %s", name, src.Name), err)
 		return false
 	}
-	if vm.CloudInit != nil {
-		return fail("it has cloud_init, whose seed ISO migration does not copy yet.")
-	}
 	inv := dst.Inventory(ctx)
 	if !inv.Healthy {
 		return fail("host %s is not healthy: %s.", dst.Name, inv.Message)

@@ -229,8 +229,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 					"re-create on the new host). `live` moves a running VM without stopping it; `offline` shuts it down gracefully " +
 					"(`shutdown_timeout`), moves it and starts it again if `running`. Either way the UUID stays, the disks move with " +
 					"it (change their `kvm_disk` `host` too), and the target host needs `migration_uri`, room for the VM, its networks, " +
-					"and for linked clones the same base volume. On failure the VM stays on its old host. VMs with `cloud_init` " +
-					"cannot migrate yet.",
+					"and for linked clones the same base volume. A cloud-init seed ISO is copied to the same path on the new host. " +
+					"On failure the VM stays on its old host.",
 				Optional: true, Computed: true,
 				Default:    stringdefault.StaticString(vmDefaultMigration),
 				Validators: []validator.String{stringvalidator.OneOf(vmMigrations...)},
@@ -427,13 +427,6 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 			resp.Diagnostics.AddWarning("VM Will Restart",
 				fmt.Sprintf("VM %s on host %s will be restarted once (graceful shutdown up to shutdown_timeout, then started again) "+
 					"to apply changes to: %s. It will not be destroyed.", plan.Name.ValueString(), state.Host.ValueString(), strings.Join(restartFor, ", ")))
-		}
-		if hostMoves && plan.Migration.ValueString() != "replace" && (!state.CloudInit.IsNull() || !plan.CloudInit.IsNull()) {
-			resp.Diagnostics.AddAttributeError(path.Root("host"), "VM With cloud_init Cannot Migrate",
-				fmt.Sprintf("VM %s has cloud_init: its NoCloud seed ISO is a file of host %s that migration does not copy yet, so "+
-					"the VM cannot move to %s with migration = %q. Remove cloud_init first (the guest has read it at first boot), "+
-					"or set migration = \"replace\" to re-create the VM on the new host.",
-					plan.Name.ValueString(), state.Host.ValueString(), plan.Host.ValueString(), plan.Migration.ValueString()))
 		}
 	}
 	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
