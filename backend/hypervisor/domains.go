@@ -630,6 +630,16 @@ func randomMAC() string {
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
 }
 
+// StartVM starts a defined domain; one that already runs is left alone.
+func (l *Libvirt) StartVM(ctx context.Context, name string) error {
+	return l.withDomain(ctx, name, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+		if active, err := d.IsActive(); err == nil && active {
+			return nil
+		}
+		return wrap(d.Create(), "start %s", name)
+	})
+}
+
 func hardwareChanged(cur, want *api.VMSpec) bool {
 	maxMem := want.MaxMemoryMiB
 	if maxMem == 0 {

@@ -215,37 +215,12 @@ func toError(err error) *api.Error {
 	return &api.Error{Code: api.CodeInternal, Message: err.Error()}
 }
 
-// StatusFor maps an error code to its HTTP status, in this one place.
-func StatusFor(code string) int {
-	switch code {
-	case api.CodeInvalid:
-		return http.StatusBadRequest
-	case api.CodeUnauthorized:
-		return http.StatusUnauthorized
-	case api.CodeForbidden:
-		return http.StatusForbidden
-	case api.CodeNotFound:
-		return http.StatusNotFound
-	case api.CodeMethod:
-		return http.StatusMethodNotAllowed
-	case api.CodeConflict, api.CodeFull:
-		return http.StatusConflict
-	case api.CodeTooMany:
-		return http.StatusTooManyRequests
-	case api.CodeUnsupported:
-		return http.StatusNotImplemented
-	case api.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
-
 func writeError(w http.ResponseWriter, err error) {
 	e := toError(err)
 	if rec, ok := w.(*statusRecorder); ok {
 		rec.errCode = e.Code
 	}
-	writeJSON(w, StatusFor(e.Code), e)
+	writeJSON(w, api.StatusForCode(e.Code), e)
 }
 
 type statusRecorder struct {
@@ -260,7 +235,7 @@ func (r *statusRecorder) WriteHeader(code int) {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	h := api.Health{Status: "ok", Name: s.svc.Name(), Version: s.svc.Host(r.Context()).Version}
+	h := api.Health{Status: "ok", Name: s.svc.Name(), Version: s.svc.Version()}
 	if err := s.svc.Healthy(r.Context()); err != nil {
 		h.Status = "unhealthy: " + err.Error()
 		writeJSON(w, http.StatusServiceUnavailable, h)

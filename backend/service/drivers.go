@@ -83,6 +83,8 @@ type Hypervisor interface {
 	// reference volumes by pool/name; Interfaces come with Bridge and VLAN
 	// resolved by the service.
 	CreateVM(ctx context.Context, name string, spec api.VMSpec, meta VMMeta) (*api.VM, error)
+	// StartVM starts a defined domain (no-op when it runs).
+	StartVM(ctx context.Context, name string) error
 	// UpdateVM changes a domain to match spec: live where libvirt can,
 	// else with one graceful restart (reported by restarted).
 	UpdateVM(ctx context.Context, name string, spec api.VMSpec) (restarted bool, err error)

@@ -72,18 +72,13 @@ func (o *operations) start(kind, target string, fn func(ctx context.Context, pro
 
 // running returns the running operation for target, if any.
 func (o *operations) running(target string) *api.Operation {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if id, ok := o.byTarget[target]; ok {
-		if op := o.ops[id]; op != nil && op.State == api.OpRunning {
-			c := *op
-			return &c
-		}
+	if op := o.last(target); op != nil && op.State == api.OpRunning {
+		return op
 	}
 	return nil
 }
 
-// lastFailed returns the most recent failed operation for target, if any.
+// last returns the most recent operation for target, if any.
 func (o *operations) last(target string) *api.Operation {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -72,6 +72,9 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 // Name is the host's name.
 func (s *Service) Name() string { return s.cfg.Name }
 
+// Version is kvm-hostd's version.
+func (s *Service) Version() string { return s.cfg.Version }
+
 // Host returns the inventory. A broken libvirt or OVSDB connection makes the
 // host unhealthy rather than failing the call, so the provider can show it.
 func (s *Service) Host(ctx context.Context) *api.Host {

@@ -251,7 +251,7 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 		return nil, false, err
 	}
 	if spec.Running {
-		if _, err := s.hv.UpdateVM(ctx, name, spec); err != nil {
+		if err := s.hv.StartVM(ctx, name); err != nil {
 			// Leave nothing behind, so a retried create starts clean.
 			if derr := s.hv.DeleteVM(context.WithoutCancel(ctx), name, 0); derr != nil {
 				s.log.Error("removing VM that failed to start", "vm", name, "error", derr)

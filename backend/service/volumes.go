@@ -1,6 +1,7 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -291,24 +292,12 @@ func (s *Service) download(ctx context.Context, pool, name string, spec api.Volu
 		return fmt.Errorf("writing %s into volume %s/%s: %w", spec.SourceURL, pool, name, err)
 	}
 	if h != nil {
-		if got := h.Sum(nil); !equalBytes(got, want) {
+		if got := h.Sum(nil); !bytes.Equal(got, want) {
 			return api.Errorf(api.CodeInvalid, "checksum mismatch for %s: got sha256:%x, want %s", spec.SourceURL, got, spec.SourceChecksum)
 		}
 	}
 	s.log.Info("download done", "volume", pool+"/"+name, "url", spec.SourceURL, "bytes", pr.done)
 	return nil
-}
-
-func equalBytes(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 type progressReader struct {
