@@ -210,32 +210,10 @@ func decodeError(status int, data []byte) error {
 		if msg == "" {
 			msg = http.StatusText(status)
 		}
-		e = &api.Error{Code: codeForStatus(status), Message: msg}
+		e = &api.Error{Code: api.CodeForStatus(status), Message: msg}
 	}
 	e.Status = status
 	return e
-}
-
-func codeForStatus(status int) string {
-	switch status {
-	case http.StatusBadRequest:
-		return api.CodeInvalid
-	case http.StatusUnauthorized:
-		return api.CodeUnauthorized
-	case http.StatusForbidden:
-		return api.CodeForbidden
-	case http.StatusNotFound:
-		return api.CodeNotFound
-	case http.StatusConflict:
-		return api.CodeConflict
-	case http.StatusTooManyRequests:
-		return api.CodeTooMany
-	case http.StatusNotImplemented:
-		return api.CodeUnsupported
-	case http.StatusServiceUnavailable:
-		return api.CodeUnavailable
-	}
-	return api.CodeInternal
 }
 
 // StatusOf returns the HTTP status of an error returned by the client, or 0.
