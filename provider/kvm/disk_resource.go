@@ -277,21 +277,6 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
 }
 
-func (r *DiskResource) host(name string, diags interface {
-	AddAttributeError(path.Path, string, string)
-}) *FleetHost {
-	if r.fleet == nil {
-		diags.AddAttributeError(path.Root("host"), "Provider Not Configured", "the kvm provider has no hosts configured")
-		return nil
-	}
-	h, err := r.fleet.Host(name)
-	if err != nil {
-		diags.AddAttributeError(path.Root("host"), "Unknown Host", err.Error())
-		return nil
-	}
-	return h
-}
-
 func (r *DiskResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
 	var plan diskModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
@@ -308,7 +293,7 @@ func (r *DiskResource) Create(ctx context.Context, req resource.CreateRequest, r
 
 	hostName, pool, name := plan.location()
 	id := DiskID(hostName, pool, name)
-	h := r.host(hostName, &resp.Diagnostics)
+	h := lookupHost(r.fleet, hostName, &resp.Diagnostics)
 	if h == nil {
 		return
 	}
@@ -401,7 +386,7 @@ func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 		resp.Diagnostics.AddError("Unable to Read Disk", err.Error())
 		return
 	}
-	h := r.host(hostName, &resp.Diagnostics)
+	h := lookupHost(r.fleet, hostName, &resp.Diagnostics)
 	if h == nil {
 		return
 	}
@@ -436,7 +421,7 @@ func (r *DiskResource) Update(ctx context.Context, req resource.UpdateRequest, r
 
 	hostName, pool, name := plan.location()
 	id := DiskID(hostName, pool, name)
-	h := r.host(hostName, &resp.Diagnostics)
+	h := lookupHost(r.fleet, hostName, &resp.Diagnostics)
 	if h == nil {
 		return
 	}
@@ -523,9 +508,6 @@ func (r *DiskResource) Update(ctx context.Context, req resource.UpdateRequest, r
 // old host cannot be read): the caller's adopt-or-refuse rule applies.
 func (r *DiskResource) prepareMove(ctx context.Context, state, plan diskModel, newH *FleetHost, newErr error, resp *resource.UpdateResponse) (*api.Volume, bool) {
 	oldHost, pool, name := state.location()
-	if r.fleet == nil {
-		return nil, false
-	}
 	oldH, err := r.fleet.Host(oldHost)
 	if err != nil {
 		return nil, false
@@ -593,9 +575,6 @@ func (r *DiskResource) copyDetached(ctx context.Context, state, plan diskModel, 
 			fmt.Sprintf("disk %s cannot move to host %s: ", from, newH.Name)+fmt.Sprintf(format, args...)+
 				fmt.Sprintf(" Nothing was deleted: the disk stays on host %s.", oldHost))
 		return nil, false
-	}
-	if r.fleet == nil {
-		return fail("the provider is not configured.")
 	}
 	oldH, err := r.fleet.Host(oldHost)
 	if err != nil {
@@ -735,7 +714,7 @@ func (r *DiskResource) Delete(ctx context.Context, req resource.DeleteRequest, r
 		resp.Diagnostics.AddError("Unable to Delete Disk", err.Error())
 		return
 	}
-	h := r.host(hostName, &resp.Diagnostics)
+	h := lookupHost(r.fleet, hostName, &resp.Diagnostics)
 	if h == nil {
 		return
 	}

@@ -3,6 +3,8 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"github.com/hashicorp/terraform-plugin-framework/path"
 	"maps"
 	"slices"
 	"sync"
@@ -29,10 +31,19 @@ type FleetHost struct {
 }
 
 // Names returns host names in sorted order.
-func (f *Fleet) Names() []string { return slices.Sorted(maps.Keys(f.hosts)) }
+func (f *Fleet) Names() []string {
+	if f == nil {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(f.hosts))
+}
 
 // Host returns a configured host or an error naming the configured ones.
+// A nil Fleet (provider not configured yet) has no hosts.
 func (f *Fleet) Host(name string) (*FleetHost, error) {
+	if f == nil {
+		return nil, fmt.Errorf("the kvm provider is not configured, so host %q is unknown", name)
+	}
 	h, ok := f.hosts[name]
 	if !ok {
 		return nil, fmt.Errorf("host %q is not configured in the provider's hosts (configured: %v)", name, f.Names())
@@ -87,4 +98,15 @@ func (f *Fleet) Inventories(ctx context.Context, names []string) []api.Host {
 	}
 	wg.Wait()
 	return out
+}
+
+// lookupHost is Fleet.Host for resource methods: an unknown host becomes an
+// error diagnostic on the host attribute and a nil result.
+func lookupHost(f *Fleet, name string, diags *diag.Diagnostics) *FleetHost {
+	h, err := f.Host(name)
+	if err != nil {
+		diags.AddAttributeError(path.Root("host"), "Unknown Host", err.Error())
+		return nil
+	}
+	return h
 }

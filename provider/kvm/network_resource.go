@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"sort"
 	"strings"
 	"sync"
@@ -297,6 +298,22 @@ func (r *NetworkResource) ensure(ctx context.Context, plan *networkModel) (map[s
 	}), nil
 }
 
+// realize runs ensure and reports failures as "Unable to <action> Network",
+// naming the hosts that failed and those that succeeded.
+func (r *NetworkResource) realize(ctx context.Context, plan *networkModel, action, doing string, diags *diag.Diagnostics) bool {
+	errs, err := r.ensure(ctx, plan)
+	summary := "Unable to " + action + " Network"
+	if err != nil {
+		diags.AddError(summary, fmt.Sprintf("network %s: %s", plan.Name.ValueString(), err))
+		return false
+	}
+	if len(errs) > 0 {
+		diags.AddError(summary, describeHostErrors(doing+" network "+plan.Name.ValueString(), plan.hostNames(ctx), errs))
+		return false
+	}
+	return true
+}
+
 func (r *NetworkResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
 	var plan networkModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
@@ -307,13 +324,7 @@ func (r *NetworkResource) Create(ctx context.Context, req resource.CreateRequest
 	resp.Diagnostics.Append(diags...)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	errs, err := r.ensure(ctx, &plan)
-	if err != nil {
-		resp.Diagnostics.AddError("Unable to Create Network", fmt.Sprintf("network %s: %s", plan.Name.ValueString(), err))
-		return
-	}
-	if len(errs) > 0 {
-		resp.Diagnostics.AddError("Unable to Create Network", describeHostErrors("creating network "+plan.Name.ValueString(), plan.hostNames(ctx), errs))
+	if !r.realize(ctx, &plan, "Create", "creating", &resp.Diagnostics) {
 		return
 	}
 	r.readInto(ctx, &plan, false)
@@ -457,13 +468,7 @@ func (r *NetworkResource) Update(ctx context.Context, req resource.UpdateRequest
 	resp.Diagnostics.Append(diags...)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	errs, err := r.ensure(ctx, &plan)
-	if err != nil {
-		resp.Diagnostics.AddError("Unable to Update Network", fmt.Sprintf("network %s: %s", plan.Name.ValueString(), err))
-		return
-	}
-	if len(errs) > 0 {
-		resp.Diagnostics.AddError("Unable to Update Network", describeHostErrors("updating network "+plan.Name.ValueString(), plan.hostNames(ctx), errs))
+	if !r.realize(ctx, &plan, "Update", "updating", &resp.Diagnostics) {
 		return
 	}
 	// Hosts that left the network lose its bridge and tunnels.

@@ -2,7 +2,6 @@ package kvm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -164,9 +163,6 @@ func (r *SnapshotResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 // looked up on every configured host at once; hosts that cannot be reached
 // are named when the VM is not found elsewhere.
 func (r *SnapshotResource) resolveVM(ctx context.Context, vmID string) (*FleetHost, string, error) {
-	if r.fleet == nil {
-		return nil, "", errors.New("the kvm provider has no hosts configured")
-	}
 	if !uuidPattern.MatchString(vmID) {
 		host, vm, err := ParseVMID(vmID)
 		if err != nil {
@@ -275,7 +271,7 @@ func (r *SnapshotResource) Read(ctx context.Context, req resource.ReadRequest, r
 		resp.Diagnostics.AddError("Unable to Read Snapshot", err.Error())
 		return
 	}
-	h, err := r.fleetHost(host)
+	h, err := r.fleet.Host(host)
 	if err != nil {
 		resp.Diagnostics.AddError("Unable to Read Snapshot", fmt.Sprintf("snapshot %s: %s", state.ID.ValueString(), err))
 		return
@@ -293,13 +289,6 @@ func (r *SnapshotResource) Read(ctx context.Context, req resource.ReadRequest, r
 	}
 	state.fromAPI(host, vm, s)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
-}
-
-func (r *SnapshotResource) fleetHost(name string) (*FleetHost, error) {
-	if r.fleet == nil {
-		return nil, errors.New("the kvm provider has no hosts configured")
-	}
-	return r.fleet.Host(name)
 }
 
 // Update can only be a revert_trigger (or timeouts) change: everything
@@ -324,7 +313,7 @@ func (r *SnapshotResource) Update(ctx context.Context, req resource.UpdateReques
 		resp.Diagnostics.AddError("Unable to Update Snapshot", err.Error())
 		return
 	}
-	h, err := r.fleetHost(host)
+	h, err := r.fleet.Host(host)
 	if err != nil {
 		resp.Diagnostics.AddError("Unable to Update Snapshot", fmt.Sprintf("snapshot %s: %s", state.ID.ValueString(), err))
 		return
@@ -364,7 +353,7 @@ func (r *SnapshotResource) Delete(ctx context.Context, req resource.DeleteReques
 		resp.Diagnostics.AddError("Unable to Delete Snapshot", err.Error())
 		return
 	}
-	h, err := r.fleetHost(host)
+	h, err := r.fleet.Host(host)
 	if err != nil {
 		resp.Diagnostics.AddError("Unable to Delete Snapshot", fmt.Sprintf("snapshot %s: %s", state.ID.ValueString(), err))
 		return

@@ -21,7 +21,7 @@ import (
 // recreated fresh right before the copy. It reports false, with the error
 // in resp, when the VM did not move; libvirt then leaves it on the source.
 func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *FleetHost, resp *resource.UpdateResponse) bool {
-	src := r.client(prior.Host.ValueString(), &resp.Diagnostics)
+	src := lookupHost(r.fleet, prior.Host.ValueString(), &resp.Diagnostics)
 	if src == nil {
 		return false
 	}

@@ -479,19 +479,6 @@ func nicsAppended(state, plan types.List) bool {
 	return true
 }
 
-func (r *VMResource) client(host string, diags interface{ AddError(string, string) }) *FleetHost {
-	if r.fleet == nil {
-		diags.AddError("Provider Not Configured", "The kvm provider was not configured; please report this issue to the provider developers.")
-		return nil
-	}
-	h, err := r.fleet.Host(host)
-	if err != nil {
-		diags.AddError("Unknown Host", err.Error())
-		return nil
-	}
-	return h
-}
-
 func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
 	var plan vmModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
@@ -500,7 +487,7 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	}
 	timeout, d := plan.Timeouts.Create(ctx, vmCreateTimeout)
 	resp.Diagnostics.Append(d...)
-	h := r.client(plan.Host.ValueString(), &resp.Diagnostics)
+	h := lookupHost(r.fleet, plan.Host.ValueString(), &resp.Diagnostics)
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
 	if resp.Diagnostics.HasError() {
@@ -551,7 +538,7 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 	}
 	timeout, d := prior.Timeouts.Read(ctx, vmReadTimeout)
 	resp.Diagnostics.Append(d...)
-	h := r.client(prior.Host.ValueString(), &resp.Diagnostics)
+	h := lookupHost(r.fleet, prior.Host.ValueString(), &resp.Diagnostics)
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -591,7 +578,7 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	name := plan.Name.ValueString()
 	timeout, d := plan.Timeouts.Update(ctx, vmUpdateTimeout)
 	resp.Diagnostics.Append(d...)
-	h := r.client(plan.Host.ValueString(), &resp.Diagnostics)
+	h := lookupHost(r.fleet, plan.Host.ValueString(), &resp.Diagnostics)
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
 	if resp.Diagnostics.HasError() {
@@ -636,7 +623,7 @@ func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, res
 	}
 	timeout, d := prior.Timeouts.Delete(ctx, vmDeleteTimeout)
 	resp.Diagnostics.Append(d...)
-	h := r.client(prior.Host.ValueString(), &resp.Diagnostics)
+	h := lookupHost(r.fleet, prior.Host.ValueString(), &resp.Diagnostics)
 	if resp.Diagnostics.HasError() {
 		return
 	}
