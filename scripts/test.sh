@@ -8,6 +8,9 @@
 # skipped real-stack test fails the run, and so does anything the tests left
 # on the system libvirt.
 set -euo pipefail
+# Arguments go to go test instead of ./... (e.g. ./backend/hypervisor -run Real).
+go_test_args=("$@")
+((${#go_test_args[@]})) || go_test_args=(./...)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
@@ -85,11 +88,11 @@ go run ./internal/realstack/cmd/realstack-sweep -uri "$KVM_TEST_LIBVIRT_URI"
 # skipped"; with CI=true a skipped real-stack test fails the run. The last
 # check proves the run left nothing on the system libvirt.
 go build -o bin/testreport ./internal/testreport/cmd/testreport
-echo "== go test ./... (unit, integration, acceptance; embedded default and real stack)"
+echo "== go test ${go_test_args[*]} (unit, integration, acceptance; embedded default and real stack)"
 set +e
 bin/testreport \
 	-check "nothing left on $KVM_TEST_LIBVIRT_URI=go run ./internal/realstack/cmd/realstack-sweep -check -uri '$KVM_TEST_LIBVIRT_URI'" \
-	-- go test -json -count=1 -timeout "${TEST_TIMEOUT:-60m}" ./...
+	-- go test -json -count=1 -timeout "${TEST_TIMEOUT:-60m}" "${go_test_args[@]}"
 rc=$?
 set -e
 exit "$rc"
