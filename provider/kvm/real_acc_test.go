@@ -195,6 +195,7 @@ func TestAccReal_diskVMSnapshotLifecycle(t *testing.T) {
 						}
 						return nil
 					},
+					realCheckSnapshotMemory("kvm_snapshot.snap", vmName, "s1"),
 				),
 			},
 			{
