@@ -27,6 +27,12 @@ const (
 	testPoolUsersFile = "/run/kvm-hostd-test.users"
 )
 
+// testStore is where the tests keep their storage and how its users coordinate;
+// its own tests use another one.
+type testStore struct{ root, lockFile, usersFile string }
+
+var defaultStore = testStore{TestPoolRoot, testPoolLockFile, testPoolUsersFile}
+
 // Leftover is something the tests left on a libvirt.
 type Leftover struct {
 	Kind string // "domain", "pool", "volume" or "file"
@@ -38,7 +44,11 @@ func (l Leftover) String() string { return l.Kind + " " + l.Name }
 // TestLeftovers lists the tests' objects on the libvirt at uri: domains using a path
 // under TestPoolRoot, pools (and their volumes) there, and files left in it.
 func TestLeftovers(ctx context.Context, uri string) ([]Leftover, error) {
-	doms, pools, err := testObjects(ctx, uri)
+	return defaultStore.leftovers(ctx, uri)
+}
+
+func (st testStore) leftovers(ctx context.Context, uri string) ([]Leftover, error) {
+	doms, pools, err := st.objects(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
@@ -49,21 +59,24 @@ func TestLeftovers(ctx context.Context, uri string) ([]Leftover, error) {
 	for _, p := range pools {
 		out = append(out, Leftover{"pool", p.name + " (" + p.path + ")"})
 		if p.active {
-			vols, err := virsh(ctx, uri, "vol-list", "--pool", p.name, "--name")
+			vols, err := virsh(ctx, uri, "vol-list", "--pool", p.name)
 			if err != nil {
 				return nil, err
 			}
-			for _, v := range lines(vols) {
-				out = append(out, Leftover{"volume", p.name + "/" + v})
+			for _, l := range lines(vols) {
+				// "NAME  PATH" rows (virsh -q prints no header).
+				if f := strings.Fields(l); len(f) > 0 && f[0] != "Name" && !strings.HasPrefix(f[0], "---") {
+					out = append(out, Leftover{"volume", p.name + "/" + f[0]})
+				}
 			}
 		}
 	}
-	entries, err := os.ReadDir(TestPoolRoot)
+	entries, err := os.ReadDir(st.root)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("realstack: %w", err)
 	}
 	for _, e := range entries {
-		p := filepath.Join(TestPoolRoot, e.Name())
+		p := filepath.Join(st.root, e.Name())
 		if !e.IsDir() {
 			out = append(out, Leftover{"file", p})
 			continue
@@ -82,7 +95,11 @@ func TestLeftovers(ctx context.Context, uri string) ([]Leftover, error) {
 // tests' domains, stops and undefines their pools, and deletes TestPoolRoot's
 // contents. It returns what it removed.
 func SweepTestLeftovers(ctx context.Context, uri string) ([]Leftover, error) {
-	doms, pools, err := testObjects(ctx, uri)
+	return defaultStore.sweep(ctx, uri)
+}
+
+func (st testStore) sweep(ctx context.Context, uri string) ([]Leftover, error) {
+	doms, pools, err := st.objects(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
@@ -113,12 +130,12 @@ func SweepTestLeftovers(ctx context.Context, uri string) ([]Leftover, error) {
 		}
 		removed = append(removed, Leftover{"pool", p.name + " (" + p.path + ")"})
 	}
-	entries, err := os.ReadDir(TestPoolRoot)
+	entries, err := os.ReadDir(st.root)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
 	for _, e := range entries {
-		p := filepath.Join(TestPoolRoot, e.Name())
+		p := filepath.Join(st.root, e.Name())
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -134,12 +151,16 @@ func SweepTestLeftovers(ctx context.Context, uri string) ([]Leftover, error) {
 // user, in any process, remains; crashed users drop their reference with their file
 // descriptors.
 func UseTestPool(ctx context.Context, uri string) (release func() error, err error) {
-	unlock, err := lockFile(ctx, testPoolLockFile, syscall.LOCK_EX)
+	return defaultStore.use(ctx, uri)
+}
+
+func (st testStore) use(ctx context.Context, uri string) (release func() error, err error) {
+	unlock, err := lockFile(ctx, st.lockFile, syscall.LOCK_EX)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	users, err := os.OpenFile(testPoolUsersFile, os.O_CREATE|os.O_RDWR, 0o644)
+	users, err := os.OpenFile(st.usersFile, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("realstack: %w", err)
 	}
@@ -155,7 +176,7 @@ func UseTestPool(ctx context.Context, uri string) (release func() error, err err
 		users.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		removed, _, err := SweepUnusedTestLeftovers(ctx, uri)
+		removed, _, err := st.sweepUnused(ctx, uri)
 		if err != nil {
 			return fmt.Errorf("removing the tests' objects (removed %v): %w", removed, err)
 		}
@@ -166,12 +187,16 @@ func UseTestPool(ctx context.Context, uri string) (release func() error, err err
 // SweepUnusedTestLeftovers runs SweepTestLeftovers unless a test still uses the
 // pool (inUse), e.g. for scripts at the start and end of a run.
 func SweepUnusedTestLeftovers(ctx context.Context, uri string) (removed []Leftover, inUse bool, err error) {
-	unlock, err := lockFile(ctx, testPoolLockFile, syscall.LOCK_EX)
+	return defaultStore.sweepUnused(ctx, uri)
+}
+
+func (st testStore) sweepUnused(ctx context.Context, uri string) (removed []Leftover, inUse bool, err error) {
+	unlock, err := lockFile(ctx, st.lockFile, syscall.LOCK_EX)
 	if err != nil {
 		return nil, false, err
 	}
 	defer unlock()
-	users, err := os.OpenFile(testPoolUsersFile, os.O_CREATE|os.O_RDWR, 0o644)
+	users, err := os.OpenFile(st.usersFile, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, false, fmt.Errorf("realstack: %w", err)
 	}
@@ -179,7 +204,7 @@ func SweepUnusedTestLeftovers(ctx context.Context, uri string) (removed []Leftov
 	if syscall.Flock(int(users.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
 		return nil, true, nil
 	}
-	removed, err = SweepTestLeftovers(ctx, uri)
+	removed, err = st.sweep(ctx, uri)
 	return removed, false, err
 }
 
@@ -187,7 +212,11 @@ func SweepUnusedTestLeftovers(ctx context.Context, uri string) (removed []Leftov
 // at uri: kvm-hostd marks its pool autostart, which a test pool must not be (a
 // libvirtd restart would bring back a pool of a finished run).
 func DisableTestPoolAutostart(ctx context.Context, uri string) error {
-	_, pools, err := testObjects(ctx, uri)
+	return defaultStore.disableAutostart(ctx, uri)
+}
+
+func (st testStore) disableAutostart(ctx context.Context, uri string) error {
+	_, pools, err := st.objects(ctx, uri)
 	if err != nil {
 		return err
 	}
@@ -207,8 +236,8 @@ type testPool struct {
 	active, persistent, autostart bool
 }
 
-// testObjects finds the domains and pools on uri that use TestPoolRoot.
-func testObjects(ctx context.Context, uri string) (domains []string, pools []testPool, err error) {
+// objects finds the domains and pools on uri that use the store's root.
+func (st testStore) objects(ctx context.Context, uri string) (domains []string, pools []testPool, err error) {
 	out, err := virsh(ctx, uri, "pool-list", "--all", "--name")
 	if err != nil {
 		return nil, nil, err
@@ -227,7 +256,7 @@ func testObjects(ctx context.Context, uri string) (domains []string, pools []tes
 				Path string `xml:"path"`
 			} `xml:"target"`
 		}
-		if xml.Unmarshal([]byte(doc), &x) != nil || !underTestRoot(x.Target.Path) {
+		if xml.Unmarshal([]byte(doc), &x) != nil || !st.holds(x.Target.Path) {
 			continue
 		}
 		p := testPool{name: name, path: x.Target.Path}
@@ -271,7 +300,7 @@ func testObjects(ctx context.Context, uri string) (domains []string, pools []tes
 			return nil, nil, fmt.Errorf("realstack: domain %s: %w", name, err)
 		}
 		for _, d := range x.Disks {
-			if underTestRoot(d.Source.File) || testPools[d.Source.Pool] {
+			if st.holds(d.Source.File) || testPools[d.Source.Pool] {
 				domains = append(domains, name)
 				break
 			}
@@ -281,11 +310,11 @@ func testObjects(ctx context.Context, uri string) (domains []string, pools []tes
 	return domains, pools, nil
 }
 
-func underTestRoot(path string) bool {
+func (st testStore) holds(path string) bool {
 	if path == "" {
 		return false
 	}
-	rel, err := filepath.Rel(TestPoolRoot, filepath.Clean(path))
+	rel, err := filepath.Rel(st.root, filepath.Clean(path))
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
