@@ -48,8 +48,11 @@ cd "$work/src"
 
 init_go=internal/backend/init/init.go
 # Local replace targets (=> ./dir) that the zip does not contain.
-mapfile -t missing < <(sed -n 's|^replace \([^ ]*\) => \./\(.*\)$|\1 \2|p' go.mod |
-	while read -r path dir; do [[ -d "$dir" ]] || echo "$path"; done)
+# Captured first: bash ignores the exit status of a process substitution.
+missing_list="$(sed -n 's|^replace \([^ ]*\) => \./\(.*\)$|\1 \2|p' go.mod |
+	while read -r path dir; do [[ -d "$dir" ]] || echo "$path"; done)"
+missing=()
+[[ -z "$missing_list" ]] || mapfile -t missing <<<"$missing_list"
 
 sed -i -e '/^godebug /d' -e '/^replace .* => \.\//d' go.mod
 for path in "${missing[@]}"; do

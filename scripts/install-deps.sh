@@ -37,7 +37,10 @@ apt_get() {
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"
 }
 
-mapfile -t missing < <(missing_packages)
+# Not `mapfile < <(...)`: bash ignores a process substitution's exit status.
+missing_list="$(missing_packages)"
+missing=()
+[[ -z "$missing_list" ]] || mapfile -t missing <<<"$missing_list"
 if ((${#missing[@]} > 0)); then
 	echo "install-deps: installing ${missing[*]}" >&2
 	# A fresh image has empty package lists; refresh only then (or if install fails

@@ -2,8 +2,15 @@
 # make test: unit, integration and acceptance tests, on the embedded default
 # and on the real stack. The real stack (system libvirtd/virtlogd, a private
 # Open vSwitch) is started here if it is not running and stopped afterwards by
-# PID; a libvirtd someone else started is used and left alone.
+# PID; a libvirtd someone else started is used and left alone. If it cannot
+# start, the run fails with the reason. The output ends with
+# "N passed, N failed, N skipped" (internal/testreport); with CI=true a
+# skipped real-stack test fails the run, and so does anything the tests left
+# on the system libvirt.
 set -euo pipefail
+# Arguments go to go test instead of ./... (e.g. ./backend/hypervisor -run Real).
+go_test_args=("$@")
+((${#go_test_args[@]})) || go_test_args=(./...)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
@@ -30,6 +37,9 @@ else
 fi
 stop_stack() {
 	local rc=$?
+	# libvirt first (its domains' ports are on this Open vSwitch). Quiet: the
+	# report above already ends the output and lists any leftovers.
+	scripts/realstack-down.sh >/dev/null || true
 	for pidfile in "$ovs_dir"/ovs-vswitchd.pid "$ovs_dir"/ovsdb-server.pid; do
 		if [[ -f "$pidfile" ]]; then
 			pid="$(cat "$pidfile")"
@@ -42,18 +52,47 @@ stop_stack() {
 	else
 		rm -f "$ovs_dir"/{conf.db,.conf.db.~lock~,db.sock,ovsdb-server.ctl,ovs-vswitchd.ctl,ovsdb-server.pid,ovs-vswitchd.pid,ovsdb-server.log,ovs-vswitchd.log}
 	fi
-	scripts/realstack-down.sh || true
 	exit "$rc"
 }
 trap stop_stack EXIT
 
 echo "== starting the real stack"
+# Captured, not read through a process substitution: bash ignores the exit
+# status of <(...), and a real stack that did not start must fail the run.
+up_err="$(mktemp)"
+if ! up_out="$(go run ./internal/realstack/cmd/realstack-up --ovs-dir "$ovs_dir" 2>"$up_err")"; then
+	echo "make test: the real stack did not start:" >&2
+	cat "$up_err" >&2
+	rm -f "$up_err"
+	exit 1
+fi
+rm -f "$up_err"
 while IFS='=' read -r k v; do
+	[[ -n "$k" ]] || continue
 	export "$k=$v"
 	echo "   $k=$v"
-done < <(go run ./internal/realstack/cmd/realstack-up --ovs-dir "$ovs_dir")
+done <<<"$up_out"
+if [[ -z "${KVM_TEST_LIBVIRT_URI:-}" || -z "${KVM_TEST_OVSDB:-}" ]]; then
+	echo "make test: realstack-up did not report KVM_TEST_LIBVIRT_URI and KVM_TEST_OVSDB:" >&2
+	echo "$up_out" >&2
+	exit 1
+fi
 
-echo "== go test ./... (unit, integration, acceptance; embedded default and real stack)"
-start=$(date +%s)
-go test -count=1 -timeout "${TEST_TIMEOUT:-60m}" ./... 2>&1 | grep -v '^\s*time=' | grep -Ev '^(=== (RUN|PAUSE|CONT))' || { echo "tests failed" >&2; exit 1; }
-echo "== tests passed in $(($(date +%s) - start)) s"
+# Objects of an earlier run that crashed (or of tests run by hand) would
+# poison this one: remove what is provably the tests' own.
+echo "== removing leftovers of earlier test runs from $KVM_TEST_LIBVIRT_URI"
+go run ./internal/realstack/cmd/realstack-sweep -uri "$KVM_TEST_LIBVIRT_URI"
+
+# go test runs under testreport, not in a pipeline: its exit status is
+# judged with the events. The report ends with "N passed, N failed, N
+# skipped"; with CI=true a skipped real-stack test fails the run. The last
+# check proves the run left nothing on the system libvirt.
+go build -o bin/testreport ./internal/testreport/cmd/testreport
+echo "== go test ${go_test_args[*]} (unit, integration, acceptance; embedded default and real stack)"
+set +e
+bin/testreport \
+	-check "nothing left on $KVM_TEST_LIBVIRT_URI=go run ./internal/realstack/cmd/realstack-sweep -check -uri '$KVM_TEST_LIBVIRT_URI'" \
+	-- go test -json -count=1 -timeout "${TEST_TIMEOUT:-60m}" "${go_test_args[@]}"
+rc=$?
+set -e
+exit "$rc"

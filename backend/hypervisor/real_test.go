@@ -17,22 +17,31 @@ import (
 
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
 // Real-libvirt tests run only with KVM_TEST_LIBVIRT_URI (e.g. qemu:///system).
-const realPoolRoot = "/var/lib/kvm-hostd-test"
+const realPoolRoot = realstack.TestPoolRoot
 
 func openReal(t *testing.T) (*Libvirt, string) {
 	t.Helper()
-	uri := os.Getenv("KVM_TEST_LIBVIRT_URI")
-	if uri == "" {
-		t.Skip("KVM_TEST_LIBVIRT_URI not set")
+	uri := realstack.RequireLibvirtURI(t)
+	ctx := context.Background()
+	// Registered first, so it runs last: the last user of the tests' pools
+	// removes whatever is left in them.
+	release, err := realstack.UseTestPool(ctx, uri)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := release(); err != nil {
+			t.Error(err)
+		}
+	})
 	l, err := Open(uri, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	pool := uniq("kvmtest")
 	dir := filepath.Join(realPoolRoot, pool)
 	if err := l.EnsurePool(ctx, pool, dir); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
 // Tests against a real ovsdb-server + ovs-vswitchd run only when
@@ -17,9 +18,10 @@ import (
 // what the driver wrote.
 
 func realEndpoint(t *testing.T) string {
-	ep := os.Getenv("KVM_TEST_OVSDB")
-	if ep == "" {
-		t.Skip("KVM_TEST_OVSDB not set")
+	t.Helper()
+	ep := realstack.RequireOVSDB(t)
+	if ep == "embedded" {
+		realstack.Unavailable(t, "needs a real Open vSwitch, not %s=embedded", realstack.OVSDBEnv)
 	}
 	return ep
 }
@@ -181,10 +183,14 @@ func TestRealNetworkLifecycle(t *testing.T) {
 // detected in auto mode only, so this checks what a forced mode does and
 // that auto picks netdev.
 func TestRealDatapathDetection(t *testing.T) {
-	if kernelDatapath() {
-		t.Skip("openvswitch kernel module loaded; nothing to fall back from")
-	}
 	s := openReal(t)
+	if kernelDatapath() {
+		// Nothing to fall back from: auto must use the kernel module.
+		if s.bridgeDatapath() != DatapathSystem {
+			t.Fatalf("auto picked %s with the openvswitch kernel module loaded", s.bridgeDatapath())
+		}
+		return
+	}
 	if s.bridgeDatapath() != DatapathNetdev {
 		t.Fatalf("auto picked %s without the kernel module", s.bridgeDatapath())
 	}

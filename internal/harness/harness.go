@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
 // Options choose how many hosts to start and on what.
@@ -32,10 +34,13 @@ type Options struct {
 	// LibvirtURI defaults to test:///default (each kvm-hostd is its own
 	// process, so each has its own test-driver state).
 	LibvirtURI string
-	// OVSDB defaults to "embedded".
+	// OVSDB defaults to "embedded" on the test driver; with a real libvirt
+	// it must be given (RealOptions takes it from KVM_TEST_OVSDB), so that a
+	// real-stack test never runs on the embedded OVSDB unless asked to.
 	OVSDB string
 	// PoolDir is the root for per-host pool directories on real libvirt;
-	// must be traversable by libvirt-qemu. Default /var/lib/kvm-hostd-test.
+	// must be traversable by libvirt-qemu. Default realstack.TestPoolRoot,
+	// which the cluster empties when it stops (see realstack.UseTestPool).
 	PoolDir string
 	// PoolDirs per host name override the pool directory exactly (no
 	// per-cluster subdirectory), e.g. the same path on every namespace host,
@@ -61,6 +66,9 @@ type Cluster struct {
 	Dir   string
 	Hosts []*Host
 	opts  Options
+	// release drops the cluster's reference on the tests' pool on the
+	// system libvirt; the last reference removes everything left there.
+	release func() error
 }
 
 // Host is one kvm-hostd process.
@@ -138,9 +146,17 @@ func Start(t testing.TB, opts Options) *Cluster {
 		if t.Failed() {
 			c.DumpLogs(t)
 		}
-		c.Stop()
+		if err := c.stop(); err != nil {
+			t.Errorf("cleaning up the cluster: %v", err)
+		}
 	})
 	return c
+}
+
+// systemLibvirt reports whether the hosts of opts run on this machine's own
+// libvirt (not the test driver, not a namespace host's private libvirtd).
+func (opts Options) systemLibvirt() bool {
+	return !strings.HasPrefix(opts.LibvirtURI, "test:") && opts.Wrap == nil
 }
 
 // StartCluster starts the hosts; callers must Stop the cluster.
@@ -152,6 +168,9 @@ func StartCluster(opts Options) (*Cluster, error) {
 		opts.LibvirtURI = "test:///default"
 	}
 	if opts.OVSDB == "" {
+		if !strings.HasPrefix(opts.LibvirtURI, "test:") {
+			return nil, fmt.Errorf("harness: libvirt %s needs an OVSDB: set Options.OVSDB (harness.RealOptions takes KVM_TEST_OVSDB)", opts.LibvirtURI)
+		}
 		opts.OVSDB = "embedded"
 	}
 	bin, err := Binary()
@@ -169,7 +188,16 @@ func StartCluster(opts Options) (*Cluster, error) {
 	}
 	poolRoot := opts.PoolDir
 	if poolRoot == "" {
-		poolRoot = "/var/lib/kvm-hostd-test"
+		poolRoot = realstack.TestPoolRoot
+	}
+	if opts.systemLibvirt() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		c.release, err = realstack.UseTestPool(ctx, opts.LibvirtURI)
+		cancel()
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(opts.Hosts))
@@ -214,7 +242,20 @@ func StartCluster(opts Options) (*Cluster, error) {
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
-			c.Stop()
+			if serr := c.stop(); serr != nil {
+				err = fmt.Errorf("%w (and cleaning up: %v)", err, serr)
+			}
+			return nil, err
+		}
+	}
+	if opts.systemLibvirt() {
+		// kvm-hostd marks its pool autostart; the tests' pool must not come
+		// back when libvirtd restarts after a crashed run.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := realstack.DisableTestPoolAutostart(ctx, opts.LibvirtURI)
+		cancel()
+		if err != nil {
+			_ = c.stop()
 			return nil, err
 		}
 	}
@@ -346,8 +387,11 @@ func (c *Cluster) Host(name string) *Host {
 	return nil
 }
 
-// Stop stops every host and removes the cluster directory.
-func (c *Cluster) Stop() {
+// Stop stops every host and removes the cluster directory and, on the
+// system libvirt, what the tests left there (see realstack.UseTestPool).
+func (c *Cluster) Stop() { _ = c.stop() }
+
+func (c *Cluster) stop() error {
 	var wg sync.WaitGroup
 	for _, h := range c.Hosts {
 		wg.Add(1)
@@ -355,6 +399,12 @@ func (c *Cluster) Stop() {
 	}
 	wg.Wait()
 	_ = os.RemoveAll(c.Dir)
+	if c.release == nil {
+		return nil
+	}
+	release := c.release
+	c.release = nil
+	return release()
 }
 
 // KVMHosts renders the KVM_HOSTS value for the cluster.
@@ -420,19 +470,13 @@ func randomSuffix() string {
 
 // RealOptions points opts at the real stack that `make test` starts
 // (KVM_TEST_LIBVIRT_URI, usually qemu:///system, and KVM_TEST_OVSDB, an Open
-// vSwitch), or skips the test when it is not available. Real tests share one
-// libvirtd: give objects names unique to the test.
+// vSwitch, or "embedded" only when set so). When either is missing the test
+// is skipped, or fails when the real stack was requested (see
+// realstack.Unavailable). Real tests share one libvirtd: give objects names
+// unique to the test.
 func RealOptions(t testing.TB, opts Options) Options {
 	t.Helper()
-	uri := os.Getenv("KVM_TEST_LIBVIRT_URI")
-	if uri == "" {
-		t.Skip("real-stack test: run through make test, or set KVM_TEST_LIBVIRT_URI=qemu:///system (and KVM_TEST_OVSDB)")
-	}
-	opts.LibvirtURI = uri
-	if ovsdb := os.Getenv("KVM_TEST_OVSDB"); ovsdb != "" {
-		opts.OVSDB = ovsdb
-	} else {
-		opts.OVSDB = "embedded"
-	}
+	opts.LibvirtURI = realstack.RequireLibvirtURI(t)
+	opts.OVSDB = realstack.RequireOVSDB(t)
 	return opts
 }

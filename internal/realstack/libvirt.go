@@ -261,3 +261,8 @@ func findProcesses(name string) []daemon {
 	}
 	return found
 }
+
+// LibvirtAnswers reports whether the system libvirt (SystemURI) is up and answers.
+func LibvirtAnswers() bool {
+	return socketAnswers() && libvirtAnswers(context.Background(), SystemURI) == nil
+}

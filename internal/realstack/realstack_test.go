@@ -11,16 +11,12 @@ import (
 	"time"
 )
 
-// requireRealStack skips unless the real-stack tests were asked for: they need root,
-// the packages from scripts/install-deps.sh, and start real daemons.
+// requireRealStack stops the test unless the real-stack tests were asked for (see
+// Require): they need root, the packages from scripts/install-deps.sh, and start
+// real daemons.
 func requireRealStack(t *testing.T) {
 	t.Helper()
-	if os.Getenv("KVM_TEST_REALSTACK") != "1" {
-		t.Skip("set KVM_TEST_REALSTACK=1 to run real-stack tests (root, libvirt, OVS)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("real-stack tests need root")
-	}
+	Require(t, "libvirtd", "virtlogd", "virsh", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl")
 }
 
 // shortTempDir returns a temp dir short enough for AF_UNIX socket paths, which

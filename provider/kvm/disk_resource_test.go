@@ -430,11 +430,7 @@ resource "kvm_disk" "bad" {
 
 // Growing a disk on real libvirt/QEMU (qemu-img resize under the pool).
 func TestAccDisk_growReal(t *testing.T) {
-	uri := os.Getenv("KVM_TEST_LIBVIRT_URI")
-	if uri == "" {
-		t.Skip("real-stack test: set KVM_TEST_LIBVIRT_URI=qemu:///system")
-	}
-	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, LibvirtURI: uri})
+	c := startHosts(t, harness.RealOptions(t, harness.Options{Hosts: []string{"host-a"}}))
 	cl := diskTestClient(t, c, "host-a")
 	// Hosts on one libvirtd share its pools: keep the name unique.
 	name := fmt.Sprintf("grow-%d", os.Getpid())

@@ -77,15 +77,8 @@ resource "kvm_vm" "vm" {
 // update of both the kvm_vm and the kvm_disk — keeping its UUID; the clone
 // is on host-b and gone from host-a; the plan afterwards is empty.
 func TestAccMigrate_live(t *testing.T) {
+	realstack.Require(t, "libvirtd", "virtlogd", "nsenter", "ip", "qemu-system-x86_64")
 	testAccPreCheck(t)
-	if os.Getenv("KVM_TEST_REALSTACK") != "1" {
-		t.Skip("real-stack test: set KVM_TEST_REALSTACK=1 (make test does)")
-	}
-	for _, tool := range []string{"libvirtd", "virtlogd", "nsenter", "ip", "qemu-system-x86_64"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("real-stack test: %s not installed (scripts/install-deps.sh)", tool)
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()

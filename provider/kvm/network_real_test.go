@@ -260,15 +260,8 @@ func icmpChecksum(b []byte) uint16 {
 // own network namespace, and shows real packets crossing the overlay between
 // endpoints on the two hosts — and not crossing it after terraform destroy.
 func TestAccNetworkReal_vxlanTraffic(t *testing.T) {
+	realstack.Require(t, "ovs-vsctl", "ovs-appctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "nsenter", "ip", "sysctl")
 	testAccPreCheck(t)
-	if os.Getenv("KVM_TEST_REALSTACK") != "1" {
-		t.Skip("real-stack test: set KVM_TEST_REALSTACK=1 (make test does)")
-	}
-	for _, tool := range []string{"ovs-vsctl", "ovs-appctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "nsenter", "ip", "sysctl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("real-stack test: %s not installed (scripts/install-deps.sh)", tool)
-		}
-	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-go/tfprotov6"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
 // testAccProtoV6ProviderFactories runs the provider in-process, served to
@@ -21,6 +22,9 @@ var testAccProtoV6ProviderFactories = map[string]func() (tfprotov6.ProviderServe
 func testAccPreCheck(t *testing.T) {
 	t.Helper()
 	if os.Getenv("TF_ACC") == "" {
+		if realstack.CI() {
+			t.Fatal("acceptance test: CI=true but TF_ACC is not set (make test sets it)")
+		}
 		t.Skip("acceptance test: set TF_ACC=1 (make testacc)")
 	}
 }

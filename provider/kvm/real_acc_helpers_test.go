@@ -41,8 +41,8 @@ func realPrefix(tag string) string {
 // keep dozens running), and these VMs idle without an OS anyway.
 var realHostArgs = []string{"--cpu-overcommit", "256", "--memory-overcommit", "4"}
 
-// realStart starts one kvm-hostd ("host-a") on the real stack, or skips
-// when the real stack is not configured (KVM_TEST_LIBVIRT_URI unset).
+// realStart starts one kvm-hostd ("host-a") on the real stack, or stops the
+// test when it is not configured (see harness.RealOptions).
 // Objects named with prefix are removed when the test ends, in case
 // terraform destroy did not get to run.
 func realStart(t *testing.T, prefix string) (*harness.Cluster, *client.Client) {
@@ -154,12 +154,13 @@ func realSweep(t *testing.T, cl *client.Client, prefix string) {
 }
 
 // realVirsh runs virsh against the test libvirtd, for checks that look at
-// libvirt itself rather than at what kvm-hostd reports. ok is false when
-// virsh is not installed.
+// libvirt itself rather than at what kvm-hostd reports. A missing virsh is
+// an error (ok stays true): the real stack has it, and a check that cannot
+// look must not pass.
 func realVirsh(args ...string) (out string, ok bool, err error) {
 	bin, lerr := exec.LookPath("virsh")
 	if lerr != nil {
-		return "", false, nil
+		return "", true, fmt.Errorf("virsh not installed (scripts/install-deps.sh): %w", lerr)
 	}
 	uri := os.Getenv("KVM_TEST_LIBVIRT_URI")
 	var stderr bytes.Buffer

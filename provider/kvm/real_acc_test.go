@@ -18,6 +18,7 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
 // Real-stack acceptance tests: the real terraform binary drives the
@@ -194,6 +195,7 @@ func TestAccReal_diskVMSnapshotLifecycle(t *testing.T) {
 						}
 						return nil
 					},
+					realCheckSnapshotMemory("kvm_snapshot.snap", vmName, "s1"),
 				),
 			},
 			{
@@ -457,8 +459,8 @@ func TestAcc_parallelCreatesEmbedded(t *testing.T) {
 }
 
 func TestAccReal_vmOnVLANNetwork(t *testing.T) {
-	if os.Getenv("KVM_TEST_OVSDB") == "" {
-		t.Skip("real-stack network test: set KVM_TEST_OVSDB (e.g. unix:/run/openvswitch/db.sock)")
+	if realstack.RequireOVSDB(t) == "embedded" {
+		realstack.Unavailable(t, "needs a real Open vSwitch, not %s=embedded", realstack.OVSDBEnv)
 	}
 	prefix := realPrefix("rv")
 	c, cl := realStart(t, prefix)
