@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/netutil"
@@ -38,6 +39,7 @@ type Main struct {
 	ln    net.Listener
 	srv   *http.Server
 	url   string
+	certs *certReloader // nil without TLS
 }
 
 // NewLogger builds the slog logger the flags ask for.
@@ -106,7 +108,8 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		MaxHeaderBytes: 64 << 10}
 	scheme := "http"
 	if c.TLSCert != "" {
-		tc, err := serverTLS(c)
+		m.certs = &certReloader{certFile: c.TLSCert, keyFile: c.TLSKey}
+		tc, err := serverTLS(c, m.certs)
 		if err != nil {
 			return err
 		}
@@ -207,12 +210,44 @@ func (m *Main) Close() {
 	}
 }
 
-func serverTLS(c *Config) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+// certReloader serves the current certificate to every new handshake, so
+// ReloadTLS (SIGHUP) swaps it without dropping open connections.
+type certReloader struct {
+	certFile, keyFile string
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+func (r *certReloader) load() error {
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("loading --tls-cert/--tls-key: %w", err)
+		return fmt.Errorf("loading --tls-cert/--tls-key: %w", err)
 	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	r.cur.Store(&cert)
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.cur.Load(), nil }
+
+// ReloadTLS re-reads --tls-cert and --tls-key (on SIGHUP). New connections
+// get the new certificate; open ones keep theirs. On error the old
+// certificate stays in use.
+func (m *Main) ReloadTLS() error {
+	if m.certs == nil {
+		return nil
+	}
+	if err := m.certs.load(); err != nil {
+		m.Log.Error("TLS certificate reload failed; keeping the current one", "error", err)
+		return err
+	}
+	m.Log.Info("TLS certificate reloaded", "cert", m.certs.certFile)
+	return nil
+}
+
+func serverTLS(c *Config, certs *certReloader) (*tls.Config, error) {
+	if err := certs.load(); err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}
 	if c.ClientCA != "" {
 		pem, err := os.ReadFile(c.ClientCA)
 		if err != nil {

@@ -97,7 +97,7 @@ func TestTokenFileChecks(t *testing.T) {
 		{"world-writable", []string{"--token-file", write("ww", testToken, 0o602)}, "accessible by other users"},
 		{"short", []string{"--token-file", write("short", "abc123", 0o600)}, "at least 16"},
 		{"empty", []string{"--token-file", write("empty", "\n", 0o600)}, "is empty"},
-		{"two lines", []string{"--token-file", write("two", testToken + "\nmore-token-0123456789", 0o600)}, "one line"},
+		{"two lines", []string{"--token-file", write("two", testToken+"\nmore-token-0123456789", 0o600)}, "one line"},
 		{"read equals full", []string{"--token-file", good, "--read-token-file", good}, "same token"},
 		{"read short", []string{"--token-file", good, "--read-token-file", write("rshort", "x", 0o600)}, "at least 16"},
 		{"read world-readable", []string{"--token-file", good, "--read-token-file", write("rwr", "read-token-0123456789", 0o604)}, "accessible by other users"},
