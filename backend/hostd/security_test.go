@@ -179,3 +179,27 @@ func TestSlowClients(t *testing.T) {
 		t.Fatalf("wrong token with a pending body: %q %v, want a 401 at once", line, err)
 	}
 }
+
+// Seed images are the host's: a volume cannot take a seed's name, so it
+// can neither overwrite a VM's seed nor delete one in use; and the API
+// never returns user data, only its hash.
+func TestCloudInitSecrets(t *testing.T) {
+	m, _ := startMain(t)
+	for _, method := range []string{"PUT", "DELETE", "PATCH"} {
+		st, e, b := call(t, method, m.URL()+"/v1/pools/default/volumes/web-1-cidata.iso", testToken, `{"size_mib":1}`)
+		if st != 400 || e.Code != api.CodeInvalid || !strings.Contains(e.Message, "reserved") {
+			t.Errorf("%s a seed-named volume: %d %s, want 400 reserved", method, st, b)
+		}
+	}
+	const secret = "#cloud-config\npassword: hunter2\n"
+	body, _ := json.Marshal(api.VMSpec{VCPU: 1, MemoryMiB: 64, CloudInit: &api.CloudInit{UserData: secret}})
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/vms/ci-1", testToken, string(body)); st != 201 || strings.Contains(string(b), "hunter2") {
+		t.Fatalf("PUT VM: %d %s (want 201 without the user data)", st, b)
+	}
+	for _, p := range []string{"/v1/vms/ci-1", "/v1/vms"} {
+		_, _, b := call(t, "GET", m.URL()+p, testToken, "")
+		if strings.Contains(string(b), "hunter2") || !strings.Contains(string(b), api.UserDataHash(secret)) {
+			t.Errorf("GET %s returns user data, or not its hash: %s", p, b)
+		}
+	}
+}

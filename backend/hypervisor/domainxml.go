@@ -52,10 +52,15 @@ type metaIface struct {
 	Network string `xml:"network,attr"`
 }
 
+// metaCI records cloud-init for read-back. user-data itself is never
+// stored here (domain XML is readable by anyone with a read-only libvirt
+// connection): only its hash. UserData is read from domains defined by
+// older versions, and dropped at their next update.
 type metaCI struct {
-	UserData      string `xml:"user-data"`
-	MetaData      string `xml:"meta-data"`
-	NetworkConfig string `xml:"network-config"`
+	UserData       string `xml:"user-data,omitempty"`
+	UserDataSHA256 string `xml:"user-data-sha256,omitempty"`
+	MetaData       string `xml:"meta-data"`
+	NetworkConfig  string `xml:"network-config"`
 }
 
 // metaSnap records what was asked of a snapshot where libvirt's own record
@@ -419,7 +424,7 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	m.ShutdownTimeout = spec.ShutdownTimeoutSec
 	m.CloudInit = nil
 	if ci := spec.CloudInit; ci != nil {
-		m.CloudInit = &metaCI{UserData: ci.UserData, MetaData: ci.MetaData, NetworkConfig: ci.NetworkConfig}
+		m.CloudInit = &metaCI{UserDataSHA256: api.UserDataHash(ci.UserData), MetaData: ci.MetaData, NetworkConfig: ci.NetworkConfig}
 	}
 	if err := setMeta(x, m); err != nil {
 		return nil, err
@@ -529,7 +534,11 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		}
 	}
 	if m.CloudInit != nil {
-		s.CloudInit = &api.CloudInit{UserData: m.CloudInit.UserData, MetaData: m.CloudInit.MetaData, NetworkConfig: m.CloudInit.NetworkConfig}
+		hash := m.CloudInit.UserDataSHA256
+		if m.CloudInit.UserData != "" {
+			hash = api.UserDataHash(m.CloudInit.UserData)
+		}
+		s.CloudInit = &api.CloudInit{UserDataSHA256: hash, MetaData: m.CloudInit.MetaData, NetworkConfig: m.CloudInit.NetworkConfig}
 	}
 	if len(m.Tags) > 0 {
 		s.Tags = make(map[string]string, len(m.Tags))

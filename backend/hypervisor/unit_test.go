@@ -2,6 +2,7 @@ package hypervisor
 
 import (
 	"bytes"
+	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -108,5 +109,45 @@ func TestSeedISO(t *testing.T) {
 	sort.Strings(names)
 	if want := []string{"meta-data", "network-config", "user-data"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("files %v", names)
+	}
+}
+
+// The seed holds user-data (keys, passwords): only its owner may read it.
+func TestSeedISOIsPrivate(t *testing.T) {
+	dir := t.TempDir()
+	p, err := writeSeedISO(dir, "vm1", &api.CloudInit{UserData: "#cloud-config\npassword: hunter2\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		t.Fatalf("seed ISO mode %#o, want no access for group and others", perm)
+	}
+	if !strings.HasSuffix(p, api.SeedVolumeSuffix) {
+		t.Fatalf("seed path %s does not end in %s", p, api.SeedVolumeSuffix)
+	}
+}
+
+// The domain XML, which any read-only libvirt client can read, never holds
+// user-data; the read-back carries its hash.
+func TestUserDataNotInDomainXML(t *testing.T) {
+	m := &instanceMeta{}
+	spec := &api.VMSpec{VCPU: 1, MemoryMiB: 64, CloudInit: &api.CloudInit{UserData: "#cloud-config\npassword: hunter2\n", MetaData: "instance-id: a\n"}}
+	d, err := buildDomain(spec, domainParams{name: "ud", virtType: "test", meta: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := d.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(doc, "hunter2") {
+		t.Fatalf("domain XML holds the user data:\n%s", doc)
+	}
+	if !strings.Contains(doc, api.UserDataHash(spec.CloudInit.UserData)) {
+		t.Fatalf("domain XML lacks the user-data hash:\n%s", doc)
 	}
 }
