@@ -185,11 +185,17 @@ func TestSlowClients(t *testing.T) {
 // never returns user data, only its hash.
 func TestCloudInitSecrets(t *testing.T) {
 	m, _ := startMain(t)
-	for _, method := range []string{"PUT", "DELETE", "PATCH"} {
-		st, e, b := call(t, method, m.URL()+"/v1/pools/default/volumes/web-1-cidata.iso", testToken, `{"size_mib":1}`)
+	for _, r := range []struct{ method, path, body string }{
+		{"PUT", "", `{"size_mib":1}`}, {"DELETE", "", ""}, {"PATCH", "", `{"size_mib":1}`}, {"GET", "/content", ""},
+		{"POST", "/copy", `{"content_url":"http://127.0.0.1:1/x","spec":{"size_mib":1}}`},
+	} {
+		st, e, b := call(t, r.method, m.URL()+"/v1/pools/default/volumes/web-1-cidata.iso"+r.path, testToken, r.body)
 		if st != 400 || e.Code != api.CodeInvalid || !strings.Contains(e.Message, "reserved") {
-			t.Errorf("%s a seed-named volume: %d %s, want 400 reserved", method, st, b)
+			t.Errorf("%s %s on a seed-named volume: %d %s, want 400 reserved", r.method, r.path, st, b)
 		}
+	}
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/vms/ci-thief", testToken, `{"vcpu":1,"memory_mib":64,"disks":[{"volume":"web-1-cidata.iso"}]}`); st != 400 {
+		t.Errorf("attaching a seed image as a disk: %d %s, want 400", st, b)
 	}
 	const secret = "#cloud-config\npassword: hunter2\n"
 	body, _ := json.Marshal(api.VMSpec{VCPU: 1, MemoryMiB: 64, CloudInit: &api.CloudInit{UserData: secret}})

@@ -196,6 +196,30 @@ type resolvedDisk struct {
 	Path   string
 	Format string
 	IOTune *api.IOTune
+	// Backing is the volume's backing chain, outermost first (empty for
+	// a volume that is not a linked clone).
+	Backing []backingFile
+}
+
+// backingFile is one image in a backing chain.
+type backingFile struct {
+	Path   string
+	Format string
+}
+
+// backingStoreXML spells out a backing chain, terminated by an empty
+// <backingStore/>: with the chain explicit, QEMU opens exactly these files
+// and never follows a backing file named inside an image.
+func backingStoreXML(chain []backingFile) *libvirtxml.DomainDiskBackingStore {
+	bs := &libvirtxml.DomainDiskBackingStore{}
+	for i := len(chain) - 1; i >= 0; i-- {
+		bs = &libvirtxml.DomainDiskBackingStore{
+			Format:       &libvirtxml.DomainDiskFormat{Type: chain[i].Format},
+			Source:       &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: chain[i].Path}},
+			BackingStore: bs,
+		}
+	}
+	return bs
 }
 
 // busPrefix gives the device-name family of a bus.
@@ -349,6 +373,8 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: d.Format},
 			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: d.Path}},
 			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: bus},
+			// Format and chain are explicit: QEMU must never probe them.
+			BackingStore: backingStoreXML(d.Backing),
 		}
 		if d.Format == api.FormatQCOW2 {
 			dd.Driver.Discard = "unmap"
@@ -362,11 +388,12 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	}
 	if p.seedISO != "" {
 		x.Devices.Disks = append(x.Devices.Disks, libvirtxml.DomainDisk{
-			Device:   "cdrom",
-			Driver:   &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
-			Source:   &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: p.seedISO}},
-			Target:   &libvirtxml.DomainDiskTarget{Dev: devName("sd", next["sd"]), Bus: "sata"},
-			ReadOnly: &libvirtxml.DomainDiskReadOnly{},
+			Device:       "cdrom",
+			Driver:       &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
+			Source:       &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: p.seedISO}},
+			Target:       &libvirtxml.DomainDiskTarget{Dev: devName("sd", next["sd"]), Bus: "sata"},
+			ReadOnly:     &libvirtxml.DomainDiskReadOnly{},
+			BackingStore: &libvirtxml.DomainDiskBackingStore{},
 		})
 	}
 	m.SeedISO = p.seedISO
