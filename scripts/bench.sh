@@ -152,9 +152,9 @@ if ((pool_preexisted == 1)); then
 fi
 
 # --- kvm-hostd --------------------------------------------------------------
-token="bench-$RANDOM$RANDOM$RANDOM"
-echo "$token" >"$work/token"
-chmod 600 "$work/token"
+# kvm-hostd refuses a token file others can read, and tokens under 16 bytes.
+token="bench-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+(umask 077 && echo "$token" >"$work/token")
 export KVM_TOKEN="$token"
 # Admission control is not what is measured, and it counts every domain of
 # this libvirt (other users' too): 30 one-vCPU VMs on a 2-core host need a

@@ -53,8 +53,9 @@ if [[ "$mode" == real ]]; then
 	export TF_VAR_web_count=1
 fi
 
-token="demo-$RANDOM$RANDOM"
-echo "$token" >"$work/token"
+# kvm-hostd refuses a token file others can read, and tokens under 16 bytes.
+token="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+(umask 077 && echo "$token" >"$work/token")
 export KVM_TOKEN="$token"
 
 kvm_hosts=""

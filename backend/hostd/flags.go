@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
 // Config is everything kvm-hostd is told on its command line.
@@ -23,6 +24,7 @@ type Config struct {
 	OVSDB            string
 	PoolDir          string
 	TokenFile        string
+	ReadTokenFile    string
 	TLSCert          string
 	TLSKey           string
 	ClientCA         string
@@ -86,6 +88,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.StringVar(&c.OVSDB, "ovsdb", "unix:/var/run/openvswitch/db.sock", "OVSDB endpoint: embedded, unix:PATH or tcp:HOST:PORT")
 	fs.StringVar(&c.PoolDir, "pool-dir", "/var/lib/kvm-hostd/pool", "directory of the storage pool named \"default\"")
 	fs.StringVar(&c.TokenFile, "token-file", "", "file holding the bearer token clients must present")
+	fs.StringVar(&c.ReadTokenFile, "read-token-file", "", "file holding a second bearer token that may only read (every GET; writes get 403), e.g. for CI plan checks")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate file (enables HTTPS)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "TLS private key file")
 	fs.StringVar(&c.ClientCA, "client-ca", "", "CA file: require client certificates signed by it (mTLS)")
@@ -153,12 +156,15 @@ func (c *Config) validate() error {
 		// one's own machine, never on an address others can reach.
 		errs = append(errs, errors.New("--token-file is required (or --client-ca for certificate-only auth) unless --listen is a loopback address"))
 	}
+	if c.ReadTokenFile != "" && c.TokenFile == "" && c.ClientCA == "" {
+		errs = append(errs, errors.New("--read-token-file needs --token-file (or --client-ca) for writes"))
+	}
 	if c.TunnelIP != "" && net.ParseIP(c.TunnelIP) == nil {
 		errs = append(errs, fmt.Errorf("--tunnel-ip %q is not an IP address", c.TunnelIP))
 	}
 	if c.MigrationURI != "" {
-		if u, err := url.Parse(c.MigrationURI); err != nil || u.Scheme == "" || strings.HasPrefix(u.Scheme, "test") {
-			errs = append(errs, fmt.Errorf("--migration-uri %q must be a remote libvirt URI such as qemu+tcp://10.0.0.12/system", c.MigrationURI))
+		if err := api.ValidateMigrationURI(c.MigrationURI); err != nil {
+			errs = append(errs, fmt.Errorf("--migration-uri %q: %v (e.g. qemu+tcp://10.0.0.12/system)", c.MigrationURI, err))
 		}
 	}
 	if c.CPUOvercommit <= 0 || c.MemoryOvercommit <= 0 {

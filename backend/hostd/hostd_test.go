@@ -23,7 +23,7 @@ func startMain(t *testing.T, extra ...string) (*Main, string) {
 	t.Helper()
 	dir := t.TempDir()
 	tok := filepath.Join(dir, "token")
-	if err := os.WriteFile(tok, []byte("s3cret\n"), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte("s3cret-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args := append([]string{"--name", "host-t", "--listen", "127.0.0.1:0", "--libvirt-uri", "test:///default",
@@ -71,13 +71,13 @@ func call(t *testing.T, method, url, token, body string) (int, api.Error, []byte
 
 func TestAuth(t *testing.T) {
 	m, _ := startMain(t)
-	for _, tok := range []string{"", "wrong", "s3cret2", "s3cre"} {
+	for _, tok := range []string{"", "wrong", "s3cret-01234567892", "s3cre"} {
 		st, e, _ := call(t, "GET", m.URL()+"/v1/host", tok, "")
 		if st != 401 || e.Code != api.CodeUnauthorized {
 			t.Errorf("token %q: status %d code %q, want 401 unauthorized", tok, st, e.Code)
 		}
 	}
-	if st, _, b := call(t, "GET", m.URL()+"/v1/host", "s3cret", ""); st != 200 || !strings.Contains(string(b), `"name":"host-t"`) {
+	if st, _, b := call(t, "GET", m.URL()+"/v1/host", "s3cret-0123456789", ""); st != 200 || !strings.Contains(string(b), `"name":"host-t"`) {
 		t.Errorf("valid token: %d %s", st, b)
 	}
 	// healthz and metrics need no token.
@@ -92,7 +92,7 @@ func TestAuth(t *testing.T) {
 func TestUnknownRouteIsJSON404(t *testing.T) {
 	m, _ := startMain(t)
 	for _, p := range []string{"/v1/nope", "/nope", "/v2/host"} {
-		st, e, b := call(t, "GET", m.URL()+p, "s3cret", "")
+		st, e, b := call(t, "GET", m.URL()+p, "s3cret-0123456789", "")
 		if st != 404 || e.Code != api.CodeNotFound || e.Message == "" {
 			t.Errorf("%s: %d %s, want JSON 404", p, st, b)
 		}
@@ -102,16 +102,16 @@ func TestUnknownRouteIsJSON404(t *testing.T) {
 func TestHostileNamesRefusedBeforeLibvirt(t *testing.T) {
 	m, _ := startMain(t)
 	for _, name := range []string{"..%2Fx%3C%2Fname%3E", "a%00b", strings.Repeat("x", 300), "a%20b", "%3Cx%3E", "x..y", "a%2F..%2Fb"} {
-		st, e, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/"+name, "s3cret", `{"size_mib":1}`)
+		st, e, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/"+name, "s3cret-0123456789", `{"size_mib":1}`)
 		if st != 400 || e.Code != api.CodeInvalid {
 			t.Errorf("volume %q: %d %s, want 400 invalid", name, st, b)
 		}
-		st, e, b = call(t, "PUT", m.URL()+"/v1/vms/"+name, "s3cret", `{"vcpu":1,"memory_mib":64}`)
+		st, e, b = call(t, "PUT", m.URL()+"/v1/vms/"+name, "s3cret-0123456789", `{"vcpu":1,"memory_mib":64}`)
 		if st != 400 || e.Code != api.CodeInvalid {
 			t.Errorf("vm %q: %d %s, want 400 invalid", name, st, b)
 		}
 	}
-	_, _, b := call(t, "GET", m.URL()+"/v1/pools/default/volumes", "s3cret", "")
+	_, _, b := call(t, "GET", m.URL()+"/v1/pools/default/volumes", "s3cret-0123456789", "")
 	var l api.VolumeList
 	_ = json.Unmarshal(b, &l)
 	for _, v := range l.Volumes {
@@ -124,19 +124,19 @@ func TestHostileNamesRefusedBeforeLibvirt(t *testing.T) {
 func TestIdempotentPutAndConflict(t *testing.T) {
 	m, audit := startMain(t)
 	u := m.URL() + "/v1/pools/default/volumes/idem-1"
-	if st, _, b := call(t, "PUT", u, "s3cret", `{"size_mib":16}`); st != 201 {
+	if st, _, b := call(t, "PUT", u, "s3cret-0123456789", `{"size_mib":16}`); st != 201 {
 		t.Fatalf("first PUT: %d %s", st, b)
 	}
-	if st, _, b := call(t, "PUT", u, "s3cret", `{"size_mib":16}`); st != 200 {
+	if st, _, b := call(t, "PUT", u, "s3cret-0123456789", `{"size_mib":16}`); st != 200 {
 		t.Fatalf("retried PUT: %d %s, want 200 (same object)", st, b)
 	}
-	if st, e, b := call(t, "PUT", u, "s3cret", `{"size_mib":32}`); st != 409 || e.Code != api.CodeConflict {
+	if st, e, b := call(t, "PUT", u, "s3cret-0123456789", `{"size_mib":32}`); st != 409 || e.Code != api.CodeConflict {
 		t.Fatalf("PUT with another spec: %d %s, want 409", st, b)
 	}
-	if st, e, _ := call(t, "PUT", u, "s3cret", `{"size_mib":16,"bogus":1}`); st != 400 || e.Code != api.CodeInvalid {
+	if st, e, _ := call(t, "PUT", u, "s3cret-0123456789", `{"size_mib":16,"bogus":1}`); st != 400 || e.Code != api.CodeInvalid {
 		t.Fatalf("unknown field: %d, want 400", st)
 	}
-	if st, _, _ := call(t, "DELETE", u, "s3cret", ""); st != 204 {
+	if st, _, _ := call(t, "DELETE", u, "s3cret-0123456789", ""); st != 204 {
 		t.Fatalf("DELETE: %d", st)
 	}
 	b, err := os.ReadFile(audit)
@@ -189,22 +189,22 @@ func TestParseFlagsEnvAndHelp(t *testing.T) {
 // A volume attached to one VM cannot be attached to another, nor deleted.
 func TestVolumeInUse(t *testing.T) {
 	m, _ := startMain(t)
-	if st, _, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/shared-1", "s3cret", `{"size_mib":16}`); st != 201 {
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/shared-1", "s3cret-0123456789", `{"size_mib":16}`); st != 201 {
 		t.Fatalf("volume: %d %s", st, b)
 	}
 	vm := `{"vcpu":1,"memory_mib":64,"running":true,"disks":[{"volume":"shared-1"}]}`
-	if st, _, b := call(t, "PUT", m.URL()+"/v1/vms/user-1", "s3cret", vm); st != 201 {
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/vms/user-1", "s3cret-0123456789", vm); st != 201 {
 		t.Fatalf("first VM: %d %s", st, b)
 	}
-	st, e, b := call(t, "PUT", m.URL()+"/v1/vms/user-2", "s3cret", vm)
+	st, e, b := call(t, "PUT", m.URL()+"/v1/vms/user-2", "s3cret-0123456789", vm)
 	if st != 409 || !strings.Contains(e.Message, "already attached to VM user-1") {
 		t.Fatalf("second VM on the same volume: %d %s, want 409 naming user-1", st, b)
 	}
-	st, e, b = call(t, "DELETE", m.URL()+"/v1/pools/default/volumes/shared-1", "s3cret", "")
+	st, e, b = call(t, "DELETE", m.URL()+"/v1/pools/default/volumes/shared-1", "s3cret-0123456789", "")
 	if st != 409 || !strings.Contains(e.Message, "user-1") {
 		t.Fatalf("deleting an attached volume: %d %s, want 409 naming user-1", st, b)
 	}
-	if st, _, _ := call(t, "GET", m.URL()+"/v1/vms/user-2", "s3cret", ""); st != 404 {
+	if st, _, _ := call(t, "GET", m.URL()+"/v1/vms/user-2", "s3cret-0123456789", ""); st != 404 {
 		t.Fatalf("refused VM exists: %d", st)
 	}
 }

@@ -12,7 +12,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/netutil"
 
 	"github.com/kvmfleet/terraform-provider-kvm/backend/hypervisor"
 	"github.com/kvmfleet/terraform-provider-kvm/backend/server"
@@ -36,6 +39,7 @@ type Main struct {
 	ln    net.Listener
 	srv   *http.Server
 	url   string
+	certs *certReloader // nil without TLS
 }
 
 // NewLogger builds the slog logger the flags ask for.
@@ -59,15 +63,19 @@ func (m *Main) Open(ctx context.Context) (err error) {
 			m.Close()
 		}
 	}()
-	token := ""
-	if c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return fmt.Errorf("reading --token-file: %w", err)
-		}
-		if token = strings.TrimSpace(string(b)); token == "" {
-			return fmt.Errorf("--token-file %s is empty", c.TokenFile)
-		}
+	token, err := readToken("--token-file", c.TokenFile)
+	if err != nil {
+		return err
+	}
+	readOnly, err := readToken("--read-token-file", c.ReadTokenFile)
+	if err != nil {
+		return err
+	}
+	if readOnly != "" && readOnly == token {
+		return errors.New("--read-token-file holds the same token as --token-file")
+	}
+	if token != "" && c.TLSCert == "" && !c.loopbackOnly() {
+		m.Log.Warn("SECURITY: bearer tokens are sent in clear text over plain HTTP on a non-loopback address; use --tls-cert/--tls-key", "listen", c.Listen)
 	}
 	if c.Unauthenticated() {
 		m.Log.Warn("no --token-file or --client-ca: the API is unauthenticated (allowed because --listen is loopback only)", "listen", c.Listen)
@@ -95,11 +103,13 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	handler := server.New(svc, server.Options{Token: token, Audit: m.audit, Log: m.Log})
-	m.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	handler := server.New(svc, server.Options{Token: token, ReadToken: readOnly, Audit: m.audit, Log: m.Log})
+	m.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 64 << 10}
 	scheme := "http"
 	if c.TLSCert != "" {
-		tc, err := serverTLS(c)
+		m.certs = &certReloader{certFile: c.TLSCert, keyFile: c.TLSKey}
+		tc, err := serverTLS(c, m.certs)
 		if err != nil {
 			return err
 		}
@@ -109,11 +119,55 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	if m.ln, err = net.Listen("tcp", c.Listen); err != nil {
 		return fmt.Errorf("listening on %s: %w", c.Listen, err)
 	}
+	// A cap on open connections: past it, new ones wait in the kernel's
+	// accept queue instead of each costing a goroutine and buffers.
+	m.ln = netutil.LimitListener(m.ln, maxConns)
 	if m.srv.TLSConfig != nil {
 		m.ln = tls.NewListener(m.ln, m.srv.TLSConfig)
 	}
 	m.url = scheme + "://" + m.ln.Addr().String()
 	return nil
+}
+
+// maxConns bounds concurrently open client connections.
+const maxConns = 512
+
+// minTokenLen is the shortest bearer token kvm-hostd accepts.
+const minTokenLen = 16
+
+// readToken reads a token file. It refuses a file that others may read or
+// write (the token is as good as root on this host) and a token too short
+// to resist guessing.
+func readToken(flagName, path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", flagName, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", flagName, err)
+	}
+	if perm := st.Mode().Perm(); perm&0o007 != 0 {
+		return "", fmt.Errorf("%s %s is accessible by other users (mode %#o); chmod o-rwx it", flagName, path, perm)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", flagName, err)
+	}
+	token := strings.TrimSpace(string(b))
+	switch {
+	case token == "":
+		return "", fmt.Errorf("%s %s is empty", flagName, path)
+	case len(token) < minTokenLen:
+		return "", fmt.Errorf("%s %s holds a token of %d bytes; use at least %d (e.g. openssl rand -hex 32)", flagName, path, len(token), minTokenLen)
+	case strings.ContainsFunc(token, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return "", fmt.Errorf("%s %s: the token must be one line without spaces or control characters", flagName, path)
+	}
+	return token, nil
 }
 
 // URL is the base URL the server listens on (after Open).
@@ -156,12 +210,44 @@ func (m *Main) Close() {
 	}
 }
 
-func serverTLS(c *Config) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+// certReloader serves the current certificate to every new handshake, so
+// ReloadTLS (SIGHUP) swaps it without dropping open connections.
+type certReloader struct {
+	certFile, keyFile string
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+func (r *certReloader) load() error {
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("loading --tls-cert/--tls-key: %w", err)
+		return fmt.Errorf("loading --tls-cert/--tls-key: %w", err)
 	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	r.cur.Store(&cert)
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.cur.Load(), nil }
+
+// ReloadTLS re-reads --tls-cert and --tls-key (on SIGHUP). New connections
+// get the new certificate; open ones keep theirs. On error the old
+// certificate stays in use.
+func (m *Main) ReloadTLS() error {
+	if m.certs == nil {
+		return nil
+	}
+	if err := m.certs.load(); err != nil {
+		m.Log.Error("TLS certificate reload failed; keeping the current one", "error", err)
+		return err
+	}
+	m.Log.Info("TLS certificate reloaded", "cert", m.certs.certFile)
+	return nil
+}
+
+func serverTLS(c *Config, certs *certReloader) (*tls.Config, error) {
+	if err := certs.load(); err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}
 	if c.ClientCA != "" {
 		pem, err := os.ReadFile(c.ClientCA)
 		if err != nil {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/kdomanski/iso9660"
@@ -43,6 +45,17 @@ func seedISO(vm string, ci *api.CloudInit) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// qemuUser is the user Debian's libvirt runs QEMU as, if it exists here.
+func qemuUser() (uid, gid int, ok bool) {
+	u, err := user.Lookup("libvirt-qemu")
+	if err != nil {
+		return 0, 0, false
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	return uid, gid, err1 == nil && err2 == nil
+}
+
 // writeSeedISO writes the seed image for vm into dir, atomically so a
 // running guest never sees half a file.
 func writeSeedISO(dir, vm string, ci *api.CloudInit) (string, error) {
@@ -50,10 +63,16 @@ func writeSeedISO(dir, vm string, ci *api.CloudInit) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(dir, vm+"-cidata.iso")
+	path := filepath.Join(dir, vm+api.SeedVolumeSuffix)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, img, 0o644); err != nil {
+	// The seed carries user-data (keys, passwords): readable by QEMU's user
+	// only. libvirt's DAC driver relabels it for QEMU at start as well.
+	_ = os.Remove(tmp)
+	if err := os.WriteFile(tmp, img, 0o600); err != nil {
 		return "", fmt.Errorf("write seed ISO: %w", err)
+	}
+	if uid, gid, ok := qemuUser(); ok {
+		_ = os.Chown(tmp, uid, gid)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)

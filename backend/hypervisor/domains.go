@@ -194,16 +194,52 @@ func (l *Libvirt) resolveDisks(c *libvirt.Connect, disks []api.VMDisk) ([]resolv
 		if err != nil {
 			return nil, wrap(err, "disk %s/%s", pool, d.Volume)
 		}
-		_ = x
+		chain, err := backingChain(c, x)
+		if err != nil {
+			return nil, wrap(err, "disk %s/%s", pool, d.Volume)
+		}
 		if seen[vol.Path] {
 			return nil, api.Errorf(api.CodeInvalid, "volume %s/%s is attached twice", pool, d.Volume)
 		}
 		seen[vol.Path] = true
-		rd := resolvedDisk{VMDisk: d, Path: vol.Path, Format: vol.Format, IOTune: vol.IOTune}
+		rd := resolvedDisk{VMDisk: d, Path: vol.Path, Format: vol.Format, IOTune: vol.IOTune, Backing: chain}
 		rd.Pool = pool
 		out = append(out, rd)
 	}
 	return out, nil
+}
+
+// maxBackingDepth bounds a linked clone's chain (clones of clones).
+const maxBackingDepth = 8
+
+// backingChain is the backing chain of a volume as libvirt's storage pool
+// records it (the files kvm-hostd itself created as overlays), outermost
+// first. It goes into the domain XML explicitly, ending in an empty
+// <backingStore/>, so QEMU never probes an image for a backing file of
+// its own choosing.
+func backingChain(c *libvirt.Connect, x *libvirtxml.StorageVolume) ([]backingFile, error) {
+	var chain []backingFile
+	for x != nil && x.BackingStore != nil && x.BackingStore.Path != "" {
+		if len(chain) == maxBackingDepth {
+			return nil, api.Errorf(api.CodeInvalid, "backing chain is deeper than %d", maxBackingDepth)
+		}
+		b := backingFile{Path: x.BackingStore.Path, Format: api.FormatRaw}
+		if x.BackingStore.Format != nil && x.BackingStore.Format.Type != "" {
+			b.Format = x.BackingStore.Format.Type
+		}
+		chain = append(chain, b)
+		v, err := c.LookupStorageVolByPath(b.Path)
+		if err != nil {
+			// A base that is not a pool volume is not ours to follow.
+			return nil, api.Errorf(api.CodeConflict, "backing file %s is not a volume of any storage pool", b.Path)
+		}
+		x, err = volXML(v)
+		v.Free()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return chain, nil
 }
 
 // seedDir picks the directory for a VM's seed ISO: the pool of its first

@@ -52,10 +52,15 @@ type metaIface struct {
 	Network string `xml:"network,attr"`
 }
 
+// metaCI records cloud-init for read-back. user-data itself is never
+// stored here (domain XML is readable by anyone with a read-only libvirt
+// connection): only its hash. UserData is read from domains defined by
+// older versions, and dropped at their next update.
 type metaCI struct {
-	UserData      string `xml:"user-data"`
-	MetaData      string `xml:"meta-data"`
-	NetworkConfig string `xml:"network-config"`
+	UserData       string `xml:"user-data,omitempty"`
+	UserDataSHA256 string `xml:"user-data-sha256,omitempty"`
+	MetaData       string `xml:"meta-data"`
+	NetworkConfig  string `xml:"network-config"`
 }
 
 // metaSnap records what was asked of a snapshot where libvirt's own record
@@ -191,6 +196,30 @@ type resolvedDisk struct {
 	Path   string
 	Format string
 	IOTune *api.IOTune
+	// Backing is the volume's backing chain, outermost first (empty for
+	// a volume that is not a linked clone).
+	Backing []backingFile
+}
+
+// backingFile is one image in a backing chain.
+type backingFile struct {
+	Path   string
+	Format string
+}
+
+// backingStoreXML spells out a backing chain, terminated by an empty
+// <backingStore/>: with the chain explicit, QEMU opens exactly these files
+// and never follows a backing file named inside an image.
+func backingStoreXML(chain []backingFile) *libvirtxml.DomainDiskBackingStore {
+	bs := &libvirtxml.DomainDiskBackingStore{}
+	for i := len(chain) - 1; i >= 0; i-- {
+		bs = &libvirtxml.DomainDiskBackingStore{
+			Format:       &libvirtxml.DomainDiskFormat{Type: chain[i].Format},
+			Source:       &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: chain[i].Path}},
+			BackingStore: bs,
+		}
+	}
+	return bs
 }
 
 // busPrefix gives the device-name family of a bus.
@@ -344,6 +373,8 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: d.Format},
 			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: d.Path}},
 			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: bus},
+			// Format and chain are explicit: QEMU must never probe them.
+			BackingStore: backingStoreXML(d.Backing),
 		}
 		if d.Format == api.FormatQCOW2 {
 			dd.Driver.Discard = "unmap"
@@ -357,11 +388,12 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	}
 	if p.seedISO != "" {
 		x.Devices.Disks = append(x.Devices.Disks, libvirtxml.DomainDisk{
-			Device:   "cdrom",
-			Driver:   &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
-			Source:   &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: p.seedISO}},
-			Target:   &libvirtxml.DomainDiskTarget{Dev: devName("sd", next["sd"]), Bus: "sata"},
-			ReadOnly: &libvirtxml.DomainDiskReadOnly{},
+			Device:       "cdrom",
+			Driver:       &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
+			Source:       &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: p.seedISO}},
+			Target:       &libvirtxml.DomainDiskTarget{Dev: devName("sd", next["sd"]), Bus: "sata"},
+			ReadOnly:     &libvirtxml.DomainDiskReadOnly{},
+			BackingStore: &libvirtxml.DomainDiskBackingStore{},
 		})
 	}
 	m.SeedISO = p.seedISO
@@ -419,7 +451,7 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	m.ShutdownTimeout = spec.ShutdownTimeoutSec
 	m.CloudInit = nil
 	if ci := spec.CloudInit; ci != nil {
-		m.CloudInit = &metaCI{UserData: ci.UserData, MetaData: ci.MetaData, NetworkConfig: ci.NetworkConfig}
+		m.CloudInit = &metaCI{UserDataSHA256: api.UserDataHash(ci.UserData), MetaData: ci.MetaData, NetworkConfig: ci.NetworkConfig}
 	}
 	if err := setMeta(x, m); err != nil {
 		return nil, err
@@ -529,7 +561,11 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		}
 	}
 	if m.CloudInit != nil {
-		s.CloudInit = &api.CloudInit{UserData: m.CloudInit.UserData, MetaData: m.CloudInit.MetaData, NetworkConfig: m.CloudInit.NetworkConfig}
+		hash := m.CloudInit.UserDataSHA256
+		if m.CloudInit.UserData != "" {
+			hash = api.UserDataHash(m.CloudInit.UserData)
+		}
+		s.CloudInit = &api.CloudInit{UserDataSHA256: hash, MetaData: m.CloudInit.MetaData, NetworkConfig: m.CloudInit.NetworkConfig}
 	}
 	if len(m.Tags) > 0 {
 		s.Tags = make(map[string]string, len(m.Tags))

@@ -2,6 +2,7 @@ package hypervisor
 
 import (
 	"bytes"
+	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -108,5 +109,92 @@ func TestSeedISO(t *testing.T) {
 	sort.Strings(names)
 	if want := []string{"meta-data", "network-config", "user-data"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("files %v", names)
+	}
+}
+
+// The seed holds user-data (keys, passwords): only its owner may read it.
+func TestSeedISOIsPrivate(t *testing.T) {
+	dir := t.TempDir()
+	p, err := writeSeedISO(dir, "vm1", &api.CloudInit{UserData: "#cloud-config\npassword: hunter2\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		t.Fatalf("seed ISO mode %#o, want no access for group and others", perm)
+	}
+	if !strings.HasSuffix(p, api.SeedVolumeSuffix) {
+		t.Fatalf("seed path %s does not end in %s", p, api.SeedVolumeSuffix)
+	}
+}
+
+// The domain XML, which any read-only libvirt client can read, never holds
+// user-data; the read-back carries its hash.
+func TestUserDataNotInDomainXML(t *testing.T) {
+	m := &instanceMeta{}
+	spec := &api.VMSpec{VCPU: 1, MemoryMiB: 64, CloudInit: &api.CloudInit{UserData: "#cloud-config\npassword: hunter2\n", MetaData: "instance-id: a\n"}}
+	d, err := buildDomain(spec, domainParams{name: "ud", virtType: "test", meta: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := d.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(doc, "hunter2") {
+		t.Fatalf("domain XML holds the user data:\n%s", doc)
+	}
+	if !strings.Contains(doc, api.UserDataHash(spec.CloudInit.UserData)) {
+		t.Fatalf("domain XML lacks the user-data hash:\n%s", doc)
+	}
+}
+
+// Every disk's backing chain is explicit in the domain XML and ends in an
+// empty <backingStore/>, so QEMU never follows a backing file named inside
+// an image (a downloaded qcow2 pointing at /etc/shadow, say).
+func TestDiskBackingChainExplicit(t *testing.T) {
+	spec := &api.VMSpec{VCPU: 1, MemoryMiB: 64}
+	disks := []resolvedDisk{
+		{VMDisk: api.VMDisk{Pool: "default", Volume: "plain"}, Path: "/pool/plain", Format: "raw"},
+		{VMDisk: api.VMDisk{Pool: "default", Volume: "clone"}, Path: "/pool/clone", Format: "qcow2",
+			Backing: []backingFile{{Path: "/pool/mid", Format: "qcow2"}, {Path: "/pool/base", Format: "raw"}}},
+	}
+	d, err := buildDomain(spec, domainParams{name: "chain", virtType: "kvm", disks: disks, seedISO: "/pool/chain-cidata.iso", meta: &instanceMeta{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := d.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(doc, "<backingStore></backingStore>") + strings.Count(doc, "<backingStore/>"); n != 3 {
+		t.Errorf("%d empty backingStore elements, want 3 (one per chain end):\n%s", n, doc)
+	}
+	var back libvirtxml.Domain
+	if err := back.Unmarshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	got := back.Devices.Disks
+	if len(got) != 3 {
+		t.Fatalf("%d disks", len(got))
+	}
+	for _, i := range []int{0, 2} {
+		if bs := got[i].BackingStore; bs == nil || (bs.Source != nil && bs.Source.File != nil) || bs.BackingStore != nil {
+			t.Errorf("disk %d: backingStore %+v, want an empty <backingStore/>", i, bs)
+		}
+	}
+	bs := got[1].BackingStore
+	if bs == nil || bs.Source == nil || bs.Source.File.File != "/pool/mid" || bs.Format.Type != "qcow2" {
+		t.Fatalf("clone: first backing %+v", bs)
+	}
+	bs = bs.BackingStore
+	if bs == nil || bs.Source == nil || bs.Source.File.File != "/pool/base" || bs.Format.Type != "raw" {
+		t.Fatalf("clone: second backing %+v", bs)
+	}
+	if end := bs.BackingStore; end == nil || (end.Source != nil && end.Source.File != nil) {
+		t.Fatalf("clone chain does not end in an empty <backingStore/>: %+v", end)
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -15,6 +17,7 @@ import (
 const maxBody = 4 << 20
 
 func decode(r *http.Request, v any) error {
+	defer bodyRead(r)
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -22,6 +25,11 @@ func decode(r *http.Request, v any) error {
 			return api.Errorf(api.CodeInvalid, "request body is empty; expected JSON")
 		}
 		return api.Errorf(api.CodeInvalid, "invalid JSON body: %v", err)
+	}
+	// One JSON value per body: trailing data is a malformed request, not
+	// something to ignore.
+	if _, err := dec.Token(); err != io.EOF {
+		return api.Errorf(api.CodeInvalid, "invalid JSON body: unexpected data after the JSON value")
 	}
 	return nil
 }
@@ -150,7 +158,11 @@ func (s *Server) putVM(r *http.Request) (int, any, error) {
 	if err := decode(r, &spec); err != nil {
 		return 0, nil, err
 	}
-	meta := service.VMMeta{Owner: r.Header.Get(api.HeaderOwner), RequestID: requestID(r.Context())}
+	owner := r.Header.Get(api.HeaderOwner)
+	if len(owner) > maxOwnerLen || strings.ContainsFunc(owner, unicode.IsControl) {
+		return 0, nil, api.Errorf(api.CodeInvalid, "%s must be at most %d printable characters", api.HeaderOwner, maxOwnerLen)
+	}
+	meta := service.VMMeta{Owner: owner, RequestID: requestID(r.Context())}
 	vm, created, err := s.svc.PutVM(r.Context(), r.PathValue("name"), spec, meta)
 	if err != nil {
 		return 0, nil, err

@@ -26,6 +26,13 @@ type Options struct {
 	// Token is the bearer token required under /v1; empty disables token
 	// auth (only allowed together with client-certificate auth).
 	Token string
+	// ReadToken, when set, is a second bearer token that may only read:
+	// every GET under /v1 is allowed with it, every write is 403. It is
+	// what a CI plan check runs with.
+	ReadToken string
+	// BodyReadTimeout bounds how long a client may take to send a request
+	// body (default 60 s), so slow senders cannot hold connections.
+	BodyReadTimeout time.Duration
 	// Audit receives one line per mutating request; nil disables it.
 	Audit *AuditLog
 	Log   *slog.Logger
@@ -44,6 +51,9 @@ type Server struct {
 func New(svc *service.Service, opts Options) *Server {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.BodyReadTimeout <= 0 {
+		opts.BodyReadTimeout = time.Minute
 	}
 	s := &Server{svc: svc, opts: opts, log: opts.Log, mux: http.NewServeMux()}
 	s.metrics = newMetrics(svc)
@@ -107,7 +117,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set(api.HeaderRequestID, rid)
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	cl := &caller{}
 	ctx := context.WithValue(r.Context(), requestIDKey{}, rid)
+	ctx = context.WithValue(ctx, callerKey{}, cl)
 	r = r.WithContext(ctx)
 	s.mux.ServeHTTP(rec, r)
 	_, pattern := s.mux.Handler(r)
@@ -115,11 +127,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		pattern = "unmatched"
 	}
 	d := time.Since(start)
-	s.metrics.observe(pattern, r.Method, rec.status, d)
-	s.log.Info("request", "request_id", rid, "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "remote", r.RemoteAddr)
+	s.metrics.observe(pattern, methodLabel(r.Method), rec.status, d)
+	s.log.Info("request", "request_id", rid, "method", methodLabel(r.Method), "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "remote", r.RemoteAddr)
 	if s.opts.Audit != nil && isMutating(r.Method) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/") {
 		s.opts.Audit.Write(AuditEntry{
-			Time: start.UTC(), RequestID: rid, Who: who(r), Owner: r.Header.Get(api.HeaderOwner),
+			Time: start.UTC(), RequestID: rid, Who: who(r, cl), Owner: boundedOwner(r.Header.Get(api.HeaderOwner)),
 			Method: r.Method, Path: r.URL.Path, Status: rec.status, Error: rec.errCode, DurationMS: d.Milliseconds(),
 		})
 	}
@@ -130,15 +142,38 @@ func isMutating(m string) bool {
 }
 
 // who names the caller for the audit log: the client certificate's subject
-// when mTLS is used, else the fact that the shared token was presented.
-func who(r *http.Request) string {
+// when mTLS is used, else which token was presented ("token", "read-token",
+// or "invalid-token" for a wrong one).
+func who(r *http.Request, cl *caller) string {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		return "cert:" + r.TLS.PeerCertificates[0].Subject.CommonName
 	}
-	if strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-		return "token"
+	if cl != nil && cl.who != "" {
+		return cl.who
 	}
 	return "anonymous"
+}
+
+// methodLabel bounds the method label of metrics and logs: any string is a
+// valid HTTP method token, and one label value per string a client sends
+// would let an unauthenticated caller grow /metrics without bound.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
+// maxOwnerLen bounds the X-Kvm-Owner header where it is recorded.
+const maxOwnerLen = 256
+
+func boundedOwner(o string) string {
+	if len(o) > maxOwnerLen {
+		return o[:maxOwnerLen] + "…"
+	}
+	return o
 }
 
 type requestIDKey struct{}
@@ -148,23 +183,52 @@ func requestID(ctx context.Context) string {
 	return s
 }
 
-// authenticated requires the bearer token (constant-time compare). When the
-// server runs with client-certificate auth, TLS has verified the peer
-// before we get here.
+// authenticated requires a bearer token (constant-time compare): the full
+// token for everything, or the read-only token for reads. When the server
+// runs with client-certificate auth, TLS has verified the peer before we
+// get here.
 func (s *Server) authenticated(next http.Handler) http.Handler {
-	want := []byte(s.opts.Token)
+	full, read := []byte(s.opts.Token), []byte(s.opts.ReadToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(want) > 0 {
-			h := r.Header.Get("Authorization")
-			got, ok := strings.CutPrefix(h, "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="kvm-hostd"`)
-				writeError(w, api.Errorf(api.CodeUnauthorized, "missing or invalid bearer token"))
+		if len(full) == 0 && len(read) == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		switch {
+		case ok && len(full) > 0 && subtle.ConstantTimeCompare([]byte(got), full) == 1:
+			setCaller(r, "token")
+		case ok && len(read) > 0 && subtle.ConstantTimeCompare([]byte(got), read) == 1:
+			setCaller(r, "read-token")
+			if !isRead(r.Method) {
+				writeError(w, api.Errorf(api.CodeForbidden, "the read-only token may not %s %s", r.Method, r.URL.Path))
 				return
 			}
+		default:
+			if ok {
+				setCaller(r, "invalid-token")
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="kvm-hostd"`)
+			writeError(w, api.Errorf(api.CodeUnauthorized, "missing or invalid bearer token"))
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+func isRead(m string) bool { return m == http.MethodGet || m == http.MethodHead }
+
+// caller is filled in by authenticated so that the audit line written
+// after the request says which credential was used (or that a wrong one
+// was presented), without re-checking the token.
+type caller struct{ who string }
+
+type callerKey struct{}
+
+func setCaller(r *http.Request, who string) {
+	if c, ok := r.Context().Value(callerKey{}).(*caller); ok {
+		c.who = who
+	}
 }
 
 // handlerFunc returns (status, body) or an error; wrap turns that into JSON.
@@ -172,6 +236,15 @@ type handlerFunc func(r *http.Request) (int, any, error)
 
 func (s *Server) wrap(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			// A deadline for the body only: decode clears it once the body
+			// is read, so long work after that (a graceful restart, a
+			// streamed volume) is not cut short by it.
+			rc := http.NewResponseController(w)
+			if rc.SetReadDeadline(time.Now().Add(s.opts.BodyReadTimeout)) == nil {
+				r = r.WithContext(context.WithValue(r.Context(), bodyReadKey{}, func() { _ = rc.SetReadDeadline(time.Time{}) }))
+			}
+		}
 		status, body, err := h(r)
 		if stream, ok := body.(streamResponse); ok && err == nil {
 			stream(w)
@@ -227,6 +300,18 @@ type statusRecorder struct {
 	http.ResponseWriter
 	status  int
 	errCode string
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+type bodyReadKey struct{}
+
+// bodyRead clears the body read deadline set by wrap.
+func bodyRead(r *http.Request) {
+	if clear, ok := r.Context().Value(bodyReadKey{}).(func()); ok {
+		clear()
+	}
 }
 
 func (r *statusRecorder) WriteHeader(code int) {

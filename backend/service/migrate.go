@@ -14,8 +14,11 @@ func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if err := validateVMName(name); err != nil {
 		return nil, err
 	}
-	if req.TargetURI == "" {
-		return nil, invalid("target_uri is required")
+	// The URI is opened by libvirtd and by kvm-hostd itself (the seed ISO
+	// copy): refuse anything that could start a program or read local
+	// files before it reaches either.
+	if err := api.ValidateMigrationURI(req.TargetURI); err != nil {
+		return nil, invalid("target_uri: %v", err)
 	}
 	if req.Mode == "" {
 		req.Mode = "live"

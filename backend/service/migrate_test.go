@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -61,6 +62,19 @@ func TestMigrationPrerequisites(t *testing.T) {
 
 	if _, err := cl.MigrateVM(ctx, "mp-vm", api.MigrateRequest{TargetHost: "mig", TargetURI: uri}, "k1"); !api.IsCode(err, api.CodeInvalid) {
 		t.Errorf("migrate to itself: err %v, want invalid", err)
+	}
+	// URIs that would make libvirt (or kvm-hostd's seed copy) start a
+	// program, read a key file or reach a local socket never get that far.
+	for i, hostile := range []string{
+		"qemu+ext:///system?command=/tmp/planted.sh",
+		"qemu+ssh://root@10.0.0.13/system?keyfile=/tmp/k&command=/tmp/x",
+		"qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+		"qemu+tcp://10.0.0.13/system?command=/bin/sh",
+		"qemu:///system",
+	} {
+		if _, err := cl.MigrateVM(ctx, "mp-vm", api.MigrateRequest{TargetHost: "other", TargetURI: hostile}, fmt.Sprintf("hostile-%d", i)); !api.IsCode(err, api.CodeInvalid) {
+			t.Errorf("migrate to %q: err %v, want invalid", hostile, err)
+		}
 	}
 	if _, err := cl.MigrateVM(ctx, "mp-vm", api.MigrateRequest{TargetHost: "other", TargetURI: "qemu+tcp://10.0.0.13/system"}, "k2"); !api.IsCode(err, api.CodeUnsupported) {
 		t.Errorf("migrate on libvirt's test driver: err %v, want unsupported", err)

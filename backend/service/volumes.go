@@ -106,8 +106,13 @@ func (s *Service) ListVolumes(ctx context.Context, pool string) ([]api.Volume, e
 // With usage it also fills UsedBy and Children, which costs a scan of the
 // pool and every domain; plain reads skip it.
 func (s *Service) GetVolume(ctx context.Context, pool, name string, usage bool) (*api.Volume, error) {
-	if err := validatePoolAndName(pool, name); err != nil {
-		return nil, err
+	// A plain read may name a cloud-init seed image (to see that it is
+	// there); writing, attaching or reading the content of one may not.
+	if err := api.ValidateName("pool", pool); err != nil {
+		return nil, invalid("%s", err)
+	}
+	if err := api.ValidateName("stored volume", name); err != nil {
+		return nil, invalid("%s", err)
 	}
 	get := s.hv.GetVolume
 	if usage {

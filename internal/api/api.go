@@ -5,6 +5,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -218,10 +220,25 @@ type VMInterface struct {
 }
 
 // CloudInit is turned into a NoCloud seed ISO by the host.
+//
+// user_data often holds secrets (keys, passwords): the host writes it only
+// into the seed ISO (mode 0600) and never stores or returns it. Reads carry
+// UserDataSHA256 instead, so a client can tell whether it changed.
 type CloudInit struct {
 	UserData      string `json:"user_data,omitempty"`
 	MetaData      string `json:"meta_data,omitempty"`
 	NetworkConfig string `json:"network_config,omitempty"`
+	// UserDataSHA256 is the hex SHA-256 of user_data, in responses only.
+	UserDataSHA256 string `json:"user_data_sha256,omitempty"`
+}
+
+// UserDataHash is the value of CloudInit.UserDataSHA256 for user data.
+func UserDataHash(userData string) string {
+	if userData == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(userData))
+	return hex.EncodeToString(sum[:])
 }
 
 // VMSpec is the body of PUT /v1/vms/{name} and PATCH /v1/vms/{name}.

@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // MaxNameLength bounds every object name (volumes, domains, snapshots,
@@ -24,9 +25,20 @@ func ValidateName(kind, name string) error {
 		return fmt.Errorf("%s name is %d characters long; at most %d are allowed", kind, len(name), MaxNameLength)
 	case !namePattern.MatchString(name) || containsDotDot(name):
 		return fmt.Errorf("%s name %q is invalid: use letters, digits, '.', '_' and '-', starting with a letter or digit, without '..'", kind, name)
+	case volumeKinds[kind] && strings.HasSuffix(name, SeedVolumeSuffix):
+		return fmt.Errorf("%s name %q is reserved: names ending in %q are the hosts' cloud-init seed images", kind, name, SeedVolumeSuffix)
 	}
 	return nil
 }
+
+// SeedVolumeSuffix ends the file name of every VM's cloud-init seed image
+// (<vm>-cidata.iso) in its pool. Volume names with it are refused, so a
+// user volume can neither overwrite a seed nor delete one in use.
+const SeedVolumeSuffix = "-cidata.iso"
+
+// volumeKinds are the kinds ValidateName is called with for storage
+// volumes (the provider says "disk").
+var volumeKinds = map[string]bool{"volume": true, "disk": true, "base volume": true}
 
 // NamePatternDescription is shown in schema descriptions.
 const NamePatternDescription = "1-64 characters: letters, digits, `.`, `_` and `-`, starting with a letter or digit, no `..`"

@@ -181,7 +181,7 @@ func StartCluster(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Token: "harness-" + randomSuffix(), Dir: dir, opts: opts}
+	c := &Cluster{Token: "harness-token-" + randomSuffix(), Dir: dir, opts: opts}
 	tokenFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokenFile, []byte(c.Token+"\n"), 0o600); err != nil {
 		return nil, err

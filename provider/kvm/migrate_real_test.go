@@ -180,7 +180,7 @@ func TestAccMigrate_live(t *testing.T) {
 					}
 					// The cloud-init seed moved with the VM (QEMU on host-b
 					// opened it, or the VM would not run there).
-					if vm.CloudInit == nil || !strings.Contains(vm.CloudInit.UserData, "hostname: mig-vm") {
+					if vm.CloudInit == nil || vm.CloudInit.UserDataSHA256 != api.UserDataHash("#cloud-config\nhostname: mig-vm\n") {
 						return fmt.Errorf("VM on host-b lost its cloud_init: %+v", vm.CloudInit)
 					}
 					if _, err := clB.GetVolume(bg, "default", "mig-vm-cidata.iso"); err != nil {

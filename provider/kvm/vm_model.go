@@ -203,6 +203,24 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 
 // stringOrNull maps the host's "" to null, unless the prior value was an
 // explicit "" (so a configured empty string does not flip-flop).
+// userDataFromHash reads user_data back: the host returns only its hash, so
+// the prior value is kept while the hash matches it. A different hash (the
+// seed was changed outside Terraform) reads as a marker that differs from
+// any configuration, so the plan shows the drift; no hash is no user data.
+func userDataFromHash(hash string, prior types.String) types.String {
+	switch {
+	case hash == "":
+		return stringOrNull("", prior)
+	case !prior.IsNull() && !prior.IsUnknown() && api.UserDataHash(prior.ValueString()) == hash:
+		return prior
+	}
+	return types.StringValue(userDataDriftMarker + hash)
+}
+
+// userDataDriftMarker prefixes the hash of user data that Terraform did not
+// write (after an import, or a change outside Terraform).
+const userDataDriftMarker = "(user data not known to Terraform) sha256:"
+
 func stringOrNull(v string, prior types.String) types.String {
 	if v == "" {
 		if !prior.IsNull() && !prior.IsUnknown() && prior.ValueString() == "" {
@@ -337,7 +355,7 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 			p = *pc
 		}
 		obj, d := types.ObjectValueFrom(ctx, vmCloudInitAttrTypes, vmCloudInitModel{
-			UserData:      stringOrNull(ci.UserData, p.UserData),
+			UserData:      userDataFromHash(ci.UserDataSHA256, p.UserData),
 			MetaData:      stringOrNull(ci.MetaData, p.MetaData),
 			NetworkConfig: stringOrNull(ci.NetworkConfig, p.NetworkConfig),
 		})

@@ -182,8 +182,11 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
 					"user_data": schema.StringAttribute{
-						MarkdownDescription: "`user-data` (e.g. a `#cloud-config` document).",
-						Optional:            true,
+						MarkdownDescription: "`user-data` (e.g. a `#cloud-config` document). Sensitive: the host writes it only into " +
+							"the seed ISO (readable by QEMU only) and keeps just its SHA-256 to detect changes; it is never returned " +
+							"by the host's API. After an import it reads as a marker with that hash until it is set again.",
+						Optional:  true,
+						Sensitive: true,
 					},
 					"meta_data": schema.StringAttribute{
 						MarkdownDescription: "`meta-data` (instance-id, local-hostname).",

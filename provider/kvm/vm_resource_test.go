@@ -219,6 +219,16 @@ func TestAccVM_basic(t *testing.T) {
 				ImportState:       true,
 				ImportStateId:     "host-a/web-1",
 				ImportStateVerify: true,
+				// The host never returns user data, only its hash: an
+				// import reads it as the drift marker with that hash.
+				ImportStateVerifyIgnore: []string{"cloud_init.user_data"},
+				ImportStateCheck: func(s []*terraform.InstanceState) error {
+					want := userDataDriftMarker + api.UserDataHash("#cloud-config\nhostname: web-1\n")
+					if got := s[0].Attributes["cloud_init.user_data"]; got != want {
+						return fmt.Errorf("imported user_data %q, want %q", got, want)
+					}
+					return nil
+				},
 			},
 		},
 	})

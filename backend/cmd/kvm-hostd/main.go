@@ -38,6 +38,16 @@ func run() int {
 		return 1
 	}
 	defer m.Close()
+	// SIGHUP re-reads the TLS certificate and key (after a renewal) without
+	// dropping connections.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			_ = m.ReloadTLS()
+		}
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- m.Serve() }()
 	select {
