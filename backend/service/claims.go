@@ -1,0 +1,139 @@
+package service
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// The lock discipline for volumes, one for every path:
+//
+//   - s.lockPool(pool) serialises what depends on the pool's listing
+//     (creating a volume, a clone on its base, deleting one that must have
+//     no clones). It is only held for short steps, and always before any
+//     volume claim.
+//   - Every path that writes, resizes, deletes, attaches, downloads into,
+//     copies into or reads out a volume claims it: exclusively, or shared
+//     for reading its content. A request that finds the volume claimed
+//     does not wait: it gets a 409 naming what holds it (a download of
+//     hours must not hold a delete, nor the pool lock behind it, hanging).
+//     The background half of a download or copy, which the request already
+//     registered as a running operation, waits for its claim instead
+//     (every request refuses a volume with a running operation, so it only
+//     ever waits for a refusal to finish).
+type volumeClaims struct {
+	mu sync.Mutex
+	m  map[string]*volumeClaim
+}
+
+type volumeClaim struct {
+	holder  string         // the exclusive holder, "" when shared
+	readers map[string]int // shared holders
+	freed   chan struct{}  // closed when the last holder lets go
+}
+
+func (c *volumeClaim) String() string {
+	if c.holder != "" {
+		return c.holder
+	}
+	names := make([]string, 0, len(c.readers))
+	for r := range c.readers {
+		names = append(names, r)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+func (s *Service) lockPool(pool string) func() { return s.locks.Lock("pool/" + pool) }
+
+// lockVolume claims pool/name exclusively for purpose (e.g. "being
+// resized"), or returns a 409 naming what holds it.
+func (s *Service) lockVolume(pool, name, purpose string) (func(), error) {
+	return s.claims.acquire(context.Background(), pool, name, purpose, false, false)
+}
+
+// shareVolume claims pool/name for reading its content, alongside other
+// readers; a writer's claim makes it a 409.
+func (s *Service) shareVolume(pool, name, purpose string) (func(), error) {
+	return s.claims.acquire(context.Background(), pool, name, purpose, true, false)
+}
+
+// waitVolume claims pool/name exclusively, waiting for other holders, for
+// the background half of an operation that owns the volume.
+func (s *Service) waitVolume(ctx context.Context, pool, name, purpose string) (func(), error) {
+	return s.claims.acquire(ctx, pool, name, purpose, false, true)
+}
+
+func (c *volumeClaims) acquire(ctx context.Context, pool, name, purpose string, shared, wait bool) (func(), error) {
+	key := pool + "/" + name
+	for {
+		c.mu.Lock()
+		if c.m == nil {
+			c.m = map[string]*volumeClaim{}
+		}
+		e := c.m[key]
+		switch {
+		case e == nil:
+			e = &volumeClaim{readers: map[string]int{}, freed: make(chan struct{})}
+			c.m[key] = e
+			fallthrough
+		case shared && e.holder == "" || e.holder == "" && len(e.readers) == 0:
+			if shared {
+				e.readers[purpose]++
+			} else {
+				e.holder = purpose
+			}
+			c.mu.Unlock()
+			var once sync.Once
+			return func() { once.Do(func() { c.drop(key, e, purpose, shared) }) }, nil
+		}
+		if !wait {
+			held := e.String()
+			c.mu.Unlock()
+			return nil, conflict("volume %s is busy: it is %s", key, held)
+		}
+		freed := e.freed
+		c.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (c *volumeClaims) drop(key string, e *volumeClaim, purpose string, shared bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if shared {
+		if e.readers[purpose]--; e.readers[purpose] == 0 {
+			delete(e.readers, purpose)
+		}
+	} else {
+		e.holder = ""
+	}
+	if e.holder == "" && len(e.readers) == 0 {
+		delete(c.m, key)
+		close(e.freed)
+	}
+}
+
+// lockVolumes claims several volumes exclusively, all or none.
+func (s *Service) lockVolumes(keys [][2]string, purpose string) (func(), error) {
+	var held []func()
+	unlock := func() {
+		for _, u := range held {
+			u()
+		}
+	}
+	for _, k := range keys {
+		u, err := s.lockVolume(k[0], k[1], purpose)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		held = append(held, u)
+	}
+	return unlock, nil
+}
