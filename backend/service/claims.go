@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
 // The lock discipline for volumes, one for every path:
@@ -136,4 +138,29 @@ func (s *Service) lockVolumes(keys [][2]string, purpose string) (func(), error) 
 		held = append(held, u)
 	}
 	return unlock, nil
+}
+
+// claimBase claims the base of a new linked clone (shared: several clones
+// of one base may be created at once) and checks that it exists and that
+// no VM attaches it: a guest writing to a base corrupts its clones.
+func (s *Service) claimBase(ctx context.Context, pool, base, clone string) (func(), error) {
+	unclaim, err := s.shareVolume(pool, base, "being cloned")
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.hv.GetVolume(ctx, pool, base)
+	if err == nil {
+		var users map[string][]string
+		if users, err = s.hv.DiskUsers(ctx); err == nil && len(users[v.Path]) > 0 {
+			err = conflict("base volume %s/%s is attached to VM(s) %s; a linked clone %s of it would be corrupted by their writes",
+				pool, base, strings.Join(users[v.Path], ", "), clone)
+		}
+	} else if api.IsNotFound(err) {
+		err = api.Errorf(api.CodeNotFound, "base volume %s/%s not found", pool, base)
+	}
+	if err != nil {
+		unclaim()
+		return nil, err
+	}
+	return unclaim, nil
 }
