@@ -100,4 +100,9 @@ func TestAttachClaims(t *testing.T) {
 	if _, err := cl.PutVM(ctx, "att-clone-vm", api.VMSpec{VCPU: 1, MemoryMiB: 64, Disks: []api.VMDisk{{Pool: "default", Volume: "att-clone-1"}}}); err != nil {
 		t.Errorf("create attaching a clone: %v", err)
 	}
+	// And the other way round: a volume a VM attaches cannot become a base.
+	_, err = cl.PutVolume(ctx, "default", "att-clone-of-attached", api.VolumeSpec{BaseVolume: "att-clone-1"})
+	if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "attached to VM(s) att-clone-vm") {
+		t.Errorf("clone of an attached volume: %v, want 409 naming the VM", err)
+	}
 }
