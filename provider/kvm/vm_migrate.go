@@ -67,7 +67,13 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 	// admits it now, like a create, and holds the room until the domain is
 	// defined there (it then counts itself). The reservation is released
 	// however the migration ends; its TTL covers a lost release.
-	_, err = dst.Client.PutReservation(ctx, name, api.ReservationSpec{VCPU: vm.VCPU, MemoryMiB: mem, SourceHost: src.Name})
+	// The TTL covers an offline migration's graceful shutdown before
+	// libvirt defines the domain on the target.
+	ttl := int64(15 * 60)
+	if vm.ShutdownTimeoutSec != nil {
+		ttl += *vm.ShutdownTimeoutSec
+	}
+	_, err = dst.Client.PutReservation(ctx, name, api.ReservationSpec{VCPU: vm.VCPU, MemoryMiB: mem, TTLSec: ttl, SourceHost: src.Name})
 	switch {
 	case err == nil:
 		defer func() {
