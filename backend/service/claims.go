@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
@@ -18,8 +19,9 @@ import (
 //   - Every path that writes, resizes, deletes, attaches, downloads into,
 //     copies into or reads out a volume claims it: exclusively, or shared
 //     for reading its content. A request that finds the volume claimed
-//     does not wait: it gets a 409 naming what holds it (a download of
-//     hours must not hold a delete, nor the pool lock behind it, hanging).
+//     waits only briefly (claimGrace), then gets a 409 naming what holds
+//     it (a download of hours must not hold a delete, nor the pool lock
+//     behind it, hanging).
 //     The background half of a download or copy, which the request already
 //     registered as a running operation, waits for its claim instead
 //     (every request refuses a volume with a running operation, so it only
@@ -49,26 +51,41 @@ func (c *volumeClaim) String() string {
 
 func (s *Service) lockPool(pool string) func() { return s.locks.Lock("pool/" + pool) }
 
+// claimGrace is how long a request waits for a volume's claim before it
+// answers 409: long enough for a short step (a define, a resize, the tail
+// of a content read whose last bytes the reader already has) to finish,
+// short enough never to hang behind a transfer.
+const claimGrace = 2 * time.Second
+
 // lockVolume claims pool/name exclusively for purpose (e.g. "being
 // resized"), or returns a 409 naming what holds it.
 func (s *Service) lockVolume(pool, name, purpose string) (func(), error) {
-	return s.claims.acquire(context.Background(), pool, name, purpose, false, false)
+	return s.claims.acquire(context.Background(), pool, name, purpose, false, claimGrace)
 }
 
 // shareVolume claims pool/name for reading its content, alongside other
 // readers; a writer's claim makes it a 409.
 func (s *Service) shareVolume(pool, name, purpose string) (func(), error) {
-	return s.claims.acquire(context.Background(), pool, name, purpose, true, false)
+	return s.claims.acquire(context.Background(), pool, name, purpose, true, claimGrace)
 }
 
-// waitVolume claims pool/name exclusively, waiting for other holders, for
-// the background half of an operation that owns the volume.
+// waitVolume claims pool/name exclusively, waiting for other holders as
+// long as ctx lets it, for the background half of an operation that owns
+// the volume.
 func (s *Service) waitVolume(ctx context.Context, pool, name, purpose string) (func(), error) {
-	return s.claims.acquire(ctx, pool, name, purpose, false, true)
+	return s.claims.acquire(ctx, pool, name, purpose, false, 0)
 }
 
-func (c *volumeClaims) acquire(ctx context.Context, pool, name, purpose string, shared, wait bool) (func(), error) {
+// acquire takes the claim, waiting up to grace for the holders (without
+// limit when grace is 0).
+func (c *volumeClaims) acquire(ctx context.Context, pool, name, purpose string, shared bool, grace time.Duration) (func(), error) {
 	key := pool + "/" + name
+	var timeout <-chan time.Time
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		timeout = t.C
+	}
 	for {
 		c.mu.Lock()
 		if c.m == nil {
@@ -90,15 +107,18 @@ func (c *volumeClaims) acquire(ctx context.Context, pool, name, purpose string, 
 			var once sync.Once
 			return func() { once.Do(func() { c.drop(key, e, purpose, shared) }) }, nil
 		}
-		if !wait {
-			held := e.String()
-			c.mu.Unlock()
-			return nil, conflict("volume %s is busy: it is %s", key, held)
-		}
 		freed := e.freed
 		c.mu.Unlock()
 		select {
 		case <-freed:
+		case <-timeout:
+			c.mu.Lock()
+			held := "in use"
+			if e := c.m[key]; e != nil {
+				held = e.String()
+			}
+			c.mu.Unlock()
+			return nil, conflict("volume %s is busy: it is %s", key, held)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -121,8 +141,11 @@ func (c *volumeClaims) drop(key string, e *volumeClaim, purpose string, shared b
 	}
 }
 
-// lockVolumes claims several volumes exclusively, all or none.
+// lockVolumes claims several volumes exclusively, all or none, in a fixed
+// order so that two requests never wait for each other.
 func (s *Service) lockVolumes(keys [][2]string, purpose string) (func(), error) {
+	keys = slices.Clone(keys)
+	slices.SortFunc(keys, func(a, b [2]string) int { return strings.Compare(a[0]+"/"+a[1], b[0]+"/"+b[1]) })
 	var held []func()
 	unlock := func() {
 		for _, u := range held {
