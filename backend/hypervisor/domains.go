@@ -23,7 +23,7 @@ const defaultShutdownTimeout = 60 * time.Second
 func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 	var r service.Resources
 	err := l.do(ctx, func(c *libvirt.Connect) error {
-		r = service.Resources{HypervisorType: l.virtType}
+		r = service.Resources{HypervisorType: l.virtType, Domains: map[string]service.Allocation{}}
 		ni, err := c.GetNodeInfo()
 		if err != nil {
 			return wrap(err, "node info")
@@ -39,10 +39,12 @@ func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 		}
 		for i := range doms {
 			info, err := doms[i].GetInfo()
+			name, nerr := doms[i].GetName()
 			doms[i].Free()
-			if err != nil {
+			if err != nil || nerr != nil {
 				continue
 			}
+			r.Domains[name] = service.Allocation{VCPU: int64(info.NrVirtCpu), MemoryMiB: int64(info.MaxMem / 1024)}
 			r.VMCount++
 			r.AllocatedVCPU += int64(info.NrVirtCpu)
 			r.AllocatedMemoryMiB += int64(info.MaxMem / 1024)

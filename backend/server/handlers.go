@@ -200,6 +200,23 @@ func (s *Server) migrateVM(r *http.Request) (int, any, error) {
 	return http.StatusAccepted, op, err
 }
 
+func (s *Server) listReservations(r *http.Request) (int, any, error) {
+	return http.StatusOK, api.ReservationList{Reservations: s.svc.ListReservations(r.Context())}, nil
+}
+
+func (s *Server) putReservation(r *http.Request) (int, any, error) {
+	var spec api.ReservationSpec
+	if err := decode(r, &spec); err != nil {
+		return 0, nil, err
+	}
+	res, err := s.svc.PutReservation(r.Context(), r.PathValue("vm"), spec)
+	return http.StatusOK, res, err
+}
+
+func (s *Server) deleteReservation(r *http.Request) (int, any, error) {
+	return http.StatusNoContent, nil, s.svc.DeleteReservation(r.Context(), r.PathValue("vm"))
+}
+
 func (s *Server) listSnapshots(r *http.Request) (int, any, error) {
 	l, err := s.svc.ListSnapshots(r.Context(), r.PathValue("vm"))
 	if l == nil {

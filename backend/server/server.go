@@ -87,6 +87,10 @@ func (s *Server) routes() {
 	v1("DELETE /vms/{name}", s.deleteVM)
 	v1("POST /vms/{name}/migrate", s.migrateVM)
 
+	v1("GET /reservations", s.listReservations)
+	v1("PUT /reservations/{vm}", s.putReservation)
+	v1("DELETE /reservations/{vm}", s.deleteReservation)
+
 	v1("GET /vms/{vm}/snapshots", s.listSnapshots)
 	v1("GET /vms/{vm}/snapshots/{name}", s.getSnapshot)
 	v1("PUT /vms/{vm}/snapshots/{name}", s.putSnapshot)

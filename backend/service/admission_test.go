@@ -197,3 +197,95 @@ func TestAdmissionConcurrentCreates(t *testing.T) {
 		t.Errorf("refused resize changed allocation: %+v, %v", h, err)
 	}
 }
+
+// TestAdmissionConcurrentGrows grows twelve running 128 MiB VMs to 384 MiB
+// at once on a host with 3072 MiB (memory_overcommit 1) where 1536 MiB are
+// free: exactly six grows fit. It does so for three rounds (shrinking all
+// back in between), so interleavings vary. The admission check and the
+// change that makes the new size count must be one step, so the host is
+// never overcommitted however the grows interleave.
+func TestAdmissionConcurrentGrows(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kvm-hostd process")
+	}
+	c := harness.Start(t, harness.Options{
+		Hosts:     []string{"grow"},
+		ExtraArgs: []string{"--memory-overcommit", "1", "--cpu-overcommit", "4"},
+	})
+	cl, err := client.New(client.Options{Endpoint: c.Hosts[0].URL, Token: c.Token, RetryMax: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	before, err := cl.Host(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	capMem := int64(float64(before.MemoryMiB) * before.MemoryOvercommit)
+	const n, small, big, rounds = 12, 128, 384, 3
+	free := capMem - before.AllocatedMemoryMiB - n*small
+	fit := int(free / (big - small))
+	if fit <= 0 || fit >= n {
+		t.Fatalf("test needs between 1 and %d grows to fit: %+v", n-1, before)
+	}
+	name := func(i int) string { return fmt.Sprintf("grow-%02d", i) }
+	for i := range n {
+		if _, err := cl.PutVM(ctx, name(i), api.VMSpec{VCPU: 1, MemoryMiB: small, Running: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round := range rounds {
+		errs := make([]error, n)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, errs[i] = cl.UpdateVM(ctx, name(i), api.VMSpec{VCPU: 1, MemoryMiB: big, Running: true})
+			}()
+		}
+		close(start)
+		wg.Wait()
+		grown, full := 0, 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				grown++
+			case api.IsCode(err, api.CodeFull):
+				full++
+			default:
+				t.Errorf("%s: %v, want success or 409 full", name(i), err)
+			}
+		}
+		after, err := cl.Host(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("round %d: %d of %d grows admitted (%d fit), %d refused; allocated %d of %d MiB", round, grown, n, fit, full, after.AllocatedMemoryMiB, capMem)
+		if after.AllocatedMemoryMiB > capMem {
+			t.Errorf("round %d: host overcommitted: %d MiB allocated > %d MiB capacity", round, after.AllocatedMemoryMiB, capMem)
+		}
+		if grown != fit || full != n-fit {
+			t.Errorf("round %d: %d grows admitted and %d refused, want %d and %d", round, grown, full, fit, n-fit)
+		}
+		var sum int64
+		for i := range n {
+			vm, err := cl.GetVM(ctx, name(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum += vm.MemoryMiB
+			if vm.MemoryMiB != small {
+				if _, err := cl.UpdateVM(ctx, name(i), api.VMSpec{VCPU: 1, MemoryMiB: small, Running: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if want := int64(n*small + grown*(big-small)); sum != want || after.AllocatedMemoryMiB != before.AllocatedMemoryMiB+want {
+			t.Errorf("round %d: VMs hold %d MiB, host allocates %d MiB; want %d", round, sum, after.AllocatedMemoryMiB, want)
+		}
+	}
+}

@@ -24,6 +24,15 @@ type Resources struct {
 	AllocatedMemoryMiB int64 // sum of max memory of all defined domains
 	VMCount            int64
 	HypervisorType     string // "kvm", "qemu" or "test"
+	// Domains is what each domain counts in AllocatedVCPU and
+	// AllocatedMemoryMiB, by name.
+	Domains map[string]Allocation
+}
+
+// Allocation is what one domain (or a reservation for one) takes.
+type Allocation struct {
+	VCPU      int64
+	MemoryMiB int64
 }
 
 // VMMeta is what kvm-hostd records in a domain's <metadata> besides the spec.

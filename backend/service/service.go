@@ -39,8 +39,12 @@ type Service struct {
 	sw  Switch
 	log *slog.Logger
 
-	locks     keyedMutex
-	admission sync.Mutex // serialises capacity check + define, host-wide
+	locks  keyedMutex
+	claims volumeClaims // see claims.go
+	// admission guards ledger: an admission check, the libvirt read it
+	// is based on and the reservation it records are one step.
+	admission sync.Mutex
+	ledger    admissionLedger
 	ops       *operations
 	// idem remembers POST results by Idempotency-Key so a retried POST
 	// (e.g. a migration whose response was lost) is not acted on twice.
@@ -96,7 +100,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 		h.Healthy, h.Message = false, "libvirt: "+err.Error()
 		return h
 	}
-	res, err := s.hv.Resources(ctx)
+	res, err := s.resources(ctx)
 	if err != nil {
 		h.Healthy, h.Message = false, "libvirt: "+err.Error()
 		return h

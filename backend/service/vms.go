@@ -148,57 +148,54 @@ func (s *Service) resolveInterfaces(ctx context.Context, spec *api.VMSpec) error
 	return nil
 }
 
-// checkDisks verifies every disk exists and is not attached to another VM.
-func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec) error {
-	if len(spec.Disks) == 0 {
-		return nil
+// claimDisks claims the volumes spec attaches that the VM does not attach
+// yet (all of them for a create), from the check through the define, so
+// two VMs cannot both pass the check for one volume.
+func (s *Service) claimDisks(vm string, spec api.VMSpec, cur *api.VMSpec) (func(), error) {
+	var keys [][2]string
+	for _, d := range spec.Disks {
+		if cur == nil || !slices.ContainsFunc(cur.Disks, func(c api.VMDisk) bool { return c.Pool == d.Pool && c.Volume == d.Volume }) {
+			keys = append(keys, [2]string{d.Pool, d.Volume})
+		}
 	}
-	// One scan of the domains serves every disk; the pools are not
-	// scanned, which matters when many VMs are created at once.
-	users, err := s.hv.DiskUsers(ctx)
-	if err != nil {
-		return err
-	}
+	return s.lockVolumes(keys, "being attached to VM "+vm)
+}
+
+// checkDisks verifies every disk exists; one that vm does not attach yet
+// (all for a create; cur is the VM's current spec otherwise) must not be
+// attached to another VM, being written by an operation, or the base of
+// linked clones: a guest writing to a base corrupts every clone.
+func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec, cur *api.VMSpec) error {
 	for i, d := range spec.Disks {
-		v, err := s.hv.GetVolume(ctx, d.Pool, d.Volume)
+		attached := cur != nil && slices.ContainsFunc(cur.Disks, func(c api.VMDisk) bool { return c.Pool == d.Pool && c.Volume == d.Volume })
+		if attached {
+			if _, err := s.hv.GetVolume(ctx, d.Pool, d.Volume); err != nil {
+				if api.IsNotFound(err) {
+					return api.Errorf(api.CodeNotFound, "disks[%d]: volume %s/%s does not exist on host %s", i, d.Pool, d.Volume, s.cfg.Name)
+				}
+				return err
+			}
+			continue
+		}
+		users, children, err := s.hv.VolumeUsage(ctx, d.Pool, d.Volume)
 		if err != nil {
 			if api.IsNotFound(err) {
 				return api.Errorf(api.CodeNotFound, "disks[%d]: volume %s/%s does not exist on host %s", i, d.Pool, d.Volume, s.cfg.Name)
 			}
 			return err
 		}
-		for _, u := range users[v.Path] {
+		for _, u := range users {
 			if u != vm {
 				return conflict("disks[%d]: volume %s/%s is already attached to VM %s", i, d.Pool, d.Volume, u)
 			}
 		}
-		if op := s.ops.running(volumeTarget(d.Pool, d.Volume)); op != nil {
-			return conflict("disks[%d]: volume %s/%s is still being downloaded", i, d.Pool, d.Volume)
+		if len(children) > 0 {
+			return conflict("disks[%d]: volume %s/%s is the base of linked clone(s) %s; attaching it read-write would corrupt them",
+				i, d.Pool, d.Volume, strings.Join(children, ", "))
 		}
-	}
-	return nil
-}
-
-// admit checks that adding (vcpu, memMiB) to the host stays within its
-// overcommitted capacity. Callers hold s.admission, so two concurrent
-// creates cannot both pass on the last free slot.
-func (s *Service) admit(ctx context.Context, vm string, addVCPU, addMemMiB int64) error {
-	if addVCPU <= 0 && addMemMiB <= 0 {
-		return nil
-	}
-	res, err := s.hv.Resources(ctx)
-	if err != nil {
-		return err
-	}
-	capVCPU := int64(float64(res.CPUs) * s.cfg.CPUOvercommit)
-	capMem := int64(float64(res.MemoryMiB) * s.cfg.MemoryOvercommit)
-	if addVCPU > 0 && res.AllocatedVCPU+addVCPU > capVCPU {
-		return api.Errorf(api.CodeFull, "host %s is full: VM %s needs %d vCPU but only %d of %d are free (%d CPUs × cpu_overcommit %g, %d allocated)",
-			s.cfg.Name, vm, addVCPU, max(capVCPU-res.AllocatedVCPU, 0), capVCPU, res.CPUs, s.cfg.CPUOvercommit, res.AllocatedVCPU)
-	}
-	if addMemMiB > 0 && res.AllocatedMemoryMiB+addMemMiB > capMem {
-		return api.Errorf(api.CodeFull, "host %s is full: VM %s needs %d MiB of memory but only %d of %d MiB are free (%d MiB × memory_overcommit %g, %d MiB allocated)",
-			s.cfg.Name, vm, addMemMiB, max(capMem-res.AllocatedMemoryMiB, 0), capMem, res.MemoryMiB, s.cfg.MemoryOvercommit, res.AllocatedMemoryMiB)
+		if op := s.ops.running(volumeTarget(d.Pool, d.Volume)); op != nil {
+			return conflict("disks[%d]: volume %s/%s is still being written (%s operation %s)", i, d.Pool, d.Volume, op.Kind, op.ID)
+		}
 	}
 	return nil
 }
@@ -231,22 +228,26 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	if err := s.resolveInterfaces(ctx, &spec); err != nil {
 		return nil, false, err
 	}
-	if err := s.checkDisks(ctx, name, spec); err != nil {
+	unclaim, err := s.claimDisks(name, spec, nil)
+	if err != nil {
 		return nil, false, err
 	}
-	s.admission.Lock()
-	if err := s.admit(ctx, name, spec.VCPU, vmMemory(spec)); err != nil {
-		s.admission.Unlock()
+	defer unclaim()
+	if err := s.checkDisks(ctx, name, spec, nil); err != nil {
 		return nil, false, err
 	}
-	// Only define under the admission lock: a defined domain already counts
-	// in the host's allocation, so the next admission check sees it. Starting
-	// QEMU is the slow part and runs outside the lock, so creates on one host
-	// proceed in parallel.
+	r, err := s.admit(ctx, name, reserveCreate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec)}, 0)
+	if err != nil {
+		return nil, false, err
+	}
+	// The reservation counts until the domain is defined, which makes it
+	// count itself. Starting QEMU is the slow part and happens after, so
+	// creates on one host proceed in parallel.
 	defined := spec
 	defined.Running = false
 	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
-	s.admission.Unlock()
+	s.release(r)
+	unclaim() // defined: the disks show as attached from now on
 	if err != nil {
 		return nil, false, err
 	}
@@ -322,16 +323,23 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err := s.resolveInterfaces(ctx, &spec); err != nil {
 		return nil, err
 	}
-	if err := s.checkDisks(ctx, name, spec); err != nil {
+	unclaim, err := s.claimDisks(name, spec, &cur.VMSpec)
+	if err != nil {
 		return nil, err
 	}
-	s.admission.Lock()
-	err = s.admit(ctx, name, spec.VCPU-cur.VCPU, vmMemory(spec)-vmMemory(cur.VMSpec))
-	s.admission.Unlock()
+	defer unclaim()
+	if err := s.checkDisks(ctx, name, spec, &cur.VMSpec); err != nil {
+		return nil, err
+	}
+	// A grow is admitted and held until libvirt counts it: after a running
+	// domain's restart, which hv.UpdateVM waits for.
+	r, err := s.admit(ctx, name, reserveUpdate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec)}, 0)
 	if err != nil {
 		return nil, err
 	}
 	restarted, err := s.hv.UpdateVM(ctx, name, spec)
+	s.release(r)
+	unclaim()
 	if err != nil {
 		return nil, err
 	}

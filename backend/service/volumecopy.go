@@ -22,7 +22,10 @@ func (s *Service) ReadVolumeContent(ctx context.Context, pool, name string, w io
 	if err := validatePoolAndName(pool, name); err != nil {
 		return 0, err
 	}
-	unlock := s.locks.Lock("volume/" + pool + "/" + name)
+	unlock, err := s.shareVolume(pool, name, "being read (copied to another host)")
+	if err != nil {
+		return 0, err
+	}
 	defer unlock()
 	v, err := s.volumeWithUsage(ctx, pool, name)
 	if err != nil {
@@ -106,7 +109,7 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 		return nil, invalid("spec.size_mib is required for a copy (the size of the source volume)")
 	}
 	v, err := s.idem.Do(idemKey, func() (any, error) {
-		unlock := s.locks.Lock("pool/" + pool)
+		unlock := s.lockPool(pool)
 		defer unlock()
 		target := volumeTarget(pool, name)
 		if _, err := s.hv.GetVolume(ctx, pool, name); err == nil {
@@ -138,8 +141,11 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 				return nil
 			}
 			s.log.Warn("volume copy failed; deleting the partial copy", "volume", pool+"/"+name, "from", from, "err", err)
-			unlock := s.locks.Lock("pool/" + pool)
+			unlock := s.lockPool(pool)
 			defer unlock()
+			if unclaim, cerr := s.waitVolume(context.Background(), pool, name, "being deleted (a failed copy)"); cerr == nil {
+				defer unclaim()
+			}
 			if derr := s.hv.DeleteVolume(context.Background(), pool, name); derr != nil && !api.IsNotFound(derr) {
 				s.log.Error("deleting a failed copy", "volume", pool+"/"+name, "err", derr)
 				return fmt.Errorf("%w (and deleting the partial copy failed: %v)", err, derr)
@@ -165,7 +171,10 @@ func (s *Service) copyInto(ctx context.Context, pool, name, contentURL, token st
 	pr := &progressReader{r: body, total: length, report: progress, log: func(done int64) {
 		s.log.Info("copy progress", "volume", pool+"/"+name, "from", from, "bytes", done, "total", length)
 	}}
-	unlock := s.locks.Lock("volume/" + pool + "/" + name)
+	unlock, err := s.waitVolume(ctx, pool, name, "being copied from "+from)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	if err := s.hv.WriteVolume(ctx, pool, name, pr, length); err != nil {
 		return fmt.Errorf("copying volume %s/%s from %s: %w", pool, name, from, err)

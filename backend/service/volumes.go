@@ -151,7 +151,7 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 	if err := validateVolumeSpec(&spec); err != nil {
 		return nil, false, err
 	}
-	unlock := s.locks.Lock("pool/" + pool)
+	unlock := s.lockPool(pool)
 	defer unlock()
 
 	existing, err := s.hv.GetVolume(ctx, pool, name)
@@ -163,6 +163,14 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		if spec.Recreate {
 			// A fresh, empty copy for a (retried) migration: only when
 			// nothing uses the volume, so no data anyone sees is lost.
+			unclaim, err := s.lockVolume(pool, name, "being recreated")
+			if err != nil {
+				return nil, false, err
+			}
+			defer unclaim()
+			if op := s.ops.running(volumeTarget(pool, name)); op != nil {
+				return nil, false, conflict("volume %s/%s is still being written (%s operation %s); it cannot be recreated", pool, name, op.Kind, op.ID)
+			}
 			if existing.UsedBy, existing.Children, err = s.hv.VolumeUsage(ctx, pool, name); err != nil {
 				return nil, false, err
 			}
@@ -203,12 +211,11 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		return nil, false, err
 	}
 	if spec.BaseVolume != "" {
-		if _, err := s.hv.GetVolume(ctx, pool, spec.BaseVolume); err != nil {
-			if api.IsNotFound(err) {
-				return nil, false, api.Errorf(api.CodeNotFound, "base volume %s/%s not found", pool, spec.BaseVolume)
-			}
+		unclaim, err := s.claimBase(ctx, pool, spec.BaseVolume, name)
+		if err != nil {
 			return nil, false, err
 		}
+		defer unclaim()
 	}
 	create := spec
 	if spec.SourceURL != "" && create.SizeMiB == 0 {
@@ -291,7 +298,10 @@ func (s *Service) download(ctx context.Context, pool, name string, spec api.Volu
 	if h != nil {
 		r = io.TeeReader(pr, h)
 	}
-	unlock := s.locks.Lock("volume/" + pool + "/" + name)
+	unlock, err := s.waitVolume(ctx, pool, name, "being downloaded from "+redactURL(spec.SourceURL))
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	if err := s.hv.WriteVolume(ctx, pool, name, r, length); err != nil {
 		return fmt.Errorf("writing %s into volume %s/%s: %w", spec.SourceURL, pool, name, err)
@@ -336,8 +346,14 @@ func (s *Service) UpdateVolume(ctx context.Context, pool, name string, u api.Vol
 	if err := validateIOTune(u.IOTune); err != nil {
 		return nil, err
 	}
-	unlock := s.locks.Lock("volume/" + pool + "/" + name)
+	unlock, err := s.lockVolume(pool, name, "being updated")
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
+	if op := s.ops.running(volumeTarget(pool, name)); op != nil {
+		return nil, conflict("volume %s/%s is still being written (%s operation %s)", pool, name, op.Kind, op.ID)
+	}
 	v, err := s.hv.GetVolume(ctx, pool, name)
 	if err != nil {
 		return nil, err
@@ -367,8 +383,13 @@ func (s *Service) DeleteVolume(ctx context.Context, pool, name string) error {
 	if err := validatePoolAndName(pool, name); err != nil {
 		return err
 	}
-	unlock := s.locks.Lock("pool/" + pool)
+	unlock := s.lockPool(pool)
 	defer unlock()
+	unclaim, err := s.lockVolume(pool, name, "being deleted")
+	if err != nil {
+		return err
+	}
+	defer unclaim()
 	v, err := s.volumeWithUsage(ctx, pool, name)
 	if err != nil {
 		return err

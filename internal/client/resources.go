@@ -258,3 +258,31 @@ func (c *Client) WaitOperation(ctx context.Context, id string) (*api.Operation, 
 		}
 	}
 }
+
+// Reservations.
+
+func reservationPath(vm string) string { return "/reservations/" + esc(vm) }
+
+// PutReservation reserves room on this host for VM vm, about to arrive by
+// migration: admitted like a create (a full host is a 409 "full" naming the
+// numbers) and held until DeleteReservation or its TTL. A repeated PUT
+// replaces the reservation, so it is safe to retry.
+func (c *Client) PutReservation(ctx context.Context, vm string, spec api.ReservationSpec) (*api.Reservation, error) {
+	var r api.Reservation
+	_, err := c.do(ctx, http.MethodPut, reservationPath(vm), nil, spec, &r)
+	return &r, err
+}
+
+// DeleteReservation releases the reservation for VM vm (404 when there is
+// none, e.g. it expired).
+func (c *Client) DeleteReservation(ctx context.Context, vm string) error {
+	_, err := c.do(ctx, http.MethodDelete, reservationPath(vm), nil, nil, nil)
+	return err
+}
+
+// ListReservations lists the host's admission ledger.
+func (c *Client) ListReservations(ctx context.Context) ([]api.Reservation, error) {
+	var l api.ReservationList
+	_, err := c.do(ctx, http.MethodGet, "/reservations", nil, nil, &l)
+	return l.Reservations, err
+}

@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/path"
@@ -62,11 +63,35 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 			"--migration-uri (KVM_HOSTD_MIGRATION_URI), e.g. qemu+tcp://<its address>/system.", dst.Name)
 	}
 	mem := max(vm.MemoryMiB, vm.MaxMemoryMiB)
-	if capV := int64(float64(inv.CPUs) * inv.CPUOvercommit); inv.CPUs > 0 && inv.AllocatedVCPU+vm.VCPU > capV {
-		return fail("host %s is full: the VM needs %d vCPU, %d of %d are free.", dst.Name, vm.VCPU, max(capV-inv.AllocatedVCPU, 0), capV)
+	// libvirt moves the VM without the target's kvm-hostd, so the target
+	// admits it now, like a create, and holds the room until the domain is
+	// defined there (it then counts itself). The reservation is released
+	// however the migration ends; its TTL covers a lost release.
+	// The TTL covers an offline migration's graceful shutdown before
+	// libvirt defines the domain on the target.
+	ttl := int64(15 * 60)
+	if vm.ShutdownTimeoutSec != nil {
+		ttl += *vm.ShutdownTimeoutSec
 	}
-	if capM := int64(float64(inv.MemoryMiB) * inv.MemoryOvercommit); inv.MemoryMiB > 0 && inv.AllocatedMemoryMiB+mem > capM {
-		return fail("host %s is full: the VM needs %d MiB of memory, %d of %d MiB are free.", dst.Name, mem, max(capM-inv.AllocatedMemoryMiB, 0), capM)
+	_, err = dst.Client.PutReservation(ctx, name, api.ReservationSpec{VCPU: vm.VCPU, MemoryMiB: mem, TTLSec: ttl, SourceHost: src.Name})
+	switch {
+	case err == nil:
+		defer func() {
+			if err := dst.Client.DeleteReservation(context.WithoutCancel(ctx), name); err != nil && !isNotFound(err) {
+				tflog.Warn(ctx, "releasing the target's reservation failed; it expires by itself", map[string]any{"name": name, "host": dst.Name, "error": err.Error()})
+			}
+		}()
+	case !isNotFound(err):
+		return fail("%s.", strings.TrimSuffix(apiMessage(err), "."))
+	default:
+		// A kvm-hostd without reservations: its inventory is all there is.
+		tflog.Warn(ctx, "target host cannot reserve room for a migration; checking its inventory instead", map[string]any{"host": dst.Name})
+		if capV := int64(float64(inv.CPUs) * inv.CPUOvercommit); inv.CPUs > 0 && inv.AllocatedVCPU+vm.VCPU > capV {
+			return fail("host %s is full: the VM needs %d vCPU, %d of %d are free.", dst.Name, vm.VCPU, max(capV-inv.AllocatedVCPU, 0), capV)
+		}
+		if capM := int64(float64(inv.MemoryMiB) * inv.MemoryOvercommit); inv.MemoryMiB > 0 && inv.AllocatedMemoryMiB+mem > capM {
+			return fail("host %s is full: the VM needs %d MiB of memory, %d of %d MiB are free.", dst.Name, mem, max(capM-inv.AllocatedMemoryMiB, 0), capM)
+		}
 	}
 	for i, n := range vm.Interfaces {
 		if _, err := dst.Client.GetNetwork(ctx, n.Network); err != nil {

@@ -1,0 +1,37 @@
+package api
+
+import "time"
+
+// ReservationSpec is the body of PUT /v1/reservations/{vm}: room on the
+// target host for a VM about to arrive by migration. The target admits it
+// like a create (409 "full" with the numbers) and counts it until the VM is
+// defined there, the reservation is released, or it expires.
+type ReservationSpec struct {
+	VCPU int64 `json:"vcpu"`
+	// MemoryMiB is what the VM counts: max(memory_mib, max_memory_mib).
+	MemoryMiB int64 `json:"memory_mib"`
+	// TTLSec bounds the reservation's life in case nobody releases it
+	// (default 900, at most 86400).
+	TTLSec int64 `json:"ttl_sec,omitempty"`
+	// SourceHost is the host the VM comes from, for logs and listings.
+	SourceHost string `json:"source_host,omitempty"`
+}
+
+// Reservation is one entry of a host's admission ledger.
+type Reservation struct {
+	ID string `json:"id"`
+	VM string `json:"vm"`
+	// Kind is "incoming" (a migration target's reservation), "create" or
+	// "update" (a request in flight).
+	Kind       string `json:"kind"`
+	VCPU       int64  `json:"vcpu"`
+	MemoryMiB  int64  `json:"memory_mib"`
+	SourceHost string `json:"source_host,omitempty"`
+	// ExpiresAt is absent for reservations of requests in flight.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// ReservationList is the body of GET /v1/reservations.
+type ReservationList struct {
+	Reservations []Reservation `json:"reservations"`
+}
