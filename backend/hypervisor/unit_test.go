@@ -3,6 +3,7 @@ package hypervisor
 import (
 	"bytes"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -196,5 +197,37 @@ func TestDiskBackingChainExplicit(t *testing.T) {
 	}
 	if end := bs.BackingStore; end == nil || (end.Source != nil && end.Source.File != nil) {
 		t.Fatalf("clone chain does not end in an empty <backingStore/>: %+v", end)
+	}
+}
+
+// kvm-hostd never chmods an operator's directories: a pool directory under
+// a parent QEMU cannot traverse is refused with the directory to fix.
+func TestEnsurePoolDirNeverChmodsParents(t *testing.T) {
+	base := t.TempDir()
+	for _, d := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	parent := filepath.Join(base, "private")
+	if err := os.Mkdir(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pool := filepath.Join(parent, "a", "pool")
+	err := ensurePoolDir(pool)
+	if err == nil || !strings.Contains(err.Error(), parent) || !strings.Contains(err.Error(), "chmod o+x") {
+		t.Fatalf("err %v, want one naming %s and the fix", err, parent)
+	}
+	if st, _ := os.Stat(parent); st.Mode().Perm() != 0o700 {
+		t.Fatalf("parent mode changed to %#o", st.Mode().Perm())
+	}
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := ensurePoolDir(pool); err != nil {
+		t.Fatalf("traversable parent: %v", err)
+	}
+	if st, _ := os.Stat(pool); st.Mode().Perm() != 0o755 {
+		t.Fatalf("pool dir mode %#o, want 0755", st.Mode().Perm())
 	}
 }

@@ -97,7 +97,7 @@ func (l *Libvirt) dropMeta(path string) {
 // named "default").
 func (l *Libvirt) EnsurePool(ctx context.Context, pool, dir string) error {
 	if !l.test {
-		if err := mkdirTraversable(dir); err != nil {
+		if err := ensurePoolDir(dir); err != nil {
 			return err
 		}
 	}
@@ -163,9 +163,12 @@ func (l *Libvirt) EnsurePool(ctx context.Context, pool, dir string) error {
 	})
 }
 
-// mkdirTraversable creates dir (0755) and makes every parent traversable:
-// QEMU runs as libvirt-qemu and must reach the images.
-func mkdirTraversable(dir string) error {
+// ensurePoolDir creates dir (0755, with any missing parents) and checks
+// that QEMU, which runs as libvirt-qemu, can reach it: every existing parent
+// must be traversable by others. kvm-hostd never changes the mode of a
+// directory it did not create; an operator's 0700 parent is a clear error
+// at startup instead of a "Permission denied" at the first VM start.
+func ensurePoolDir(dir string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -179,9 +182,8 @@ func mkdirTraversable(dir string) error {
 			return err
 		}
 		if st.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
-				return fmt.Errorf("make %s traversable: %w", d, err)
-			}
+			return fmt.Errorf("pool directory %s is not reachable by QEMU (it runs as libvirt-qemu): %s has mode %#o; "+
+				"make it traversable (chmod o+x %s) or choose another --pool-dir", dir, d, st.Mode().Perm(), d)
 		}
 		if d == "/" || d == filepath.Dir(d) {
 			return nil
