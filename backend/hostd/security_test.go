@@ -209,3 +209,30 @@ func TestCloudInitSecrets(t *testing.T) {
 		}
 	}
 }
+
+// The audit log records content reads and the redacted parameters of
+// writes that reach out of the host.
+func TestAuditParamsRedacted(t *testing.T) {
+	m, audit := startMain(t)
+	call(t, "PUT", m.URL()+"/v1/pools/default/volumes/aud-1", testToken, `{"size_mib":1,"source_url":"https://user:pw@127.0.0.1:1/img.qcow2?sig=s3cr3t"}`)
+	call(t, "POST", m.URL()+"/v1/vms/nope/migrate", testToken, `{"target_host":"b","target_uri":"qemu+tcp://10.0.0.12/system?no_verify=1"}`)
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/aud-2", testToken, `{"size_mib":1}`); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	call(t, "GET", m.URL()+"/v1/pools/default/volumes/aud-2/content", testToken, "")
+	log, _ := os.ReadFile(audit)
+	for _, want := range []string{
+		`"source_url":"https://127.0.0.1:1/img.qcow2"`,
+		`"target_uri":"qemu+tcp://10.0.0.12/system"`,
+		`"method":"GET","path":"/v1/pools/default/volumes/aud-2/content"`,
+	} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("audit log lacks %s:\n%s", want, log)
+		}
+	}
+	for _, secret := range []string{"pw@", "s3cr3t", "no_verify"} {
+		if strings.Contains(string(log), secret) {
+			t.Errorf("audit log holds %q:\n%s", secret, log)
+		}
+	}
+}

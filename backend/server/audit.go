@@ -14,15 +14,18 @@ import (
 // AuditEntry is one line of the audit log: who did what, with which
 // request id, and how it ended.
 type AuditEntry struct {
-	Time       time.Time `json:"time"`
-	RequestID  string    `json:"request_id"`
-	Who        string    `json:"who"`
-	Owner      string    `json:"owner,omitempty"`
-	Method     string    `json:"method"`
-	Path       string    `json:"path"`
-	Status     int       `json:"status"`
-	Error      string    `json:"error,omitempty"`
-	DurationMS int64     `json:"duration_ms"`
+	Time      time.Time `json:"time"`
+	RequestID string    `json:"request_id"`
+	Who       string    `json:"who"`
+	Owner     string    `json:"owner,omitempty"`
+	Method    string    `json:"method"`
+	Path      string    `json:"path"`
+	Status    int       `json:"status"`
+	Error     string    `json:"error,omitempty"`
+	// Params are the request's parameters that say what it touched beyond
+	// its path (source URL, migration target), redacted of credentials.
+	Params     map[string]string `json:"params,omitempty"`
+	DurationMS int64             `json:"duration_ms"`
 }
 
 // AuditLog appends JSON lines to a file opened O_APPEND, so concurrent

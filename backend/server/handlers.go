@@ -34,6 +34,13 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+func redactedURL(s string) string {
+	if s == "" {
+		return ""
+	}
+	return api.RedactURL(s)
+}
+
 func createdStatus(created bool) int {
 	if created {
 		return http.StatusCreated
@@ -66,6 +73,8 @@ func (s *Server) putVolume(r *http.Request) (int, any, error) {
 	if err := decode(r, &spec); err != nil {
 		return 0, nil, err
 	}
+	auditParam(r, "source_url", redactedURL(spec.SourceURL))
+	auditParam(r, "base_volume", spec.BaseVolume)
 	v, created, err := s.svc.PutVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), spec)
 	if err != nil {
 		return 0, nil, err
@@ -94,6 +103,7 @@ func (s *Server) copyVolume(r *http.Request) (int, any, error) {
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
+	auditParam(r, "content_url", redactedURL(req.ContentURL))
 	op, err := s.svc.CopyVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), req, r.Header.Get(api.HeaderIdempotencyKey))
 	return http.StatusAccepted, op, err
 }
@@ -196,6 +206,9 @@ func (s *Server) migrateVM(r *http.Request) (int, any, error) {
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
+	auditParam(r, "target_uri", redactedURL(req.TargetURI))
+	auditParam(r, "target_host", req.TargetHost)
+	auditParam(r, "mode", req.Mode)
 	op, err := s.svc.MigrateVM(r.Context(), r.PathValue("name"), req, r.Header.Get(api.HeaderIdempotencyKey))
 	return http.StatusAccepted, op, err
 }

@@ -133,12 +133,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := time.Since(start)
 	s.metrics.observe(pattern, methodLabel(r.Method), rec.status, d)
 	s.log.Info("request", "request_id", rid, "method", methodLabel(r.Method), "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "remote", r.RemoteAddr)
-	if s.opts.Audit != nil && isMutating(r.Method) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/") {
+	if s.opts.Audit != nil && (isMutating(r.Method) || isContentRead(r)) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/") {
 		s.opts.Audit.Write(AuditEntry{
 			Time: start.UTC(), RequestID: rid, Who: who(r, cl), Owner: boundedOwner(r.Header.Get(api.HeaderOwner)),
-			Method: r.Method, Path: r.URL.Path, Status: rec.status, Error: rec.errCode, DurationMS: d.Milliseconds(),
+			Method: methodLabel(r.Method), Path: r.URL.Path, Status: rec.status, Error: rec.errCode, DurationMS: d.Milliseconds(),
+			Params: cl.params,
 		})
 	}
+}
+
+// isContentRead is a read of a volume's bytes: audited like a write, since
+// it copies a whole disk off the host.
+func isContentRead(r *http.Request) bool {
+	return r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/content")
 }
 
 func isMutating(m string) bool {
@@ -224,8 +231,26 @@ func isRead(m string) bool { return m == http.MethodGet || m == http.MethodHead 
 
 // caller is filled in by authenticated so that the audit line written
 // after the request says which credential was used (or that a wrong one
-// was presented), without re-checking the token.
-type caller struct{ who string }
+// was presented), without re-checking the token; handlers add the
+// parameters worth auditing.
+type caller struct {
+	who    string
+	params map[string]string
+}
+
+// auditParam records a request parameter for the audit line. URLs must be
+// redacted by the caller (api.RedactURL).
+func auditParam(r *http.Request, key, value string) {
+	if value == "" {
+		return
+	}
+	if c, ok := r.Context().Value(callerKey{}).(*caller); ok {
+		if c.params == nil {
+			c.params = map[string]string{}
+		}
+		c.params[key] = value
+	}
+}
 
 type callerKey struct{}
 
