@@ -76,6 +76,9 @@ type Hypervisor interface {
 	// DeleteVolume deletes the volume; the service has already checked it
 	// is unused.
 	DeleteVolume(ctx context.Context, pool, name string) error
+	// RenameVolume gives a volume another name in its pool, with its
+	// contents and metadata; it fails with CodeConflict if to exists.
+	RenameVolume(ctx context.Context, pool, from, to string) error
 
 	ListVMs(ctx context.Context) ([]api.VM, error)
 	GetVM(ctx context.Context, name string) (*api.VM, error)

@@ -36,6 +36,10 @@ const (
 	CodeMethod       = "method_not_allowed"
 )
 
+// CodeOperationLost (404) answers a poll of an operation started before
+// kvm-hostd restarted: its work was cancelled and discarded.
+const CodeOperationLost = "operation_lost"
+
 // Error is the JSON body of every non-2xx response.
 type Error struct {
 	Code    string `json:"code"`
