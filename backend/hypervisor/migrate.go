@@ -30,7 +30,14 @@ type migratedDisk struct {
 // first shuts a running one down gracefully) is started paused, migrated the
 // same way so its disks are copied, and destroyed on the target: it arrives
 // stopped and defined. On failure libvirt leaves the domain on the source
-// (a domain that was stopped is stopped again).
+// in the state it had: a domain shut down for an offline migration is
+// started again.
+//
+// Everything that can refuse is checked before anything changes (before
+// an offline migration shuts the VM down): snapshots (libvirt refuses to
+// migrate a domain that has any), disks that are not files, and whether
+// the target libvirt answers. The migration runs once: an error is never
+// taken for a lost local connection and retried (doOnce).
 //
 // After success the source copies of the migrated volumes are deleted
 // (libvirt never deletes them); their bases stay.
@@ -46,8 +53,13 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	var migrated []migratedDisk
 	var seed string
-	err := l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
-		migrated = nil
+	err := l.doOnce(ctx, func(c *libvirt.Connect) error {
+		d, err := c.LookupDomainByName(name)
+		if err != nil {
+			return wrap(err, "domain %s", name)
+		}
+		defer d.Free()
+		l.log.Info("migration started", "name", name, "target", req.TargetURI, "mode", req.Mode)
 		x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
 		if err != nil {
 			return wrap(err, "read domain %s", name)
@@ -56,15 +68,12 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		if err != nil {
 			return wrap(err, "state of %s", name)
 		}
-		meta := metaOf(x)
-		seed = meta.SeedISO
-		if seed != "" {
-			// The seed is a read-only CD-ROM, which libvirt does not copy:
-			// QEMU on the target opens the same path, so put it there.
-			if err := copySeedTo(req.TargetURI, seed); err != nil {
-				return fmt.Errorf("copying the cloud-init seed of %s to %s: %w", name, req.TargetURI, err)
-			}
+		if n, err := d.SnapshotNum(0); err != nil {
+			return wrap(err, "snapshots of %s", name)
+		} else if n > 0 {
+			return api.Errorf(api.CodeConflict, "VM %s has %d snapshot(s): libvirt cannot migrate a VM with snapshots; delete them first (nothing was changed)", name, n)
 		}
+		meta := metaOf(x)
 		allOverlays := true
 		for _, disk := range diskList(x) {
 			if disk.Target == nil {
@@ -84,23 +93,49 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			allOverlays = allOverlays && md.overlay
 			migrated = append(migrated, md)
 		}
+		if err := pingLibvirt(req.TargetURI); err != nil {
+			return fmt.Errorf("the target libvirt %s does not answer (nothing was changed): %w", req.TargetURI, err)
+		}
+		seed = meta.SeedISO
+		if seed != "" {
+			// The seed is a read-only CD-ROM, which libvirt does not copy:
+			// QEMU on the target opens the same path, so put it there.
+			if err := copySeedTo(req.TargetURI, seed); err != nil {
+				return fmt.Errorf("copying the cloud-init seed of %s to %s: %w", name, req.TargetURI, err)
+			}
+		}
 
+		// From here on a failure must leave the VM as it was.
+		shutDown := false
+		restore := func(err error) error {
+			if !shutDown {
+				return err
+			}
+			if a, aerr := d.IsActive(); aerr == nil && a {
+				_ = d.Destroy() // the paused copy source
+			}
+			if serr := d.Create(); serr != nil {
+				return fmt.Errorf("%w (and starting %s again on this host failed: %v)", err, name, serr)
+			}
+			l.log.Warn("offline migration failed; the VM was started again on this host", "name", name, "target", req.TargetURI, "err", err)
+			return err
+		}
 		if active && req.Mode == "offline" {
 			timeout := defaultShutdownTimeout
 			if meta.ShutdownTimeout != nil {
 				timeout = time.Duration(*meta.ShutdownTimeout) * time.Second
 			}
 			if err := l.stopDomain(ctx, d, timeout); err != nil {
-				return wrap(err, "stop %s for offline migration", name)
+				return restore(wrap(err, "stop %s for offline migration", name))
 			}
-			active = false
+			active, shutDown = false, true
 		}
 		startedPaused := false
 		if !active {
 			// libvirt copies storage only while a QEMU process runs: run
 			// one that never executes a guest instruction.
 			if err := d.CreateWithFlags(libvirt.DOMAIN_START_PAUSED); err != nil {
-				return wrap(err, "start %s paused to copy its disks", name)
+				return restore(wrap(err, "start %s paused to copy its disks", name))
 			}
 			startedPaused = true
 		}
@@ -153,7 +188,7 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 					_ = d.Destroy()
 				}
 			}
-			return wrap(err, "migrate %s to %s", name, req.TargetURI)
+			return restore(wrap(err, "migrate %s to %s", name, req.TargetURI))
 		}
 		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
 			"incremental", allOverlays && len(migrated) > 0, "stopped", startedPaused, "took", time.Since(t0))
@@ -235,6 +270,17 @@ func copySeedTo(uri, path string) error {
 		sent += n
 	}
 	return st.Finish()
+}
+
+// pingLibvirt opens the libvirt at uri and asks it one cheap question.
+func pingLibvirt(uri string) error {
+	c, err := libvirt.NewConnect(uri)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.GetLibVersion()
+	return err
 }
 
 // destroyOn powers off a domain on another libvirt (a stopped VM that was
