@@ -156,6 +156,11 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				params.MigrateDisks = append(params.MigrateDisks, m.target)
 			}
 		}
+		// Mark what the migration moves away, so that a kvm-hostd killed
+		// before it finished the cleanup below finishes it at its next
+		// start (RecoverMigrations).
+		uuid, _ := d.GetUUIDString()
+		l.markMigrating(migrated, seed, uuid)
 		progress(0)
 		done := make(chan struct{})
 		go func() {
@@ -188,6 +193,7 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 					_ = d.Destroy()
 				}
 			}
+			l.markMigrating(migrated, seed, "")
 			return restore(wrap(err, "migrate %s to %s", name, req.TargetURI))
 		}
 		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
@@ -212,6 +218,103 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	progress(1)
 	return nil
+}
+
+// markMigrating records (uuid != "") or clears the domain whose migration
+// copies away the files of migrated and the seed.
+func (l *Libvirt) markMigrating(migrated []migratedDisk, seed, uuid string) {
+	if l.test {
+		return
+	}
+	paths := []string{}
+	for _, m := range migrated {
+		paths = append(paths, m.path)
+	}
+	if seed != "" {
+		paths = append(paths, seed)
+	}
+	for _, p := range paths {
+		m := l.readMeta(p)
+		m.MigratingWith = uuid
+		if err := l.writeMeta(p, m); err != nil {
+			l.log.Warn("could not mark a migrating disk", "path", p, "err", err)
+		}
+	}
+}
+
+// RecoverMigrations settles, at startup, the migrations a previous
+// kvm-hostd left behind; none of them has an operation any more. An
+// outgoing migration still running is aborted (libvirt keeps the VM on
+// this host; the next apply migrates it again). Files marked as migrating
+// with a domain that is still defined here are unmarked (that migration
+// failed); files marked with a domain that is no longer here are deleted,
+// since that migration succeeded and the VM runs from its copies on the
+// target: this is the cleanup MigrateVM would have done.
+func (l *Libvirt) RecoverMigrations(ctx context.Context) error {
+	if l.test {
+		return nil
+	}
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		doms, err := c.ListAllDomains(0)
+		if err != nil {
+			return wrap(err, "list domains")
+		}
+		here := map[string]bool{}
+		for i := range doms {
+			d := &doms[i]
+			if uuid, err := d.GetUUIDString(); err == nil {
+				here[uuid] = true
+			}
+			if ji, err := d.GetJobStats(0); err == nil && ji.Type != libvirt.DOMAIN_JOB_NONE &&
+				ji.OperationSet && ji.Operation == libvirt.DOMAIN_JOB_OPERATION_MIGRATION_OUT {
+				name, _ := d.GetName()
+				if err := d.AbortJob(); err != nil {
+					l.log.Warn("could not abort a migration left running by a previous kvm-hostd", "name", name, "err", err)
+				} else {
+					l.log.Warn("aborted a migration left running by a previous kvm-hostd; the VM stays here", "name", name)
+				}
+			}
+			d.Free()
+		}
+		pools, err := c.ListAllStoragePools(libvirt.CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+		if err != nil {
+			return wrap(err, "list pools")
+		}
+		for i := range pools {
+			vols, err := pools[i].ListAllStorageVolumes(0)
+			pools[i].Free()
+			if err != nil {
+				continue
+			}
+			for j := range vols {
+				v := &vols[j]
+				path, perr := v.GetPath()
+				if perr == nil {
+					l.recoverMigratedFile(v, path, here)
+				}
+				v.Free()
+			}
+		}
+		return nil
+	})
+}
+
+func (l *Libvirt) recoverMigratedFile(v *libvirt.StorageVol, path string, here map[string]bool) {
+	m := l.readMeta(path)
+	switch {
+	case m.MigratingWith == "":
+	case here[m.MigratingWith]:
+		m.MigratingWith = ""
+		if err := l.writeMeta(path, m); err != nil {
+			l.log.Warn("could not unmark a disk of a failed migration", "path", path, "err", err)
+		}
+	default:
+		if err := v.Delete(0); err != nil {
+			l.log.Warn("could not delete the source copy of a migrated disk", "path", path, "err", err)
+			return
+		}
+		l.log.Warn("deleted the source copy of a disk whose VM migrated away before a restart", "path", path, "vm_uuid", m.MigratingWith)
+	}
 }
 
 // copySeedTo uploads the seed ISO at path into the storage pool of the

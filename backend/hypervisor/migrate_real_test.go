@@ -106,3 +106,49 @@ func TestRealMigrationFailuresLeaveTheVM(t *testing.T) {
 		t.Error("the restart after a failed offline migration is not logged")
 	}
 }
+
+// TestRealRecoverMigrations covers the startup settling of migrations a
+// killed kvm-hostd left behind: a disk marked as moving with a VM that is
+// still defined here (the migration failed) is kept and unmarked; one
+// marked with a VM no longer here (it migrated away before the kill) is
+// deleted, as MigrateVM would have done after its success; unmarked disks
+// are left alone.
+func TestRealRecoverMigrations(t *testing.T) {
+	l, pool := openReal(t)
+	ctx := context.Background()
+	stayed, moved, other := uniq("stayed"), uniq("moved"), uniq("other")
+	for _, v := range []string{stayed, moved, other} {
+		if _, err := l.CreateVolume(ctx, pool, v, api.VolumeSpec{SizeMiB: 8}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := uniq("rec-vm")
+	vm, err := l.CreateVM(ctx, name, api.VMSpec{VCPU: 1, MemoryMiB: 64, Disks: []api.VMDisk{{Pool: pool, Volume: stayed}}}, service.VMMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.DeleteVM(ctx, name, 0) })
+	path := func(v string) string {
+		got, err := l.GetVolume(ctx, pool, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Path
+	}
+	l.markMigrating([]migratedDisk{{path: path(stayed)}}, "", vm.UUID)
+	l.markMigrating([]migratedDisk{{path: path(moved)}}, "", "0badc0de-0000-4000-8000-000000000001")
+	if err := l.RecoverMigrations(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.GetVolume(ctx, pool, moved); !api.IsNotFound(err) {
+		t.Errorf("the source copy of a disk whose VM migrated away is still there: %v", err)
+	}
+	for _, v := range []string{stayed, other} {
+		if _, err := l.GetVolume(ctx, pool, v); err != nil {
+			t.Errorf("volume %s: %v", v, err)
+		}
+	}
+	if m := l.readMeta(path(stayed)); m.MigratingWith != "" {
+		t.Errorf("the disk of a VM that stayed is still marked: %+v", m)
+	}
+}

@@ -30,10 +30,13 @@ type volMeta struct {
 	// Written is the length of the last upload (test driver only, where
 	// no file records it).
 	Written int64 `json:"written,omitempty"`
+	// MigratingWith is the UUID of the domain whose migration is copying
+	// this file away; see RecoverMigrations.
+	MigratingWith string `json:"migrating_with,omitempty"`
 }
 
 func (m volMeta) isZero() bool {
-	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0
+	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0 && m.MigratingWith == ""
 }
 
 // readMeta reads a volume's extras: the file's extended attribute on real

@@ -66,6 +66,9 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
 	}
+	if err := hv.RecoverMigrations(ctx); err != nil {
+		return nil, fmt.Errorf("settling migrations left by a previous run: %w", err)
+	}
 	if err := s.sweepPartials(ctx, DefaultPool); err != nil {
 		return nil, fmt.Errorf("deleting unfinished volumes in pool %q: %w", DefaultPool, err)
 	}
