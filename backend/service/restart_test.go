@@ -249,3 +249,38 @@ func TestSIGTERMWaitsForOperations(t *testing.T) {
 	// The embedded default keeps no volumes across a restart; what counts
 	// is that the download finished before the process exited.
 }
+
+// TestDeleteCancelsFill deletes a volume while its download stalls: the
+// DELETE stops the transfer and returns once the partial volume is gone,
+// the operation ends failed, and the volume can be created again.
+func TestDeleteCancelsFill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kvm-hostd processes")
+	}
+	c := harness.Start(t, harness.Options{Hosts: []string{"del-fill"}})
+	h := c.Hosts[0]
+	img := newSlowImage()
+	srv := httptest.NewServer(img)
+	defer srv.Close()
+	op := startFill(t, c, h, "download", "del-fill-vol", img, srv.URL+"/img")
+	<-img.started
+	cl, err := client.New(client.Options{Endpoint: h.URL, Token: c.Token, RetryMax: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := cl.DeleteVolume(ctx, "default", "del-fill-vol"); err != nil {
+		t.Fatalf("DELETE of a volume being downloaded: %v", err)
+	}
+	got, err := cl.GetOperation(ctx, op.ID)
+	if err != nil || got.State != api.OpFailed {
+		t.Fatalf("operation after DELETE: %+v, %v", got, err)
+	}
+	if _, err := cl.GetVolume(ctx, "default", "del-fill-vol"); !api.IsNotFound(err) {
+		t.Fatalf("volume after DELETE: %v", err)
+	}
+	img.slow.Store(false)
+	if _, err := cl.PutVolume(ctx, "default", "del-fill-vol", api.VolumeSpec{Format: api.FormatRaw, SourceURL: srv.URL + "/img", SourceChecksum: img.checksum()}); err != nil {
+		t.Fatalf("create again: %v", err)
+	}
+}
