@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
@@ -36,7 +37,18 @@ type Config struct {
 	AuditLog         string
 	LogLevel         string
 	LogFormat        string
+	// ShutdownTimeout bounds how long SIGTERM waits for running requests
+	// and operations before it cancels them.
+	ShutdownTimeout time.Duration
 }
+
+// DefaultShutdownTimeout leaves room, within the systemd unit's
+// TimeoutStopSec=90s, for the cleanup after it (ShutdownGrace).
+const DefaultShutdownTimeout = 60 * time.Second
+
+// ShutdownGrace is how long cancelled operations get to delete what they
+// left unfinished.
+const ShutdownGrace = 15 * time.Second
 
 // EnvPrefix prefixes the environment variable of every flag:
 // --pool-dir is KVM_HOSTD_POOL_DIR.
@@ -101,6 +113,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout,
+		"on SIGTERM, how long to wait for running requests and operations (downloads, copies, migrations) before cancelling them")
 	fs.Usage = func() {
 		fmt.Fprint(out, usageHeader)
 		fs.VisitAll(func(f *flag.Flag) {

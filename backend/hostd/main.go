@@ -34,6 +34,7 @@ type Main struct {
 	Log    *slog.Logger
 
 	hv    *hypervisor.Libvirt
+	svc   *service.Service
 	sw    service.Switch
 	audit *server.AuditLog
 	ln    net.Listener
@@ -103,6 +104,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	m.svc = svc
 	handler := server.New(svc, server.Options{Token: token, ReadToken: readOnly, Audit: m.audit, Log: m.Log})
 	m.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: 64 << 10}
@@ -186,12 +188,20 @@ func (m *Main) Serve() error {
 	return nil
 }
 
-// Shutdown stops accepting requests and waits for running ones, up to ctx.
+// Shutdown is what SIGTERM does: stop accepting connections, let running
+// requests and operations (downloads, copies, migrations) finish until ctx
+// is done, then cancel what still runs and give it ShutdownGrace to clean
+// up (a cancelled download or copy deletes its partial volume; a cancelled
+// migration is aborted and the VM stays on this host).
 func (m *Main) Shutdown(ctx context.Context) error {
 	if m.srv == nil {
 		return nil
 	}
-	return m.srv.Shutdown(ctx)
+	err := m.srv.Shutdown(ctx)
+	if m.svc != nil {
+		m.svc.Shutdown(ctx, ShutdownGrace)
+	}
+	return err
 }
 
 // Close releases libvirt, OVSDB and the audit log.

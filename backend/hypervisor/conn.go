@@ -191,7 +191,11 @@ func (l *Libvirt) current(forceReopen bool) (*libvirt.Connect, error) {
 }
 
 // do runs fn on the connection, re-opening it once and retrying when the
-// failure looks like a broken connection rather than a refused request.
+// local connection itself broke. An error that merely reads like a
+// connection error (one relayed from another libvirtd, say) while the
+// local connection still answers is returned as it is: fn is re-run only
+// when it cannot have reached libvirt's side in full. Work that must not
+// run twice uses doOnce.
 func (l *Libvirt) do(ctx context.Context, fn func(c *libvirt.Connect) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -201,7 +205,7 @@ func (l *Libvirt) do(ctx context.Context, fn func(c *libvirt.Connect) error) err
 		return err
 	}
 	err = fn(c)
-	if err == nil || !isConnError(err) || l.test {
+	if err == nil || !isConnError(err) || l.test || connAlive(c) {
 		return mapErr(err)
 	}
 	c, rerr := l.current(true)
@@ -213,6 +217,34 @@ func (l *Libvirt) do(ctx context.Context, fn func(c *libvirt.Connect) error) err
 		return api.Errorf(api.CodeUnavailable, "libvirt %s: %v", l.uri, err)
 	}
 	return mapErr(err)
+}
+
+// doOnce runs fn on the connection exactly once, for work that is not
+// idempotent (a migration): after an error it never re-runs fn, and it
+// reports a lost local connection as such.
+func (l *Libvirt) doOnce(ctx context.Context, fn func(c *libvirt.Connect) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c, err := l.current(false)
+	if err != nil {
+		return err
+	}
+	err = fn(c)
+	if err != nil && isConnError(err) && !l.test && !connAlive(c) {
+		return api.Errorf(api.CodeUnavailable, "libvirt %s: the connection was lost during the operation (not retried): %v", l.uri, err)
+	}
+	return mapErr(err)
+}
+
+// connAlive reports whether the local connection still answers a cheap
+// call.
+func connAlive(c *libvirt.Connect) bool {
+	if alive, err := c.IsAlive(); err != nil || !alive {
+		return false
+	}
+	_, err := c.GetLibVersion()
+	return err == nil
 }
 
 func lvErr(err error) (libvirt.Error, bool) {

@@ -30,7 +30,14 @@ type migratedDisk struct {
 // first shuts a running one down gracefully) is started paused, migrated the
 // same way so its disks are copied, and destroyed on the target: it arrives
 // stopped and defined. On failure libvirt leaves the domain on the source
-// (a domain that was stopped is stopped again).
+// in the state it had: a domain shut down for an offline migration is
+// started again.
+//
+// Everything that can refuse is checked before anything changes (before
+// an offline migration shuts the VM down): snapshots (libvirt refuses to
+// migrate a domain that has any), disks that are not files, and whether
+// the target libvirt answers. The migration runs once: an error is never
+// taken for a lost local connection and retried (doOnce).
 //
 // After success the source copies of the migrated volumes are deleted
 // (libvirt never deletes them); their bases stay.
@@ -46,8 +53,13 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	var migrated []migratedDisk
 	var seed string
-	err := l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
-		migrated = nil
+	err := l.doOnce(ctx, func(c *libvirt.Connect) error {
+		d, err := c.LookupDomainByName(name)
+		if err != nil {
+			return wrap(err, "domain %s", name)
+		}
+		defer d.Free()
+		l.log.Info("migration started", "name", name, "target", req.TargetURI, "mode", req.Mode)
 		x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
 		if err != nil {
 			return wrap(err, "read domain %s", name)
@@ -56,15 +68,12 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		if err != nil {
 			return wrap(err, "state of %s", name)
 		}
-		meta := metaOf(x)
-		seed = meta.SeedISO
-		if seed != "" {
-			// The seed is a read-only CD-ROM, which libvirt does not copy:
-			// QEMU on the target opens the same path, so put it there.
-			if err := copySeedTo(req.TargetURI, seed); err != nil {
-				return fmt.Errorf("copying the cloud-init seed of %s to %s: %w", name, req.TargetURI, err)
-			}
+		if n, err := d.SnapshotNum(0); err != nil {
+			return wrap(err, "snapshots of %s", name)
+		} else if n > 0 {
+			return api.Errorf(api.CodeConflict, "VM %s has %d snapshot(s): libvirt cannot migrate a VM with snapshots; delete them first (nothing was changed)", name, n)
 		}
+		meta := metaOf(x)
 		allOverlays := true
 		for _, disk := range diskList(x) {
 			if disk.Target == nil {
@@ -84,23 +93,49 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			allOverlays = allOverlays && md.overlay
 			migrated = append(migrated, md)
 		}
+		if err := pingLibvirt(req.TargetURI); err != nil {
+			return fmt.Errorf("the target libvirt %s does not answer (nothing was changed): %w", req.TargetURI, err)
+		}
+		seed = meta.SeedISO
+		if seed != "" {
+			// The seed is a read-only CD-ROM, which libvirt does not copy:
+			// QEMU on the target opens the same path, so put it there.
+			if err := copySeedTo(req.TargetURI, seed); err != nil {
+				return fmt.Errorf("copying the cloud-init seed of %s to %s: %w", name, req.TargetURI, err)
+			}
+		}
 
+		// From here on a failure must leave the VM as it was.
+		shutDown := false
+		restore := func(err error) error {
+			if !shutDown {
+				return err
+			}
+			if a, aerr := d.IsActive(); aerr == nil && a {
+				_ = d.Destroy() // the paused copy source
+			}
+			if serr := d.Create(); serr != nil {
+				return fmt.Errorf("%w (and starting %s again on this host failed: %v)", err, name, serr)
+			}
+			l.log.Warn("offline migration failed; the VM was started again on this host", "name", name, "target", req.TargetURI, "err", err)
+			return err
+		}
 		if active && req.Mode == "offline" {
 			timeout := defaultShutdownTimeout
 			if meta.ShutdownTimeout != nil {
 				timeout = time.Duration(*meta.ShutdownTimeout) * time.Second
 			}
 			if err := l.stopDomain(ctx, d, timeout); err != nil {
-				return wrap(err, "stop %s for offline migration", name)
+				return restore(wrap(err, "stop %s for offline migration", name))
 			}
-			active = false
+			active, shutDown = false, true
 		}
 		startedPaused := false
 		if !active {
 			// libvirt copies storage only while a QEMU process runs: run
 			// one that never executes a guest instruction.
 			if err := d.CreateWithFlags(libvirt.DOMAIN_START_PAUSED); err != nil {
-				return wrap(err, "start %s paused to copy its disks", name)
+				return restore(wrap(err, "start %s paused to copy its disks", name))
 			}
 			startedPaused = true
 		}
@@ -121,6 +156,11 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				params.MigrateDisks = append(params.MigrateDisks, m.target)
 			}
 		}
+		// Mark what the migration moves away, so that a kvm-hostd killed
+		// before it finished the cleanup below finishes it at its next
+		// start (RecoverMigrations).
+		uuid, _ := d.GetUUIDString()
+		l.markMigrating(migrated, seed, uuid)
 		progress(0)
 		done := make(chan struct{})
 		go func() {
@@ -153,7 +193,8 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 					_ = d.Destroy()
 				}
 			}
-			return wrap(err, "migrate %s to %s", name, req.TargetURI)
+			l.markMigrating(migrated, seed, "")
+			return restore(wrap(err, "migrate %s to %s", name, req.TargetURI))
 		}
 		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
 			"incremental", allOverlays && len(migrated) > 0, "stopped", startedPaused, "took", time.Since(t0))
@@ -177,6 +218,103 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	progress(1)
 	return nil
+}
+
+// markMigrating records (uuid != "") or clears the domain whose migration
+// copies away the files of migrated and the seed.
+func (l *Libvirt) markMigrating(migrated []migratedDisk, seed, uuid string) {
+	if l.test {
+		return
+	}
+	paths := []string{}
+	for _, m := range migrated {
+		paths = append(paths, m.path)
+	}
+	if seed != "" {
+		paths = append(paths, seed)
+	}
+	for _, p := range paths {
+		m := l.readMeta(p)
+		m.MigratingWith = uuid
+		if err := l.writeMeta(p, m); err != nil {
+			l.log.Warn("could not mark a migrating disk", "path", p, "err", err)
+		}
+	}
+}
+
+// RecoverMigrations settles, at startup, the migrations a previous
+// kvm-hostd left behind; none of them has an operation any more. An
+// outgoing migration still running is aborted (libvirt keeps the VM on
+// this host; the next apply migrates it again). Files marked as migrating
+// with a domain that is still defined here are unmarked (that migration
+// failed); files marked with a domain that is no longer here are deleted,
+// since that migration succeeded and the VM runs from its copies on the
+// target: this is the cleanup MigrateVM would have done.
+func (l *Libvirt) RecoverMigrations(ctx context.Context) error {
+	if l.test {
+		return nil
+	}
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		doms, err := c.ListAllDomains(0)
+		if err != nil {
+			return wrap(err, "list domains")
+		}
+		here := map[string]bool{}
+		for i := range doms {
+			d := &doms[i]
+			if uuid, err := d.GetUUIDString(); err == nil {
+				here[uuid] = true
+			}
+			if ji, err := d.GetJobStats(0); err == nil && ji.Type != libvirt.DOMAIN_JOB_NONE &&
+				ji.OperationSet && ji.Operation == libvirt.DOMAIN_JOB_OPERATION_MIGRATION_OUT {
+				name, _ := d.GetName()
+				if err := d.AbortJob(); err != nil {
+					l.log.Warn("could not abort a migration left running by a previous kvm-hostd", "name", name, "err", err)
+				} else {
+					l.log.Warn("aborted a migration left running by a previous kvm-hostd; the VM stays here", "name", name)
+				}
+			}
+			d.Free()
+		}
+		pools, err := c.ListAllStoragePools(libvirt.CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+		if err != nil {
+			return wrap(err, "list pools")
+		}
+		for i := range pools {
+			vols, err := pools[i].ListAllStorageVolumes(0)
+			pools[i].Free()
+			if err != nil {
+				continue
+			}
+			for j := range vols {
+				v := &vols[j]
+				path, perr := v.GetPath()
+				if perr == nil {
+					l.recoverMigratedFile(v, path, here)
+				}
+				v.Free()
+			}
+		}
+		return nil
+	})
+}
+
+func (l *Libvirt) recoverMigratedFile(v *libvirt.StorageVol, path string, here map[string]bool) {
+	m := l.readMeta(path)
+	switch {
+	case m.MigratingWith == "":
+	case here[m.MigratingWith]:
+		m.MigratingWith = ""
+		if err := l.writeMeta(path, m); err != nil {
+			l.log.Warn("could not unmark a disk of a failed migration", "path", path, "err", err)
+		}
+	default:
+		if err := v.Delete(0); err != nil {
+			l.log.Warn("could not delete the source copy of a migrated disk", "path", path, "err", err)
+			return
+		}
+		l.log.Warn("deleted the source copy of a disk whose VM migrated away before a restart", "path", path, "vm_uuid", m.MigratingWith)
+	}
 }
 
 // copySeedTo uploads the seed ISO at path into the storage pool of the
@@ -235,6 +373,17 @@ func copySeedTo(uri, path string) error {
 		sent += n
 	}
 	return st.Finish()
+}
+
+// pingLibvirt opens the libvirt at uri and asks it one cheap question.
+func pingLibvirt(uri string) error {
+	c, err := libvirt.NewConnect(uri)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.GetLibVersion()
+	return err
 }
 
 // destroyOn powers off a domain on another libvirt (a stopped VM that was

@@ -184,8 +184,15 @@ func TestRealLifecycle(t *testing.T) {
 		t.Fatalf("after restart: %+v", vm)
 	}
 
-	// Snapshots on the running domain.
-	for _, mem := range []bool{false, true} {
+	// Snapshots: a running domain's include its memory (one without is
+	// refused: QEMU cannot take it), a stopped domain's are of its disks;
+	// what the API says is what libvirt stored.
+	_, err = l.CreateSnapshot(ctx, name, uniq("snap"), api.SnapshotSpec{})
+	mustCode(t, err, api.CodeInvalid)
+	for _, mem := range []bool{true, false} {
+		if !mem {
+			stopVM(t, l, name)
+		}
 		sn := uniq("snap")
 		t0 = time.Now()
 		s, err := l.CreateSnapshot(ctx, name, sn, api.SnapshotSpec{Description: "d <&>", IncludeMemory: mem})
@@ -196,13 +203,18 @@ func TestRealLifecycle(t *testing.T) {
 		if s.IncludeMemory != mem || s.Description != "d <&>" {
 			t.Fatalf("snapshot: %+v", s)
 		}
+		checkSnapshotMemory(t, l, name, sn, mem)
 		t0 = time.Now()
 		if err := l.RevertSnapshot(ctx, name, sn); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("revert (memory=%v): %v", mem, time.Since(t0))
-		if vm, _ = l.GetVM(ctx, name); vm.State != api.StateRunning {
-			t.Fatalf("state after revert: %s", vm.State)
+		want := api.StateShutoff // a disk snapshot was taken of a stopped VM
+		if mem {
+			want = api.StateRunning
+		}
+		if vm, _ = l.GetVM(ctx, name); vm.State != want {
+			t.Fatalf("state after revert (memory=%v): %s, want %s", mem, vm.State, want)
 		}
 		if s, _ = l.GetSnapshot(ctx, name, sn); s.IncludeMemory != mem || !s.Current {
 			t.Fatalf("after revert: %+v", s)

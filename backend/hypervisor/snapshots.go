@@ -11,8 +11,9 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
-// snapshotOf reads a snapshot back; recorded says what was asked for.
-func snapshotOf(vm string, s *libvirt.DomainSnapshot, recorded map[string]bool) (*api.Snapshot, error) {
+// snapshotOf reads a snapshot back from libvirt, include_memory too: it
+// is what libvirt took, never what was asked for.
+func snapshotOf(vm string, s *libvirt.DomainSnapshot) (*api.Snapshot, error) {
 	doc, err := s.GetXMLDesc(0)
 	if err != nil {
 		return nil, err
@@ -28,23 +29,27 @@ func snapshotOf(vm string, s *libvirt.DomainSnapshot, recorded map[string]bool) 
 	if x.Parent != nil {
 		out.Parent = x.Parent.Name
 	}
-	if mem, ok := recorded[x.Name]; ok {
-		out.IncludeMemory = mem
-	} else {
-		out.IncludeMemory = x.Memory != nil && x.Memory.Snapshot != "" && x.Memory.Snapshot != "no"
-	}
+	out.IncludeMemory = snapshotHasMemory(&x)
 	if cur, err := s.IsCurrent(0); err == nil {
 		out.Current = cur
 	}
 	return out, nil
 }
 
-func snapRecords(m *instanceMeta) map[string]bool {
-	r := map[string]bool{}
-	for _, s := range m.Snapshots {
-		r[s.Name] = s.IncludeMemory
+// snapshotHasMemory reports whether libvirt stored the guest's memory in a
+// snapshot: its <memory snapshot=...> when the driver writes one (QEMU
+// does: "internal" or "external", "no"), else its state, since a snapshot
+// of a running or paused domain that is not disk-only is a full system
+// checkpoint (the test driver writes no <memory>).
+func snapshotHasMemory(x *libvirtxml.DomainSnapshot) bool {
+	if x.Memory != nil && x.Memory.Snapshot != "" {
+		return x.Memory.Snapshot != "no"
 	}
-	return r
+	switch x.State {
+	case "running", "paused", "blocked", "pmsuspended":
+		return true
+	}
+	return false
 }
 
 // persistedMeta reads our metadata from the persistent definition.
@@ -74,17 +79,12 @@ func (l *Libvirt) ListSnapshots(ctx context.Context, vm string) ([]api.Snapshot,
 	var out []api.Snapshot
 	err := l.withDomain(ctx, vm, func(c *libvirt.Connect, d *libvirt.Domain) error {
 		out = nil
-		m, err := persistedMeta(d)
-		if err != nil {
-			return wrap(err, "read domain %s", vm)
-		}
-		rec := snapRecords(m)
 		snaps, err := d.ListAllSnapshots(0)
 		if err != nil {
 			return wrap(err, "list snapshots of %s", vm)
 		}
 		for i := range snaps {
-			s, err := snapshotOf(vm, &snaps[i], rec)
+			s, err := snapshotOf(vm, &snaps[i])
 			snaps[i].Free()
 			if err != nil {
 				continue // deleted meanwhile
@@ -100,27 +100,28 @@ func (l *Libvirt) ListSnapshots(ctx context.Context, vm string) ([]api.Snapshot,
 func (l *Libvirt) GetSnapshot(ctx context.Context, vm, name string) (*api.Snapshot, error) {
 	var out *api.Snapshot
 	err := l.withDomain(ctx, vm, func(c *libvirt.Connect, d *libvirt.Domain) error {
-		m, err := persistedMeta(d)
-		if err != nil {
-			return wrap(err, "read domain %s", vm)
-		}
 		s, err := d.SnapshotLookupByName(name, 0)
 		if err != nil {
 			return wrap(err, "snapshot %s of %s", name, vm)
 		}
 		defer s.Free()
-		out, err = snapshotOf(vm, s, snapRecords(m))
+		out, err = snapshotOf(vm, s)
 		return wrap(err, "read snapshot %s of %s", name, vm)
 	})
 	return out, err
 }
 
-// CreateSnapshot takes an internal snapshot: with memory (a full system
-// checkpoint) when asked for on a running domain, else of the disks.
-// QEMU (libvirt 9.0) cannot take an internal disk-only snapshot of a
-// running domain, and external ones cannot be reverted there, so a running
-// domain is always checkpointed with memory; what was asked for is recorded
-// in our metadata and reported back.
+// CreateSnapshot takes an internal snapshot: of a running domain with its
+// memory (a full system checkpoint), of a stopped one of its disks.
+//
+// A snapshot without memory of a running domain is refused.
+// libvirt's QEMU driver refuses internal disk-only snapshots of a running
+// domain ("internal snapshot of a running VM must include the memory
+// state"), and the alternative, an external disk-only snapshot, would put
+// a new overlay on top of every disk: linked clones, volume moves and
+// migration all rely on the disk chain that kvm_disk defined, and libvirt
+// 9.0 cannot revert external snapshots. Taking a checkpoint anyway and
+// reporting "no memory" would make state disagree with libvirt.
 func (l *Libvirt) CreateSnapshot(ctx context.Context, vm, name string, spec api.SnapshotSpec) (*api.Snapshot, error) {
 	err := l.withDomain(ctx, vm, func(c *libvirt.Connect, d *libvirt.Domain) error {
 		if s, err := d.SnapshotLookupByName(name, 0); err == nil {
@@ -133,6 +134,9 @@ func (l *Libvirt) CreateSnapshot(ctx context.Context, vm, name string, spec api.
 		}
 		if spec.IncludeMemory && !active {
 			return api.Errorf(api.CodeInvalid, "%s is not running: a snapshot with memory needs a running VM", vm)
+		}
+		if !spec.IncludeMemory && active {
+			return api.Errorf(api.CodeInvalid, "%s is running: %s", vm, api.SnapshotNeedsMemoryReason)
 		}
 		x := &libvirtxml.DomainSnapshot{Name: name, Description: spec.Description}
 		doc, err := x.Marshal()

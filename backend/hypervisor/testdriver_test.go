@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
@@ -281,6 +284,13 @@ func TestTestDriverSnapshots(t *testing.T) {
 	if s1.Description != desc || !s1.IncludeMemory || s1.CreatedAt.IsZero() || !s1.Current || s1.Parent != "" {
 		t.Fatalf("s1: %+v", s1)
 	}
+	checkSnapshotMemory(t, l, name, "s1", true)
+	// Without memory: refused while running, taken once stopped.
+	_, err = l.CreateSnapshot(ctx, name, "s2", api.SnapshotSpec{})
+	mustCode(t, err, api.CodeInvalid)
+	stopVM(t, l, name)
+	_, err = l.CreateSnapshot(ctx, name, "s3", api.SnapshotSpec{IncludeMemory: true})
+	mustCode(t, err, api.CodeInvalid)
 	s2, err := l.CreateSnapshot(ctx, name, "s2", api.SnapshotSpec{})
 	if err != nil {
 		t.Fatal(err)
@@ -288,6 +298,7 @@ func TestTestDriverSnapshots(t *testing.T) {
 	if s2.IncludeMemory || s2.Parent != "s1" || !s2.Current {
 		t.Fatalf("s2: %+v", s2)
 	}
+	checkSnapshotMemory(t, l, name, "s2", false)
 	_, err = l.CreateSnapshot(ctx, name, "s2", api.SnapshotSpec{})
 	mustCode(t, err, api.CodeConflict)
 	list, err := l.ListSnapshots(ctx, name)
@@ -332,5 +343,53 @@ func TestTestDriverNotFoundAndUnsupported(t *testing.T) {
 	}
 	if l.ManagesSwitchPorts() {
 		t.Fatal("test driver does not manage switch ports")
+	}
+}
+
+// checkSnapshotMemory reads the snapshot's XML from libvirt and checks that
+// it stored memory exactly when the API says include_memory.
+func checkSnapshotMemory(t *testing.T, l *Libvirt, vm, name string, want bool) {
+	t.Helper()
+	var x libvirtxml.DomainSnapshot
+	err := l.withDomain(context.Background(), vm, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		s, err := d.SnapshotLookupByName(name, 0)
+		if err != nil {
+			return err
+		}
+		defer s.Free()
+		doc, err := s.GetXMLDesc(0)
+		if err != nil {
+			return err
+		}
+		return x.Unmarshal(doc)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := ""
+	if x.Memory != nil {
+		mem = x.Memory.Snapshot
+	}
+	stored := mem == "internal" || mem == "external" || (mem == "" && (x.State == "running" || x.State == "paused"))
+	if stored != want {
+		t.Errorf("snapshot %s of %s: libvirt stored memory=%v (<memory snapshot=%q>, state %q), want %v", name, vm, stored, mem, x.State, want)
+	}
+	got, err := l.GetSnapshot(context.Background(), vm, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.IncludeMemory != stored {
+		t.Errorf("snapshot %s of %s: include_memory %v, libvirt stored memory=%v", name, vm, got.IncludeMemory, stored)
+	}
+}
+
+// stopVM powers a domain off.
+func stopVM(t *testing.T, l *Libvirt, name string) {
+	t.Helper()
+	err := l.withDomain(context.Background(), name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		return d.Destroy()
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

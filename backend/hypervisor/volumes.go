@@ -30,10 +30,13 @@ type volMeta struct {
 	// Written is the length of the last upload (test driver only, where
 	// no file records it).
 	Written int64 `json:"written,omitempty"`
+	// MigratingWith is the UUID of the domain whose migration is copying
+	// this file away; see RecoverMigrations.
+	MigratingWith string `json:"migrating_with,omitempty"`
 }
 
 func (m volMeta) isZero() bool {
-	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0
+	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0 && m.MigratingWith == ""
 }
 
 // readMeta reads a volume's extras: the file's extended attribute on real
@@ -841,4 +844,73 @@ func (l *Libvirt) DeleteVolume(ctx context.Context, pool, name string) error {
 		l.dropMeta(path)
 		return nil
 	})
+}
+
+// RenameVolume renames a volume within its pool: the file is renamed in
+// place (no copy; atomic, and refused if the new name exists), so its
+// extended-attribute metadata moves with it. libvirt has no volume rename,
+// so the pool is refreshed to pick the new name up. The test driver, which
+// holds no data, re-creates the definition under the new name.
+func (l *Libvirt) RenameVolume(ctx context.Context, pool, from, to string) error {
+	return l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		if v, err := p.LookupStorageVolByName(to); err == nil {
+			v.Free()
+			return api.Errorf(api.CodeConflict, "volume %s/%s already exists", pool, to)
+		}
+		v, err := p.LookupStorageVolByName(from)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, from)
+		}
+		defer v.Free()
+		path, err := v.GetPath()
+		if err != nil {
+			return wrap(err, "volume path")
+		}
+		if l.test {
+			return l.testRename(p, v, path, to)
+		}
+		newPath := filepath.Join(filepath.Dir(path), to)
+		if err := unix.Renameat2(unix.AT_FDCWD, path, unix.AT_FDCWD, newPath, unix.RENAME_NOREPLACE); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return api.Errorf(api.CodeConflict, "volume %s/%s already exists", pool, to)
+			}
+			return fmt.Errorf("rename volume %s/%s to %s: %w", pool, from, to, err)
+		}
+		if err := p.Refresh(0); err != nil {
+			return wrap(err, "refresh pool %s after renaming %s to %s", pool, from, to)
+		}
+		return nil
+	})
+}
+
+func (l *Libvirt) testRename(p *libvirt.StoragePool, v *libvirt.StorageVol, path, to string) error {
+	x, err := volXML(v)
+	if err != nil {
+		return wrap(err, "read volume %s", path)
+	}
+	nx := &libvirtxml.StorageVolume{Name: to, Capacity: x.Capacity, Allocation: x.Allocation, BackingStore: x.BackingStore}
+	if x.Target != nil {
+		nx.Target = &libvirtxml.StorageVolumeTarget{Format: x.Target.Format}
+	}
+	doc, err := nx.Marshal()
+	if err != nil {
+		return err
+	}
+	nv, err := p.StorageVolCreateXML(doc, 0)
+	if err != nil {
+		return wrap(err, "rename volume to %s", to)
+	}
+	defer nv.Free()
+	newPath, err := nv.GetPath()
+	if err != nil {
+		return wrap(err, "volume path")
+	}
+	if err := l.writeMeta(newPath, l.readMeta(path)); err != nil {
+		return err
+	}
+	if err := v.Delete(0); err != nil {
+		return wrap(err, "rename volume to %s", to)
+	}
+	l.dropMeta(path)
+	return nil
 }

@@ -85,6 +85,13 @@ type Hypervisor interface {
 	// DeleteVolume deletes the volume; the service has already checked it
 	// is unused.
 	DeleteVolume(ctx context.Context, pool, name string) error
+	// RecoverMigrations settles, at startup, the migrations a previous
+	// run left behind (aborts running ones, finishes the cleanup of
+	// finished ones).
+	RecoverMigrations(ctx context.Context) error
+	// RenameVolume gives a volume another name in its pool, with its
+	// contents and metadata; it fails with CodeConflict if to exists.
+	RenameVolume(ctx context.Context, pool, from, to string) error
 
 	ListVMs(ctx context.Context) ([]api.VM, error)
 	GetVM(ctx context.Context, name string) (*api.VM, error)

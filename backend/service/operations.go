@@ -4,25 +4,40 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
-// operations tracks long-running work (downloads, migrations). They live in
-// memory: after a restart the objects they produced are read from libvirt,
-// and a client polling a vanished operation gets 404 and re-reads the object.
+// operations tracks long-running work (downloads, copies, migrations).
+// They live in memory. Work that fills a volume writes it under a
+// temporary name and renames it only once it is complete, so a restart
+// never leaves a volume that looks complete; the startup sweep deletes
+// what such work left behind. An operation id carries the id of the
+// process that started it, so a client polling an operation from before a
+// restart is told it was lost (CodeOperationLost) rather than "not found".
 type operations struct {
 	mu  sync.Mutex
 	ops map[string]*api.Operation
 	// byTarget finds the running operation for an object so a retried
 	// request joins it instead of starting a second one.
 	byTarget map[string]string
+	cancels  map[string]context.CancelFunc
+	boot     string
+	// base is cancelled when the host stops waiting for operations at
+	// shutdown; every operation's context derives from it.
+	base    context.Context
+	stopAll context.CancelFunc
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 func newOperations() *operations {
-	return &operations{ops: map[string]*api.Operation{}, byTarget: map[string]string{}}
+	base, stop := context.WithCancel(context.Background())
+	return &operations{ops: map[string]*api.Operation{}, byTarget: map[string]string{},
+		cancels: map[string]context.CancelFunc{}, boot: newID()[:8], base: base, stopAll: stop}
 }
 
 func newID() string {
@@ -31,9 +46,12 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// errShuttingDown refuses new operations once shutdown has begun.
+var errShuttingDown = api.Errorf(api.CodeUnavailable, "kvm-hostd is shutting down; retry on its restart")
+
 // start registers an operation and runs fn in the background. If an
 // operation for target is still running it is returned instead and fn is
-// not run.
+// not run. fn's context is cancelled by cancel(target) and at shutdown.
 func (o *operations) start(kind, target string, fn func(ctx context.Context, progress func(float64)) error) *api.Operation {
 	o.mu.Lock()
 	if id, ok := o.byTarget[target]; ok {
@@ -43,21 +61,34 @@ func (o *operations) start(kind, target string, fn func(ctx context.Context, pro
 			return &c
 		}
 	}
-	op := &api.Operation{ID: newID(), Kind: kind, Target: target, State: api.OpRunning, StartedAt: time.Now().UTC()}
+	op := &api.Operation{ID: o.boot + "-" + newID(), Kind: kind, Target: target, State: api.OpRunning, StartedAt: time.Now().UTC()}
 	o.ops[op.ID] = op
 	o.byTarget[target] = op.ID
+	if o.closed {
+		op.State, op.EndedAt = api.OpFailed, op.StartedAt
+		op.Error, op.Message = toAPIError(errShuttingDown), errShuttingDown.Error()
+		c := *op
+		o.mu.Unlock()
+		return &c
+	}
+	// Detached from the request: the client polls, and may go away.
+	ctx, cancel := context.WithCancel(o.base)
+	o.cancels[op.ID] = cancel
+	o.wg.Add(1)
 	c := *op
 	o.mu.Unlock()
 
 	go func() {
-		// Detached from the request: the client polls, and may go away.
-		err := fn(context.Background(), func(p float64) {
+		defer o.wg.Done()
+		defer cancel()
+		err := fn(ctx, func(p float64) {
 			o.mu.Lock()
 			op.Progress = p
 			o.mu.Unlock()
 		})
 		o.mu.Lock()
 		defer o.mu.Unlock()
+		delete(o.cancels, op.ID)
 		op.EndedAt = time.Now().UTC()
 		if err != nil {
 			op.State = api.OpFailed
@@ -68,6 +99,53 @@ func (o *operations) start(kind, target string, fn func(ctx context.Context, pro
 		op.State, op.Progress = api.OpSucceeded, 1
 	}()
 	return &c
+}
+
+// cancel cancels the running operation for target, if any, and returns it.
+// The operation ends (failed) once its work has cleaned up.
+func (o *operations) cancel(target string) *api.Operation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	id, ok := o.byTarget[target]
+	if !ok {
+		return nil
+	}
+	op := o.ops[id]
+	cancel := o.cancels[id]
+	if op == nil || op.State != api.OpRunning || cancel == nil {
+		return nil
+	}
+	cancel()
+	c := *op
+	return &c
+}
+
+// drain refuses new operations, waits up to ctx for the running ones to
+// end, then cancels those still running and waits up to grace for them to
+// clean up. It returns how many were cancelled.
+func (o *operations) drain(ctx context.Context, grace time.Duration) (cancelled int) {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		o.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return 0
+	case <-ctx.Done():
+	}
+	o.mu.Lock()
+	cancelled = len(o.cancels)
+	o.mu.Unlock()
+	o.stopAll()
+	select {
+	case <-done:
+	case <-time.After(grace):
+	}
+	return cancelled
 }
 
 // running returns the running operation for target, if any.
@@ -102,11 +180,16 @@ func (o *operations) get(id string) (*api.Operation, bool) {
 	return &c, true
 }
 
-// Operation returns a long-running operation by id.
+// Operation returns a long-running operation by id. An id from before this
+// process started is CodeOperationLost: the work it tracked was cancelled
+// by the restart, and what it left unfinished was deleted at startup.
 func (s *Service) Operation(_ context.Context, id string) (*api.Operation, error) {
 	op, ok := s.ops.get(id)
 	if !ok {
-		return nil, api.Errorf(api.CodeNotFound, "operation %q not found (operations are kept in memory; re-read the object)", id)
+		if boot, _, found := strings.Cut(id, "-"); found && boot != s.ops.boot {
+			return nil, api.Errorf(api.CodeOperationLost, "operation %q was lost: kvm-hostd on %s restarted while it ran, and its unfinished work was discarded; re-read the object and retry", id, s.cfg.Name)
+		}
+		return nil, api.Errorf(api.CodeNotFound, "operation %q not found", id)
 	}
 	return op, nil
 }

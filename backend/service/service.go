@@ -49,10 +49,10 @@ type Service struct {
 	// idem remembers POST results by Idempotency-Key so a retried POST
 	// (e.g. a migration whose response was lost) is not acted on twice.
 	idem *idempotencyCache
-	// http fetches source_url images.
-	fetch Fetcher
-	// fetchContent fetches another host's volume content for a copy.
-	fetchContent ContentFetcher
+	// fetcher is the one way out to the network: image downloads and
+	// host-to-host copies.
+	fetcher *Fetcher
+	fills   volumeFills
 }
 
 // New builds a Service and ensures the default pool exists.
@@ -66,9 +66,15 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetch: defaultFetcher(), fetchContent: defaultContentFetcher()}
+	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetcher: NewFetcher()}
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
+	}
+	if err := hv.RecoverMigrations(ctx); err != nil {
+		return nil, fmt.Errorf("settling migrations left by a previous run: %w", err)
+	}
+	if err := s.sweepPartials(ctx, DefaultPool); err != nil {
+		return nil, fmt.Errorf("deleting unfinished volumes in pool %q: %w", DefaultPool, err)
 	}
 	return s, nil
 }

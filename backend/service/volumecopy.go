@@ -2,10 +2,8 @@ package service
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -47,43 +45,6 @@ func (s *Service) ReadVolumeContent(ctx context.Context, pool, name string, w io
 	return n, nil
 }
 
-// ContentFetcher GETs another host's volume content with a bearer token;
-// replaceable in tests.
-type ContentFetcher func(ctx context.Context, url, token string) (io.ReadCloser, int64, error)
-
-func defaultContentFetcher() ContentFetcher {
-	c := &http.Client{Timeout: 0}
-	return func(ctx context.Context, u, token string) (io.ReadCloser, int64, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return nil, 0, err
-		}
-		req.Header.Set("Accept", "application/octet-stream")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return nil, 0, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			defer resp.Body.Close()
-			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
-			e := &api.Error{Code: api.CodeInternal, Message: strings.TrimSpace(string(msg))}
-			if ae := decodeAPIError(msg); ae != nil {
-				e = ae
-			}
-			if resp.StatusCode == http.StatusNotFound {
-				e.Code = api.CodeNotFound
-			} else if resp.StatusCode == http.StatusConflict {
-				e.Code = api.CodeConflict
-			}
-			return nil, 0, api.Errorf(e.Code, "GET %s: %s: %s", u, resp.Status, e.Message)
-		}
-		return resp.Body, resp.ContentLength, nil
-	}
-}
-
 // CopyVolume creates a volume from req.Spec (as PutVolume would) and fills
 // it, as an operation, with another host's volume content fetched from
 // req.ContentURL. The same Idempotency-Key returns the same operation; a
@@ -111,11 +72,15 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	v, err := s.idem.Do(idemKey, func() (any, error) {
 		unlock := s.lockPool(pool)
 		defer unlock()
-		target := volumeTarget(pool, name)
-		if _, err := s.hv.GetVolume(ctx, pool, name); err == nil {
-			if op := s.ops.running(target); op != nil && op.Kind == "copy" {
-				return op, nil
+		if f, ok := s.filling(pool, name); ok {
+			if f.op.Kind == "copy" {
+				if op, ok := s.ops.get(f.op.ID); ok {
+					return op, nil
+				}
 			}
+			return nil, conflict("volume %s/%s is being filled by %s operation %s", pool, name, f.op.Kind, f.op.ID)
+		}
+		if _, err := s.hv.GetVolume(ctx, pool, name); err == nil {
 			return nil, conflict("volume %s/%s already exists on host %s; a copy creates it", pool, name, s.cfg.Name)
 		} else if !api.IsNotFound(err) {
 			return nil, err
@@ -128,30 +93,20 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 				return nil, err
 			}
 		}
-		if _, err := s.hv.CreateVolume(ctx, pool, name, spec); err != nil {
-			return nil, err
-		}
 		from := redactURL(req.ContentURL)
 		token := req.Token
 		s.log.Info("volume copy started", "volume", pool+"/"+name, "from", from)
-		return s.ops.start("copy", target, func(ctx context.Context, progress func(float64)) error {
-			err := s.copyInto(ctx, pool, name, req.ContentURL, token, progress)
-			if err == nil {
-				s.log.Info("volume copy done", "volume", pool+"/"+name, "from", from)
-				return nil
+		f, err := s.startFill(ctx, "copy", pool, name, spec, func(ctx context.Context, partial string, progress func(float64)) error {
+			if err := s.copyInto(ctx, pool, name, partial, req.ContentURL, token, progress); err != nil {
+				return err
 			}
-			s.log.Warn("volume copy failed; deleting the partial copy", "volume", pool+"/"+name, "from", from, "err", err)
-			unlock := s.lockPool(pool)
-			defer unlock()
-			if unclaim, cerr := s.waitVolume(context.Background(), pool, name, "being deleted (a failed copy)"); cerr == nil {
-				defer unclaim()
-			}
-			if derr := s.hv.DeleteVolume(context.Background(), pool, name); derr != nil && !api.IsNotFound(derr) {
-				s.log.Error("deleting a failed copy", "volume", pool+"/"+name, "err", derr)
-				return fmt.Errorf("%w (and deleting the partial copy failed: %v)", err, derr)
-			}
-			return err
-		}), nil
+			s.log.Info("volume copy done", "volume", pool+"/"+name, "from", from)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		return f.op, nil
 	})
 	if err != nil {
 		return nil, err
@@ -159,11 +114,13 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	return v.(*api.Operation), nil
 }
 
-func (s *Service) copyInto(ctx context.Context, pool, name, contentURL, token string, progress func(float64)) error {
+// copyInto fills the partial volume with another host's volume content,
+// through the shared fetcher.
+func (s *Service) copyInto(ctx context.Context, pool, name, partial, contentURL, token string, progress func(float64)) error {
 	ctx, cancel := context.WithTimeout(ctx, 12*time.Hour)
 	defer cancel()
 	from := redactURL(contentURL)
-	body, length, err := s.fetchContent(ctx, contentURL, token)
+	body, length, err := s.fetcher.Get(ctx, contentURL, token)
 	if err != nil {
 		return fmt.Errorf("copying volume %s/%s from %s: %w", pool, name, from, err)
 	}
@@ -171,32 +128,8 @@ func (s *Service) copyInto(ctx context.Context, pool, name, contentURL, token st
 	pr := &progressReader{r: body, total: length, report: progress, log: func(done int64) {
 		s.log.Info("copy progress", "volume", pool+"/"+name, "from", from, "bytes", done, "total", length)
 	}}
-	unlock, err := s.waitVolume(ctx, pool, name, "being copied from "+from)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if err := s.hv.WriteVolume(ctx, pool, name, pr, length); err != nil {
+	if err := s.hv.WriteVolume(ctx, pool, partial, pr, length); err != nil {
 		return fmt.Errorf("copying volume %s/%s from %s: %w", pool, name, from, err)
 	}
 	return nil
-}
-
-// redactURL drops a query and credentials from a URL for logs and errors.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	u.User, u.RawQuery, u.Fragment = nil, "", ""
-	return u.String()
-}
-
-// decodeAPIError reads a kvm-hostd {code,message} error body, or nil.
-func decodeAPIError(b []byte) *api.Error {
-	var e api.Error
-	if json.Unmarshal(b, &e) != nil || e.Code == "" {
-		return nil
-	}
-	return &e
 }

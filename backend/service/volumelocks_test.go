@@ -16,12 +16,16 @@ import (
 
 // blockingImage serves an image whose body stalls after its first bytes
 // until release is closed: a download or copy held in flight.
-func blockingImage(t *testing.T, size int64, release <-chan struct{}) *httptest.Server {
+func blockingImage(t *testing.T, size int64, release <-chan struct{}, started chan<- struct{}) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", itoa(size))
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(make([]byte, 4096))
 		w.(http.Flusher).Flush()
+		select {
+		case started <- struct{}{}:
+		default:
+		}
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -49,10 +53,12 @@ func itoa(n int64) string {
 	}
 }
 
-// TestVolumeLockDiscipline: while a volume is downloaded into, copied
-// into, or read out for another host, a delete, resize or attach of it is
-// refused at once with a 409 naming what holds it. It neither runs in
-// between nor hangs behind the transfer; once the transfer ends, they work.
+// TestVolumeLockDiscipline: while a volume is read out for another host,
+// a delete or resize of it is refused at once with a 409 naming what holds
+// it. While it is downloaded or copied into, it does not exist under its
+// name at all (the bytes go to a private partial volume): a read or an
+// attach finds nothing and a resize is refused, at once. Nothing runs in between or hangs behind
+// a transfer; once the transfer ends, the same requests work.
 func TestVolumeLockDiscipline(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a kvm-hostd process")
@@ -82,33 +88,47 @@ func TestVolumeLockDiscipline(t *testing.T) {
 			t.Errorf("%s took %s: it waited for the transfer", what, d)
 		}
 	}
-	waitRunning := func(name string) {
+	// absentNow runs fn and wants a prompt 404: the volume being filled
+	// is not there under its name.
+	absentNow := func(what string, fn func(ctx context.Context) error) {
 		t.Helper()
-		for range 200 {
-			v, err := cl.GetVolume(ctx, "default", name)
-			if err == nil && v.Operation != nil && v.Operation.State == api.OpRunning && v.Operation.Progress > 0 {
-				return
-			}
-			time.Sleep(25 * time.Millisecond)
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := fn(ctx); !api.IsNotFound(err) {
+			t.Errorf("%s: %v, want 404 (not there until complete)", what, err)
 		}
-		t.Fatalf("no running operation on %s", name)
+		if d := time.Since(t0); d > 5*time.Second {
+			t.Errorf("%s took %s: it waited for the transfer", what, d)
+		}
+	}
+	waitStarted := func(started <-chan struct{}) {
+		t.Helper()
+		select {
+		case <-started:
+		case <-ctx.Done():
+			t.Fatal("the transfer never reached the image server")
+		}
 	}
 
 	// 1. A download held open.
-	release := make(chan struct{})
-	img := blockingImage(t, 32<<20, release)
+	release, started := make(chan struct{}), make(chan struct{}, 1)
+	img := blockingImage(t, 32<<20, release, started)
 	done := make(chan error, 1)
 	go func() {
 		_, err := cl.PutVolume(ctx, "default", "lk-dl", api.VolumeSpec{SourceURL: img.URL + "/img.qcow2"})
 		done <- err
 	}()
-	waitRunning("lk-dl")
-	refusedNow("delete during download", func(ctx context.Context) error { return cl.DeleteVolume(ctx, "default", "lk-dl") })
+	waitStarted(started)
+	absentNow("read during download", func(ctx context.Context) error {
+		_, err := cl.GetVolume(ctx, "default", "lk-dl")
+		return err
+	})
 	refusedNow("resize during download", func(ctx context.Context) error {
 		_, err := cl.UpdateVolume(ctx, "default", "lk-dl", size(64))
 		return err
 	})
-	refusedNow("attach during download", func(ctx context.Context) error {
+	absentNow("attach during download", func(ctx context.Context) error {
 		_, err := cl.PutVM(ctx, "lk-vm", api.VMSpec{VCPU: 1, MemoryMiB: 64, Disks: []api.VMDisk{{Pool: "default", Volume: "lk-dl"}}})
 		return err
 	})
@@ -140,15 +160,14 @@ func TestVolumeLockDiscipline(t *testing.T) {
 	}
 
 	// 3. A copy into a volume held open.
-	release2 := make(chan struct{})
-	src := blockingImage(t, 8<<20, release2)
+	release2, started2 := make(chan struct{}), make(chan struct{}, 1)
+	src := blockingImage(t, 8<<20, release2, started2)
 	go func() {
 		_, err := cl.CopyVolume(ctx, "default", "lk-cp", api.VolumeCopyRequest{ContentURL: src.URL + "/content", Token: "x",
 			Spec: api.VolumeSpec{SizeMiB: 8, Format: api.FormatRaw}}, "lk-cp-1")
 		done <- err
 	}()
-	waitRunning("lk-cp")
-	refusedNow("delete during copy", func(ctx context.Context) error { return cl.DeleteVolume(ctx, "default", "lk-cp") })
+	waitStarted(started2)
 	refusedNow("resize during copy", func(ctx context.Context) error {
 		_, err := cl.UpdateVolume(ctx, "default", "lk-cp", size(16))
 		return err

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -99,7 +98,17 @@ func (s *Service) ListVolumes(ctx context.Context, pool string) ([]api.Volume, e
 	if err := api.ValidateName("pool", pool); err != nil {
 		return nil, invalid("%s", err)
 	}
-	return s.hv.ListVolumes(ctx, pool)
+	all, err := s.hv.ListVolumes(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, v := range all {
+		if !isPartialVolume(v.Name) {
+			out = append(out, v)
+		}
+	}
+	return out, nil
 }
 
 // GetVolume reads a volume, with the download operation if one is running.
@@ -199,16 +208,19 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 			s.log.Info("volume recreated empty", "volume", pool+"/"+name, "base", spec.BaseVolume)
 			return v, true, nil
 		}
-		if op := s.ops.last(volumeTarget(pool, name)); op != nil && op.State == api.OpFailed && spec.SourceURL != "" {
-			// A previous download failed: retry it rather than report a
-			// half-written volume as done.
-			existing.Operation = s.startDownload(pool, name, spec)
-			return existing, false, nil
-		}
-		existing.Operation = s.ops.running(volumeTarget(pool, name))
 		return existing, false, nil
 	case !api.IsNotFound(err):
 		return nil, false, err
+	}
+	if f, ok := s.filling(pool, name); ok {
+		// Being downloaded or copied: join a matching download, refuse
+		// anything else.
+		if diff := volumeSpecDiff(spec, &api.Volume{Format: f.spec.Format, BaseVolume: f.spec.BaseVolume,
+			SourceURL: f.spec.SourceURL, SizeMiB: f.spec.SizeMiB}); diff != "" || f.op.Kind != "download" {
+			return nil, false, conflict("volume %s/%s is being filled by %s operation %s", pool, name, f.op.Kind, f.op.ID)
+		}
+		v, err := s.partialView(ctx, pool, name, f)
+		return v, false, err
 	}
 	if spec.BaseVolume != "" {
 		unclaim, err := s.claimBase(ctx, pool, spec.BaseVolume, name)
@@ -217,16 +229,23 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		}
 		defer unclaim()
 	}
-	create := spec
-	if spec.SourceURL != "" && create.SizeMiB == 0 {
-		create.SizeMiB = 1 // placeholder; the image defines the size
+	if spec.SourceURL != "" {
+		create := spec
+		if create.SizeMiB == 0 {
+			create.SizeMiB = 1 // placeholder; the image defines the size
+		}
+		f, err := s.startFill(ctx, "download", pool, name, create, func(ctx context.Context, partial string, progress func(float64)) error {
+			return s.download(ctx, pool, name, partial, spec, progress)
+		})
+		if err != nil {
+			return nil, false, err
+		}
+		v, err := s.partialView(ctx, pool, name, f)
+		return v, true, err
 	}
-	v, err = s.hv.CreateVolume(ctx, pool, name, create)
+	v, err = s.hv.CreateVolume(ctx, pool, name, spec)
 	if err != nil {
 		return nil, false, err
-	}
-	if spec.SourceURL != "" {
-		v.Operation = s.startDownload(pool, name, spec)
 	}
 	return v, true, nil
 }
@@ -247,42 +266,17 @@ func volumeSpecDiff(spec api.VolumeSpec, v *api.Volume) string {
 	return ""
 }
 
-func (s *Service) startDownload(pool, name string, spec api.VolumeSpec) *api.Operation {
-	return s.ops.start("download", volumeTarget(pool, name), func(ctx context.Context, progress func(float64)) error {
-		return s.download(ctx, pool, name, spec, progress)
-	})
-}
-
-// Fetcher opens a URL for download; replaceable in tests.
-type Fetcher func(ctx context.Context, url string) (io.ReadCloser, int64, error)
-
-func defaultFetcher() Fetcher {
-	c := &http.Client{Timeout: 0}
-	return func(ctx context.Context, u string) (io.ReadCloser, int64, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return nil, 0, err
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return nil, 0, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return nil, 0, fmt.Errorf("GET %s: %s", u, resp.Status)
-		}
-		return resp.Body, resp.ContentLength, nil
-	}
-}
-
-// download streams the image straight into the volume (never buffering it
-// whole), logging progress and verifying the checksum as it goes.
-func (s *Service) download(ctx context.Context, pool, name string, spec api.VolumeSpec, progress func(float64)) error {
+// download streams the image into the partial volume (never buffering it
+// whole) through the shared fetcher, logging progress and verifying the
+// checksum as it goes; the fill renames it only once the bytes are
+// verified.
+func (s *Service) download(ctx context.Context, pool, name, partial string, spec api.VolumeSpec, progress func(float64)) error {
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Hour)
 	defer cancel()
-	body, length, err := s.fetch(ctx, spec.SourceURL)
+	from := redactURL(spec.SourceURL)
+	body, length, err := s.fetcher.Get(ctx, spec.SourceURL, "")
 	if err != nil {
-		return api.Errorf(api.CodeInvalid, "downloading %s: %v", spec.SourceURL, err)
+		return api.Errorf(api.CodeInvalid, "downloading %s: %v", from, err)
 	}
 	defer body.Close()
 	var h hash.Hash
@@ -292,26 +286,21 @@ func (s *Service) download(ctx context.Context, pool, name string, spec api.Volu
 		h = sha256.New()
 	}
 	pr := &progressReader{r: body, total: length, report: progress, log: func(done int64) {
-		s.log.Info("download progress", "volume", pool+"/"+name, "url", spec.SourceURL, "bytes", done, "total", length)
+		s.log.Info("download progress", "volume", pool+"/"+name, "url", from, "bytes", done, "total", length)
 	}}
 	var r io.Reader = pr
 	if h != nil {
 		r = io.TeeReader(pr, h)
 	}
-	unlock, err := s.waitVolume(ctx, pool, name, "being downloaded from "+redactURL(spec.SourceURL))
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if err := s.hv.WriteVolume(ctx, pool, name, r, length); err != nil {
-		return fmt.Errorf("writing %s into volume %s/%s: %w", spec.SourceURL, pool, name, err)
+	if err := s.hv.WriteVolume(ctx, pool, partial, r, length); err != nil {
+		return fmt.Errorf("writing %s into volume %s/%s: %w", from, pool, name, err)
 	}
 	if h != nil {
 		if got := h.Sum(nil); !bytes.Equal(got, want) {
-			return api.Errorf(api.CodeInvalid, "checksum mismatch for %s: got sha256:%x, want %s", spec.SourceURL, got, spec.SourceChecksum)
+			return api.Errorf(api.CodeInvalid, "checksum mismatch for %s: got sha256:%x, want %s", from, got, spec.SourceChecksum)
 		}
 	}
-	s.log.Info("download done", "volume", pool+"/"+name, "url", spec.SourceURL, "bytes", pr.done)
+	s.log.Info("download done", "volume", pool+"/"+name, "url", from, "bytes", pr.done)
 	return nil
 }
 
@@ -383,6 +372,11 @@ func (s *Service) DeleteVolume(ctx context.Context, pool, name string) error {
 	if err := validatePoolAndName(pool, name); err != nil {
 		return err
 	}
+	// A volume still being filled is not complete, so nothing uses it:
+	// deleting it stops the transfer and removes what was written.
+	if cancelled, err := s.cancelFill(ctx, pool, name); cancelled {
+		return err
+	}
 	unlock := s.lockPool(pool)
 	defer unlock()
 	unclaim, err := s.lockVolume(pool, name, "being deleted")
@@ -399,9 +393,6 @@ func (s *Service) DeleteVolume(ctx context.Context, pool, name string) error {
 	}
 	if len(v.Children) > 0 {
 		return conflict("volume %s/%s is the base of volume(s) %s; delete those first", pool, name, strings.Join(v.Children, ", "))
-	}
-	if op := s.ops.running(volumeTarget(pool, name)); op != nil {
-		return conflict("volume %s/%s is still being downloaded (operation %s)", pool, name, op.ID)
 	}
 	return s.hv.DeleteVolume(ctx, pool, name)
 }

@@ -81,6 +81,8 @@ resource "kvm_snapshot" "before_upgrade" {
   vm_id       = "${kvm_vm.web["web-1"].host}/${kvm_vm.web["web-1"].name}"
   name        = "before-upgrade"
   description = "web-1 before the first upgrade"
+  # web-1 runs: a running VM's snapshot is a full checkpoint, with memory.
+  include_memory = true
 }
 
 output "placement" {

@@ -38,6 +38,18 @@ const (
 	CodeMethod       = "method_not_allowed"
 )
 
+// SnapshotNeedsMemoryReason says, for the host's error and the provider's
+// plan-time check alike, why a running VM's snapshot must include memory.
+const SnapshotNeedsMemoryReason = "a snapshot of a running VM must include its memory (include_memory = true). " +
+	"libvirt takes internal qcow2 snapshots, and cannot take one of a running VM's disks alone; " +
+	"an external disk-only snapshot would stack a new overlay on every disk, which linked clones, disk moves " +
+	"and migration do not allow. Set include_memory = true for a full checkpoint, or stop the VM (running = false) " +
+	"for a snapshot of its disks"
+
+// CodeOperationLost (404) answers a poll of an operation started before
+// kvm-hostd restarted: its work was cancelled and discarded.
+const CodeOperationLost = "operation_lost"
+
 // Error is the JSON body of every non-2xx response.
 type Error struct {
 	Code    string `json:"code"`

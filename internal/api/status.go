@@ -13,6 +13,7 @@ var codeStatus = []struct {
 	{CodeUnauthorized, http.StatusUnauthorized},
 	{CodeForbidden, http.StatusForbidden},
 	{CodeNotFound, http.StatusNotFound},
+	{CodeOperationLost, http.StatusNotFound},
 	{CodeMethod, http.StatusMethodNotAllowed},
 	{CodeConflict, http.StatusConflict},
 	{CodeFull, http.StatusConflict},

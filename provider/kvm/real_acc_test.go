@@ -76,6 +76,7 @@ resource "kvm_snapshot" "snap" {
   vm_id          = "host-a/${kvm_vm.vm.name}"
   name           = "s1"
   description    = "before changes"
+  include_memory = true
   revert_trigger = %[5]s
 }
 %[6]s`, r.prefix, r.cloneMiB, r.vcpu, r.memoryMiB, r.trigger, scratch)

@@ -101,8 +101,10 @@ func (r *SnapshotResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
 			},
 			"include_memory": schema.BoolAttribute{
-				MarkdownDescription: "Also capture the VM's memory (a full checkpoint; the VM must be running). " +
-					"Defaults to `false`. Changing it replaces the snapshot.",
+				MarkdownDescription: "Also capture the VM's memory: a full checkpoint, which needs a running VM. " +
+					"Defaults to `false`, a snapshot of the disks, which needs a stopped VM: libvirt's internal snapshots " +
+					"cannot leave the memory of a running VM out, so that combination is refused at plan time " +
+					"(and by the host). Read back from libvirt. Changing it replaces the snapshot.",
 				Optional: true, Computed: true,
 				Default:       booldefault.StaticBool(false),
 				PlanModifiers: []planmodifier.Bool{boolplanmodifier.RequiresReplace()},
@@ -141,7 +143,11 @@ func (r *SnapshotResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	}
 	var plan snapshotModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
-	if resp.Diagnostics.HasError() || plan.VMID.IsUnknown() || plan.VMID.IsNull() || uuidPattern.MatchString(plan.VMID.ValueString()) {
+	if resp.Diagnostics.HasError() || plan.VMID.IsUnknown() || plan.VMID.IsNull() {
+		return
+	}
+	if uuidPattern.MatchString(plan.VMID.ValueString()) {
+		r.checkMemoryAtPlan(ctx, plan, resp)
 		return
 	}
 	host, vm, err := ParseVMID(plan.VMID.ValueString())
@@ -156,6 +162,37 @@ func (r *SnapshotResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	}
 	if !plan.Name.IsUnknown() && !plan.Name.IsNull() {
 		resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("id"), SnapshotID(host, vm, plan.Name.ValueString()))...)
+	}
+	r.checkMemoryAtPlan(ctx, plan, resp)
+}
+
+// checkMemoryAtPlan refuses, at plan time, the snapshots the host would
+// refuse: one without memory of a running VM (libvirt cannot take it; see
+// api.SnapshotNeedsMemoryReason) and one with memory of a stopped VM. It
+// asks the VM's host about the VM as it is now; a VM not created yet, or a
+// host that does not answer, leaves the check to the host at apply.
+func (r *SnapshotResource) checkMemoryAtPlan(ctx context.Context, plan snapshotModel, resp *resource.ModifyPlanResponse) {
+	if r.fleet == nil || plan.IncludeMemory.IsUnknown() || plan.IncludeMemory.IsNull() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, inventoryTimeout)
+	defer cancel()
+	h, vm, err := r.resolveVM(ctx, plan.VMID.ValueString())
+	if err != nil {
+		return
+	}
+	v, err := h.Client.GetVM(ctx, vm)
+	if err != nil {
+		return
+	}
+	active := v.State == api.StateRunning || v.State == api.StatePaused
+	switch mem := plan.IncludeMemory.ValueBool(); {
+	case active && !mem:
+		resp.Diagnostics.AddAttributeError(path.Root("include_memory"), "Snapshot of a Running VM Needs Memory",
+			fmt.Sprintf("VM %s is %s: %s.", VMID(h.Name, vm), v.State, api.SnapshotNeedsMemoryReason))
+	case !active && mem:
+		resp.Diagnostics.AddAttributeError(path.Root("include_memory"), "Snapshot With Memory Needs a Running VM",
+			fmt.Sprintf("VM %s is %s: a snapshot with memory (include_memory = true) needs a running VM. Start it (running = true) or set include_memory = false.", VMID(h.Name, vm), v.State))
 	}
 }
 

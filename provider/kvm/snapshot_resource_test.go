@@ -68,13 +68,15 @@ resource "kvm_snapshot" "one" {
   vm_id          = "host-a/web"
   name           = "one"
   description    = %s
+  include_memory = true
   revert_trigger = %s
 }
 
 resource "kvm_snapshot" "two" {
-  vm_id      = %q
-  name       = "two"
-  depends_on = [kvm_snapshot.one]
+  vm_id          = %q
+  name           = "two"
+  include_memory = true
+  depends_on     = [kvm_snapshot.one]
 }
 `, hclString(desc), trigger, vm.UUID)
 	}
@@ -96,7 +98,7 @@ resource "kvm_snapshot" "two" {
 				ConfigStateChecks: []statecheck.StateCheck{
 					statecheck.ExpectKnownValue("kvm_snapshot.one", tfjsonpath.New("id"), knownvalue.StringExact("host-a/web/one")),
 					statecheck.ExpectKnownValue("kvm_snapshot.one", tfjsonpath.New("description"), knownvalue.StringExact(desc)),
-					statecheck.ExpectKnownValue("kvm_snapshot.one", tfjsonpath.New("include_memory"), knownvalue.Bool(false)),
+					statecheck.ExpectKnownValue("kvm_snapshot.one", tfjsonpath.New("include_memory"), knownvalue.Bool(true)),
 					statecheck.ExpectKnownValue("kvm_snapshot.one", tfjsonpath.New("created_at"),
 						knownvalue.StringRegexp(regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$`))),
 					statecheck.ExpectKnownValue("kvm_snapshot.one", tfjsonpath.New("parent"), knownvalue.Null()),
@@ -170,6 +172,9 @@ resource "kvm_snapshot" "bad" {
 			{Config: snap("db", "ok"), PlanOnly: true, ExpectError: regexp.MustCompile(`<host>/<vm name>`)},
 			{Config: snap("host-a/../db", "ok"), PlanOnly: true, ExpectError: regexp.MustCompile(`<host>/<vm name>`)},
 			{Config: snap("host-z/db", "ok"), PlanOnly: true, ExpectError: regexp.MustCompile(`host "host-z" is not configured`)},
+			// db runs: a snapshot without memory is refused at plan time,
+			// as libvirt cannot take one (include_memory defaults to false).
+			{Config: snap("host-a/db", "ok"), PlanOnly: true, ExpectError: regexp.MustCompile(`(?s)Snapshot of a Running VM Needs Memory.*include_memory\s+=\s+true`)},
 			{
 				Config:      snap("00000000-0000-0000-0000-000000000000", "ok"),
 				ExpectError: regexp.MustCompile(`(?s)no VM\s+with UUID\s+00000000-0000-0000-0000-000000000000`),

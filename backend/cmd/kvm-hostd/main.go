@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/backend/hostd"
 )
@@ -59,13 +58,14 @@ func run() int {
 		return 0
 	case <-ctx.Done():
 	}
-	// Graceful: finish in-flight requests (a running VM create) first.
-	m.Log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Graceful: finish in-flight requests and operations first.
+	m.Log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := m.Shutdown(sctx); err != nil {
 		fmt.Fprintf(os.Stderr, "kvm-hostd: shutdown: %v\n", err)
 		return 1
 	}
+	m.Log.Info("stopped")
 	return 0
 }

@@ -4,6 +4,9 @@ resource "kvm_snapshot" "before_upgrade" {
   vm_id       = "${kvm_vm.web.host}/${kvm_vm.web.name}"
   name        = "before-upgrade"
   description = "web-1 before the 2.4 upgrade"
+  # web-1 runs, so the snapshot includes its memory: libvirt cannot take a
+  # disks-only snapshot of a running VM (that needs running = false).
+  include_memory = true
 
   # Change this value (e.g. to a timestamp or a ticket number) to revert
   # the VM to this snapshot in place; setting it at creation does not revert.
