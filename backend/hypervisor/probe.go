@@ -70,6 +70,7 @@ func (c probeCandidate) String() string {
 type probeRun struct {
 	Name        string        // of the throwaway domain (and its directory)
 	Ran         bool          // the guest printed the token in time
+	Started     bool          // QEMU started and stayed up
 	StartFailed bool          // QEMU did not start (or died before printing)
 	Start       time.Duration // define and start of the domain
 	Run         time.Duration // from start to the token (or to giving up)
@@ -97,6 +98,7 @@ type ProbeAttempt struct {
 	CPUMode    string        `json:"cpu_mode"`
 	Disable    []string      `json:"disable,omitempty"`
 	Ran        bool          `json:"ran"`
+	Started    bool          `json:"started"`
 	Start      time.Duration `json:"start"`
 	Run        time.Duration `json:"run"`
 	Err        string        `json:"error,omitempty"`
@@ -119,13 +121,13 @@ type HostProbe struct {
 
 // disabledFor returns the features the probe found must be disabled for
 // mode to start under domain type typ. Only a combination the probe saw
-// run gets them: a fix is not applied on a guess.
+// start gets them: a fix is not applied on a guess.
 func (p *HostProbe) disabledFor(typ, mode string) []string {
 	if p == nil {
 		return nil
 	}
 	for _, a := range p.Attempts {
-		if a.Ran && a.DomainType == typ && a.CPUMode == mode && len(a.Disable) > 0 {
+		if a.Started && a.DomainType == typ && a.CPUMode == mode && len(a.Disable) > 0 {
 			return a.Disable
 		}
 	}
@@ -169,7 +171,7 @@ func probeHost(ctx context.Context, facts kvmFacts, b guestBooter) *HostProbe {
 	try := func(c probeCandidate, deadline time.Duration) (ProbeAttempt, probeRun) {
 		r := b.Boot(ctx, c, deadline)
 		a := ProbeAttempt{Name: r.Name, DomainType: c.DomainType, CPUMode: c.CPUMode, Disable: c.Disable,
-			Ran: r.Ran, Start: r.Start, Run: r.Run, Err: r.Err}
+			Ran: r.Ran, Started: r.Started, Start: r.Start, Run: r.Run, Err: r.Err}
 		p.Attempts = append(p.Attempts, a)
 		return a, r
 	}
@@ -199,7 +201,7 @@ func probeHost(ctx context.Context, facts kvmFacts, b guestBooter) *HostProbe {
 		if a.Ran {
 			kvmWin = &a
 		} else {
-			fails = append(fails, fmt.Sprintf("%s: %s", pass, a.Err))
+			fails = append(fails, fmt.Sprintf("%s: %s", pass, shortErr(a.Err)))
 			if r.StartFailed && msrCrash.MatchString(a.Err) {
 				fixed := pass
 				fixed.Disable = []string{"arch-capabilities"}
@@ -207,7 +209,7 @@ func probeHost(ctx context.Context, facts kvmFacts, b guestBooter) *HostProbe {
 					kvmWin = &a2
 					notes = append(notes, fmt.Sprintf("%s crashes QEMU (%s); with arch-capabilities disabled it runs", pass, shortErr(a.Err)))
 				} else {
-					fails = append(fails, fmt.Sprintf("%s: %s", fixed, a2.Err))
+					fails = append(fails, fmt.Sprintf("%s: %s", fixed, shortErr(a2.Err)))
 				}
 			}
 		}
@@ -217,7 +219,7 @@ func probeHost(ctx context.Context, facts kvmFacts, b guestBooter) *HostProbe {
 				kvmWin = &a3
 				notes = append(notes, fmt.Sprintf("%s did not run (%s)", pass, shortErr(a.Err)))
 			} else {
-				fails = append(fails, fmt.Sprintf("%s: %s", plain, a3.Err))
+				fails = append(fails, fmt.Sprintf("%s: %s", plain, shortErr(a3.Err)))
 			}
 		}
 		if kvmWin == nil {
@@ -250,7 +252,7 @@ func probeHost(ctx context.Context, facts kvmFacts, b guestBooter) *HostProbe {
 		// Nothing ran: QEMU or libvirt is broken here. VMs will fail to
 		// start and say so; TCG with qemu64 is the guess that needs least.
 		p.DomainType, p.CPUMode = domainQEMU, CPUModeQEMU64
-		notes = append(notes, fmt.Sprintf("no candidate ran the probe guest (TCG: %s; KVM: %s): assuming TCG", tcg.Err, kvmWhy))
+		notes = append(notes, fmt.Sprintf("no candidate ran the probe guest (TCG: %s; KVM: %s): assuming TCG", shortErr(tcg.Err), kvmWhy))
 	}
 	p.Reason = strings.Join(notes, "; ")
 	p.Took = time.Since(t0)
@@ -259,15 +261,26 @@ func probeHost(ctx context.Context, facts kvmFacts, b guestBooter) *HostProbe {
 
 func roundDur(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
 
-// shortErr keeps the line of a QEMU error that says what went wrong.
+var msrLine = regexp.MustCompile(`failed to set MSR 0x10a( to 0x[0-9a-f]+)?`)
+
+// shortErr keeps, on one line, the part of a QEMU error that says what
+// went wrong.
 func shortErr(s string) string {
-	if m := regexp.MustCompile(`failed to set MSR 0x10a[^\n]*?(to 0x[0-9a-f]+)?`).FindString(s); m != "" {
+	if m := msrLine.FindString(s); m != "" {
 		return m
 	}
-	if len(s) > 200 {
-		return s[:200] + "…"
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	line := lines[0]
+	for _, l := range lines {
+		if kvmPermission.MatchString(l) {
+			line = l
+			break
+		}
 	}
-	return s
+	if len(line) > 200 {
+		line = line[:200] + "…"
+	}
+	return line
 }
 
 // hostKVMFacts reads /dev/kvm and libvirt's capabilities.
@@ -430,6 +443,7 @@ func (b *libvirtBooter) Boot(ctx context.Context, cand probeCandidate, deadline 
 	if err != nil {
 		return fail(true, "%s", libvirtMessage(err))
 	}
+	r.Started = true
 	defer func() {
 		if err := d.Destroy(); err != nil && !isCode(err, libvirt.ERR_NO_DOMAIN, libvirt.ERR_OPERATION_INVALID) {
 			r.Err += fmt.Sprintf(" (destroy %s: %v)", name, err)
@@ -448,7 +462,7 @@ func (b *libvirtBooter) Boot(ctx context.Context, cand probeCandidate, deadline 
 		}
 		if n%10 == 0 {
 			if active, err := d.IsActive(); err != nil || !active {
-				r.Run = time.Since(t1)
+				r.Run, r.Started = time.Since(t1), false
 				return fail(true, "QEMU exited before the guest printed anything%s", b.qemuLogTail(name))
 			}
 		}

@@ -6,8 +6,12 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -109,5 +113,209 @@ func TestRealProbe(t *testing.T) {
 				t.Errorf("probe left %s (%v)", f, err)
 			}
 		}
+	}
+}
+
+// fakeHost boots nothing: it answers for each candidate as a kind of
+// host this machine is not would (DESIGN.md, facts about the machines).
+type fakeHost struct {
+	runs  map[string]probeRun // by candidate, e.g. "kvm with host-passthrough"
+	calls []string
+}
+
+func (f *fakeHost) Boot(_ context.Context, c probeCandidate, deadline time.Duration) probeRun {
+	f.calls = append(f.calls, c.String())
+	r, ok := f.runs[c.String()]
+	if !ok {
+		return probeRun{Name: "fake", StartFailed: true, Err: "fake: unexpected candidate " + c.String()}
+	}
+	r.Name = "fake"
+	if r.Ran && r.Run > deadline {
+		// What the real booter sees: no token before the deadline.
+		r.Ran, r.Run, r.Err = false, deadline, "the guest printed nothing in "+deadline.String()
+	}
+	return r
+}
+
+const (
+	candTCG       = "qemu with qemu64"
+	candPass      = "kvm with host-passthrough"
+	candPassNoCap = "kvm with host-passthrough (arch-capabilities disabled)"
+	candKVM64     = "kvm with qemu64"
+	msrAbort      = "internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n" +
+		"qemu-system-x86_64: ../target/i386/kvm/kvm.c:2901: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."
+	kvmDenied = "internal error: process exited while connecting to monitor: Could not access KVM kernel module: Permission denied\n" +
+		"qemu-system-x86_64: failed to initialize kvm: Permission denied"
+)
+
+var usableKVM = kvmFacts{DevKVM: true, CapsKVM: true, Usable: true}
+
+func ran(run time.Duration) probeRun {
+	return probeRun{Ran: true, Started: true, Start: 700 * time.Millisecond, Run: run}
+}
+
+func TestProbeHostKinds(t *testing.T) {
+	rootOnly, why := kvmUsableByQEMU(fakeDevKVM{mode: 0o600, uid: 0, gid: 0})
+	if rootOnly {
+		t.Fatal("a root-only /dev/kvm counts as usable by QEMU")
+	}
+	cases := []struct {
+		name     string
+		facts    kvmFacts
+		runs     map[string]probeRun
+		typ      string
+		mode     string
+		disable  []string
+		calls    []string
+		reason   []string // substrings of the reason
+		passFeat []string // disabledFor(typ, host-passthrough)
+	}{{
+		name:  "(a) no /dev/kvm",
+		facts: kvmFacts{},
+		runs:  map[string]probeRun{candTCG: ran(660 * time.Millisecond)},
+		typ:   "qemu", mode: "qemu64",
+		calls:  []string{candTCG},
+		reason: []string{"no /dev/kvm", "TCG ran the probe guest in 660ms"},
+	}, {
+		name:  "(a) libvirt offers no kvm",
+		facts: kvmFacts{DevKVM: true, Usable: true},
+		runs:  map[string]probeRun{candTCG: ran(660 * time.Millisecond)},
+		typ:   "qemu", mode: "qemu64",
+		calls:  []string{candTCG},
+		reason: []string{"no kvm domain type"},
+	}, {
+		name:  "(b) root-only /dev/kvm",
+		facts: kvmFacts{DevKVM: true, CapsKVM: true, Usable: false, Unusable: why},
+		runs:  map[string]probeRun{candTCG: ran(660 * time.Millisecond)},
+		typ:   "qemu", mode: "qemu64",
+		calls:  []string{candTCG},
+		reason: []string{"/dev/kvm is 0600 root:root", "may not open"},
+	}, {
+		name:  "(b) QEMU cannot open /dev/kvm",
+		facts: usableKVM,
+		runs: map[string]probeRun{candTCG: ran(660 * time.Millisecond),
+			candPass:  {StartFailed: true, Err: kvmDenied},
+			candKVM64: {StartFailed: true, Err: kvmDenied}},
+		typ: "qemu", mode: "qemu64",
+		calls:  []string{candTCG, candPass, candKVM64},
+		reason: []string{"permissions", "Permission denied", "using TCG"},
+	}, {
+		name:  "(c) host-passthrough crashes, works without arch-capabilities, KVM fast",
+		facts: usableKVM,
+		runs: map[string]probeRun{candTCG: ran(660 * time.Millisecond),
+			candPass:      {StartFailed: true, Err: msrAbort},
+			candPassNoCap: ran(40 * time.Millisecond)},
+		typ: "kvm", mode: "host-passthrough", disable: []string{"arch-capabilities"},
+		calls:    []string{candTCG, candPass, candPassNoCap},
+		reason:   []string{"failed to set MSR 0x10a", "arch-capabilities disabled it runs", "using KVM"},
+		passFeat: []string{"arch-capabilities"},
+	}, {
+		name:  "(c) host-passthrough crashes, KVM slower than TCG",
+		facts: usableKVM,
+		runs: map[string]probeRun{candTCG: ran(660 * time.Millisecond),
+			candPass:      {StartFailed: true, Err: msrAbort},
+			candPassNoCap: ran(1500 * time.Millisecond)},
+		typ: "qemu", mode: "qemu64",
+		calls:    []string{candTCG, candPass, candPassNoCap},
+		reason:   []string{"failed to set MSR 0x10a", "1.5s, slower than TCG in 660ms", "using TCG"},
+		passFeat: []string{"arch-capabilities"},
+	}, {
+		// As measured: 3.3 s under KVM, more than TCG's time allows.
+		name:  "(c) KVM barely runs the guest",
+		facts: usableKVM,
+		runs: map[string]probeRun{candTCG: ran(660 * time.Millisecond),
+			candPass:      {StartFailed: true, Err: msrAbort},
+			candPassNoCap: ran(3300 * time.Millisecond),
+			candKVM64:     ran(3300 * time.Millisecond)},
+		typ: "qemu", mode: "qemu64",
+		calls:    []string{candTCG, candPass, candPassNoCap, candKVM64},
+		reason:   []string{"printed nothing in 2.32s", "TCG ran the probe guest in 660ms", "using TCG"},
+		passFeat: []string{"arch-capabilities"},
+	}, {
+		name:  "(c) only qemu64 starts under KVM",
+		facts: usableKVM,
+		runs: map[string]probeRun{candTCG: ran(660 * time.Millisecond),
+			candPass:      {StartFailed: true, Err: msrAbort},
+			candPassNoCap: {StartFailed: true, Err: msrAbort},
+			candKVM64:     ran(30 * time.Millisecond)},
+		typ: "kvm", mode: "qemu64",
+		calls:  []string{candTCG, candPass, candPassNoCap, candKVM64},
+		reason: []string{"host-passthrough did not run", "using KVM"},
+	}, {
+		name:  "healthy KVM",
+		facts: usableKVM,
+		runs: map[string]probeRun{candTCG: ran(660 * time.Millisecond),
+			candPass: ran(30 * time.Millisecond)},
+		typ: "kvm", mode: "host-passthrough",
+		calls:  []string{candTCG, candPass},
+		reason: []string{"KVM (host-passthrough) ran the probe guest in 30ms, TCG in 660ms: using KVM"},
+	}, {
+		name:  "nothing runs",
+		facts: kvmFacts{},
+		runs:  map[string]probeRun{candTCG: {StartFailed: true, Err: "no QEMU binary"}},
+		typ:   "qemu", mode: "qemu64",
+		calls:  []string{candTCG},
+		reason: []string{"no candidate ran the probe guest", "no QEMU binary"},
+	}}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := &fakeHost{runs: c.runs}
+			p := probeHost(context.Background(), c.facts, f)
+			t.Logf("%s/%s %v: %s", p.DomainType, p.CPUMode, p.Disable, p.Reason)
+			if p.DomainType != c.typ || p.CPUMode != c.mode || !slices.Equal(p.Disable, c.disable) {
+				t.Errorf("chose %s/%s disable %v, want %s/%s disable %v", p.DomainType, p.CPUMode, p.Disable, c.typ, c.mode, c.disable)
+			}
+			if !slices.Equal(f.calls, c.calls) {
+				t.Errorf("booted %q, want %q", f.calls, c.calls)
+			}
+			for _, s := range c.reason {
+				if !strings.Contains(p.Reason, s) {
+					t.Errorf("reason %q does not say %q", p.Reason, s)
+				}
+			}
+			if got := p.disabledFor("kvm", "host-passthrough"); !slices.Equal(got, c.passFeat) {
+				t.Errorf("explicit host-passthrough would disable %v, want %v", got, c.passFeat)
+			}
+			if len(p.Attempts) != len(c.calls) {
+				t.Errorf("%d attempts recorded for %d boots", len(p.Attempts), len(c.calls))
+			}
+		})
+	}
+}
+
+// fakeDevKVM is a stat of /dev/kvm with the given mode and owner.
+type fakeDevKVM struct {
+	mode     os.FileMode
+	uid, gid uint32
+}
+
+func (f fakeDevKVM) Name() string       { return "kvm" }
+func (f fakeDevKVM) Size() int64        { return 0 }
+func (f fakeDevKVM) Mode() os.FileMode  { return os.ModeDevice | os.ModeCharDevice | f.mode }
+func (f fakeDevKVM) ModTime() time.Time { return time.Time{} }
+func (f fakeDevKVM) IsDir() bool        { return false }
+func (f fakeDevKVM) Sys() any           { return &syscall.Stat_t{Uid: f.uid, Gid: f.gid} }
+
+func TestKVMUsableByQEMU(t *testing.T) {
+	kvm, err := user.LookupGroup("kvm")
+	for _, c := range []struct {
+		st   fakeDevKVM
+		want bool
+	}{
+		{fakeDevKVM{mode: 0o600}, false},
+		{fakeDevKVM{mode: 0o666}, true},
+		{fakeDevKVM{mode: 0o660}, false}, // root:root
+	} {
+		if got, why := kvmUsableByQEMU(c.st); got != c.want || (!got && !strings.Contains(why, "root:root")) {
+			t.Errorf("mode %o: usable=%v (%s), want %v", c.st.mode, got, why, c.want)
+		}
+	}
+	if err != nil {
+		t.Logf("no group kvm here: %v", err)
+		return
+	}
+	gid, _ := strconv.Atoi(kvm.Gid)
+	if ok, why := kvmUsableByQEMU(fakeDevKVM{mode: 0o660, gid: uint32(gid)}); !ok {
+		t.Errorf("root:kvm 0660 is not usable: %s", why)
 	}
 }
