@@ -24,7 +24,10 @@ const defaultShutdownTimeout = 60 * time.Second
 func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 	var r service.Resources
 	err := l.do(ctx, func(c *libvirt.Connect) error {
-		r = service.Resources{HypervisorType: l.virtType}
+		r = service.Resources{DomainType: l.virtType}
+		if p := l.probed; p != nil {
+			r.CPUMode, r.CPUDisabled, r.Probe = p.CPUMode, p.Disable, p.Reason
+		}
 		ni, err := c.GetNodeInfo()
 		if err != nil {
 			return wrap(err, "node info")
