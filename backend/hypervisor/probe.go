@@ -147,14 +147,6 @@ func (p *HostProbe) defaultCPU(typ string) (string, []string) {
 	return CPUModeQEMU64, nil
 }
 
-// Summary is one line for logs and error messages.
-func (p *HostProbe) Summary() string {
-	if p == nil {
-		return "no probe ran"
-	}
-	return p.Reason
-}
-
 // msrCrash matches QEMU's abort on hosts whose KVM refuses the
 // IA32_ARCH_CAPABILITIES MSR (nested virtualization).
 var msrCrash = regexp.MustCompile(`(?i)failed to set MSR 0x10a|kvm_buf_set_msrs|arch.capabilities`)
