@@ -99,8 +99,12 @@ func (l *Libvirt) probe(c *libvirt.Connect) error {
 	if !slices.ContainsFunc(p.Attempts, func(a ProbeAttempt) bool { return a.Ran }) {
 		lvl = slog.LevelError
 	}
+	attempts := make([]string, len(p.Attempts))
+	for i, a := range p.Attempts {
+		attempts[i] = a.String()
+	}
 	l.log.Log(ctx, lvl, "host probe", "domain_type", p.DomainType, "cpu_mode", p.CPUMode,
-		"disable", p.Disable, "reason", p.Reason, "took", p.Took.Round(time.Millisecond), "attempts", p.Attempts)
+		"disable", p.Disable, "reason", p.Reason, "took", p.Took.Round(time.Millisecond), "attempts", attempts)
 	return nil
 }
 

@@ -93,15 +93,24 @@ type kvmFacts struct {
 
 // ProbeAttempt is one candidate the probe booted.
 type ProbeAttempt struct {
-	Name       string        `json:"name,omitempty"`
-	DomainType string        `json:"domain_type"`
-	CPUMode    string        `json:"cpu_mode"`
-	Disable    []string      `json:"disable,omitempty"`
-	Ran        bool          `json:"ran"`
-	Started    bool          `json:"started"`
-	Start      time.Duration `json:"start"`
-	Run        time.Duration `json:"run"`
-	Err        string        `json:"error,omitempty"`
+	Name       string // of the throwaway domain
+	DomainType string
+	CPUMode    string
+	Disable    []string
+	Ran        bool // the guest printed the token in time
+	Started    bool // QEMU started and stayed up
+	Start      time.Duration
+	Run        time.Duration
+	Err        string
+}
+
+func (a ProbeAttempt) String() string {
+	s := fmt.Sprintf("%s: ran=%v start=%s run=%s", probeCandidate{a.DomainType, a.CPUMode, a.Disable},
+		a.Ran, a.Start.Round(time.Millisecond), a.Run.Round(time.Millisecond))
+	if a.Err != "" {
+		s += " error=" + shortErr(a.Err)
+	}
+	return s
 }
 
 // HostProbe is what the startup probe found this host can run.

@@ -72,7 +72,7 @@ func TestRealProbe(t *testing.T) {
 	p := l.Probe()
 	t.Logf("probe: %s/%s disable=%v in %s: %s", p.DomainType, p.CPUMode, p.Disable, p.Took, p.Reason)
 	for _, a := range p.Attempts {
-		t.Logf("  %s: ran=%v start=%s run=%s %s", probeCandidate{a.DomainType, a.CPUMode, a.Disable}, a.Ran, a.Start, a.Run, a.Err)
+		t.Logf("  %s", a)
 	}
 	if l.virtType != p.DomainType {
 		t.Errorf("new domains get type %q, the probe chose %q", l.virtType, p.DomainType)
