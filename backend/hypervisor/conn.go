@@ -12,12 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/user"
-	"strconv"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
-	"syscall"
+	"time"
 
 	"libvirt.org/go/libvirt"
 
@@ -35,8 +34,9 @@ type Libvirt struct {
 	mu   sync.Mutex // guards conn
 	conn *libvirt.Connect
 
-	test     bool   // libvirt's in-process test driver
-	virtType string // domain type: kvm, qemu or test
+	test     bool       // libvirt's in-process test driver
+	virtType string     // domain type of new domains: kvm, qemu or test
+	probed   *HostProbe // what the startup probe found
 
 	// The test driver has no files to hang extended attributes on, so
 	// per-volume extras live here (keyed by volume path) instead.
@@ -70,8 +70,9 @@ func (l *Libvirt) dial() (*libvirt.Connect, error) {
 	return c, nil
 }
 
-// probe decides the domain type once: kvm when the capabilities offer it
-// (a usable /dev/kvm), else qemu (TCG).
+// probe decides once how this host runs guests (see probe.go): libvirt's
+// test driver runs none; a real libvirt boots a throwaway guest per
+// candidate and keeps the one that runs it fastest.
 func (l *Libvirt) probe(c *libvirt.Connect) error {
 	typ, err := c.GetType()
 	if err != nil {
@@ -79,22 +80,46 @@ func (l *Libvirt) probe(c *libvirt.Connect) error {
 	}
 	if strings.EqualFold(typ, "test") {
 		l.test = true
-		l.virtType = "test"
+		l.virtType = domainTest
+		l.probed = &HostProbe{DomainType: domainTest, Reason: "libvirt's test driver runs no guests: nothing to probe"}
 		if l.uri == "test:///default" {
 			removeTestDriverSample(c)
 		}
 		return nil
 	}
-	l.virtType = "qemu"
-	caps, err := c.GetCapabilities()
+	facts, err := hostKVMFacts(c)
 	if err != nil {
-		return fmt.Errorf("libvirt capabilities: %w", err)
+		return err
 	}
-	if strings.Contains(caps, "<domain type='kvm'") && kvmUsableByQEMU() {
-		l.virtType = "kvm"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := probeHost(ctx, facts, &libvirtBooter{c: c, logDir: localQEMULogDir(l.uri)})
+	l.virtType, l.probed = p.DomainType, p
+	lvl := slog.LevelInfo
+	if !slices.ContainsFunc(p.Attempts, func(a ProbeAttempt) bool { return a.Ran }) {
+		lvl = slog.LevelError
 	}
+	attempts := make([]string, len(p.Attempts))
+	for i, a := range p.Attempts {
+		attempts[i] = a.String()
+	}
+	l.log.Log(ctx, lvl, "host probe", "domain_type", p.DomainType, "cpu_mode", p.CPUMode,
+		"disable", p.Disable, "reason", p.Reason, "took", p.Took.Round(time.Millisecond), "attempts", attempts)
 	return nil
 }
+
+// localQEMULogDir is the directory of libvirt's per-domain QEMU logs when
+// uri is the system libvirt of this machine, else "".
+func localQEMULogDir(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil || u.Host != "" || u.Path != "/system" || !strings.HasPrefix(u.Scheme, "qemu") {
+		return ""
+	}
+	return qemuLogDir
+}
+
+// Probe returns what the startup probe found.
+func (l *Libvirt) Probe() *HostProbe { return l.probed }
 
 // removeTestDriverSample drops the sample domain "test" that libvirt's
 // test:///default driver ships with (8 GiB on a 3 GiB node). It is not
@@ -114,29 +139,6 @@ func removeTestDriverSample(c *libvirt.Connect) {
 		_ = d.Destroy()
 	}
 	_ = d.Undefine()
-}
-
-// kvmUsableByQEMU reports whether QEMU, which runs as libvirt-qemu (group
-// kvm on Debian), can open /dev/kvm: a root-only 0600 node exists on some
-// machines and makes every kvm domain fail at start.
-func kvmUsableByQEMU() bool {
-	st, err := os.Stat("/dev/kvm")
-	if err != nil {
-		return false
-	}
-	mode := st.Mode().Perm()
-	if mode&0o006 == 0o006 {
-		return true
-	}
-	if mode&0o060 != 0o060 {
-		return false
-	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return false
-	}
-	g, err := user.LookupGroupId(strconv.Itoa(int(sys.Gid)))
-	return err == nil && g.Name == "kvm"
 }
 
 // Close closes the connection.

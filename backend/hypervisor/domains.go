@@ -3,6 +3,7 @@ package hypervisor
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -23,7 +24,10 @@ const defaultShutdownTimeout = 60 * time.Second
 func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 	var r service.Resources
 	err := l.do(ctx, func(c *libvirt.Connect) error {
-		r = service.Resources{HypervisorType: l.virtType, Domains: map[string]service.Allocation{}}
+		r = service.Resources{DomainType: l.virtType, Domains: map[string]service.Allocation{}}
+		if p := l.probed; p != nil {
+			r.CPUMode, r.CPUDisabled, r.Probe = p.CPUMode, p.Disable, p.Reason
+		}
 		ni, err := c.GetNodeInfo()
 		if err != nil {
 			return wrap(err, "node info")
@@ -305,7 +309,7 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 			return err
 		}
 		x, err := buildDomain(&spec, domainParams{name: name, virtType: l.virtType, disks: disks, seedISO: seed,
-			meta: &instanceMeta{Owner: meta.Owner, RequestID: meta.RequestID}})
+			meta: &instanceMeta{Owner: meta.Owner, RequestID: meta.RequestID}, probe: l.probed})
 		if err != nil {
 			l.removeSeed(seed)
 			return err
@@ -338,7 +342,7 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 		if spec.Running {
 			t0 = time.Now()
 			if err := d.Create(); err != nil {
-				return fail(wrap(err, "start %s", name))
+				return fail(l.startErr(d, err, name))
 			}
 			l.log.Debug("domain started", "name", name, "took", time.Since(t0))
 		}
@@ -470,7 +474,7 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 			seed = ""
 		}
 		m := *oldMeta
-		want, err := buildDomain(&spec, domainParams{name: name, virtType: cur.Type, disks: disks, seedISO: seed, meta: &m})
+		want, err := buildDomain(&spec, domainParams{name: name, virtType: cur.Type, disks: disks, seedISO: seed, meta: &m, probe: l.probed})
 		if err != nil {
 			return err
 		}
@@ -510,7 +514,7 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 		switch {
 		case spec.Running && !active:
 			if err := d.Create(); err != nil {
-				return wrap(err, "start %s", name)
+				return l.startErr(d, err, name)
 			}
 		case !spec.Running && active:
 			if err := l.stopDomain(ctx, d, shutdownTimeout(&spec)); err != nil {
@@ -674,8 +678,74 @@ func (l *Libvirt) StartVM(ctx context.Context, name string) error {
 		if active, err := d.IsActive(); err == nil && active {
 			return nil
 		}
-		return wrap(d.Create(), "start %s", name)
+		if err := d.Create(); err != nil {
+			return l.startErr(d, err, name)
+		}
+		return nil
 	})
+}
+
+// startErr explains a domain that QEMU would not start with what the host
+// probe found: which domain types and CPU modes run here decide most such
+// failures (a host CPU mode on an MSR-crashing host, kvm without a usable
+// /dev/kvm).
+func (l *Libvirt) startErr(d *libvirt.Domain, err error, name string) error {
+	err = wrap(err, "start %s", name)
+	if l.test || l.probed == nil {
+		return err
+	}
+	x, xerr := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+	if xerr != nil {
+		x = nil
+	}
+	note := probeNote(x, l.probed)
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return &api.Error{Code: ae.Code, Message: ae.Message + "; " + note}
+	}
+	return fmt.Errorf("%w; %s", err, note)
+}
+
+// probeNote says what failed to start (x, nil when unknown) and what the
+// probe found.
+func probeNote(x *libvirtxml.Domain, p *HostProbe) string {
+	what := "this domain"
+	if x != nil {
+		what = describeCPU(x)
+	}
+	return fmt.Sprintf("%s failed to start on this host; the host probe found: %s; the default here is %s",
+		what, p.Reason, describeDefault(p))
+}
+
+// describeCPU names a domain's type and CPU mode as given to libvirt.
+func describeCPU(x *libvirtxml.Domain) string {
+	s := "domain type " + x.Type
+	if x.CPU == nil || x.CPU.Mode == "" || (x.CPU.Mode == "custom" && x.CPU.Model == nil) {
+		s += " with cpu mode " + CPUModeQEMU64 + " (no <cpu> mode)"
+	} else {
+		s += " with cpu mode " + x.CPU.Mode
+		var off []string
+		for _, f := range x.CPU.Features {
+			if f.Policy == "disable" {
+				off = append(off, f.Name)
+			}
+		}
+		if len(off) > 0 {
+			s += " (" + strings.Join(off, ", ") + " disabled)"
+		}
+	}
+	if asked := metaOf(x).CPUMode; asked != "" && (x.CPU == nil || asked != x.CPU.Mode) {
+		s += ", asked for as " + asked
+	}
+	return s
+}
+
+func describeDefault(p *HostProbe) string {
+	s := p.DomainType + " with cpu mode " + p.CPUMode
+	if len(p.Disable) > 0 {
+		s += " (" + strings.Join(p.Disable, ", ") + " disabled)"
+	}
+	return s
 }
 
 func hardwareChanged(cur, want *api.VMSpec) bool {

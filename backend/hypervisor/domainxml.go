@@ -254,13 +254,9 @@ type domainParams struct {
 	disks    []resolvedDisk
 	seedISO  string
 	meta     *instanceMeta
-}
-
-func defaultCPUMode(virtType string) string {
-	if virtType == "kvm" {
-		return "host-passthrough"
-	}
-	return ""
+	// probe is what the host's startup probe found: the CPU mode of VMs
+	// that name none, and the features a mode needs disabled to start.
+	probe *HostProbe
 }
 
 // buildDomain renders a VMSpec as a libvirt domain definition.
@@ -303,11 +299,15 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	}
 	m := p.meta
 	m.CPUMode = ""
-	mode := defaultCPUMode(p.virtType)
+	// A VM that names no mode gets what the probe found runs here, with
+	// the features it needs disabled. An explicit mode is honoured; it gets
+	// a disabled feature only where the probe saw that make it start (on
+	// MSR-crashing hosts: host-passthrough without arch-capabilities).
+	mode, disable := p.probe.defaultCPU(p.virtType)
 	if c := spec.CPU; c != nil {
 		m.CPUMode = c.Mode
 		if c.Mode != "" {
-			mode = c.Mode
+			mode, disable = c.Mode, nil
 		}
 		if len(c.Pinning) > int(spec.VCPU) {
 			return nil, api.Errorf(api.CodeInvalid, "cpu pinning has %d entries for %d vCPUs", len(c.Pinning), spec.VCPU)
@@ -329,11 +329,14 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			x.CPUTune.VCPUPin = append(x.CPUTune.VCPUPin, libvirtxml.DomainCPUTuneVCPUPin{VCPU: uint(i), CPUSet: set})
 		}
 	}
-	if mode != "" && p.virtType != "test" {
+	if mode != "" && mode != CPUModeQEMU64 && p.virtType != domainTest {
 		// Under TCG there is no host CPU to pass through; "maximum" gives
 		// the guest every feature QEMU can emulate instead.
-		if p.virtType != "kvm" && (mode == "host-passthrough" || mode == "host-model") {
+		if p.virtType != domainKVM && (mode == "host-passthrough" || mode == "host-model") {
 			mode = "maximum"
+		}
+		if m.CPUMode != "" {
+			disable = p.probe.disabledFor(p.virtType, mode)
 		}
 		if x.CPU == nil {
 			x.CPU = &libvirtxml.DomainCPU{}
@@ -347,6 +350,9 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 		}
 		if mode == "host-passthrough" || mode == "maximum" {
 			x.CPU.Check = "none"
+		}
+		for _, f := range disable {
+			x.CPU.Features = append(x.CPU.Features, libvirtxml.DomainCPUFeature{Policy: "disable", Name: f})
 		}
 	}
 

@@ -185,7 +185,7 @@ func TestTestDriverVMRoundTrip(t *testing.T) {
 		t.Fatalf("cpu: %+v", got.CPU)
 	}
 	r, err := l.Resources(ctx)
-	if err != nil || r.VMCount < 1 || r.AllocatedVCPU < 4 || r.AllocatedMemoryMiB < 256 || r.HypervisorType != "test" {
+	if err != nil || r.VMCount < 1 || r.AllocatedVCPU < 4 || r.AllocatedMemoryMiB < 256 || r.DomainType != "test" || r.CPUMode != "" {
 		t.Fatalf("resources: %+v %v", r, err)
 	}
 	list, err := l.ListVMs(ctx)

@@ -23,7 +23,10 @@ type Resources struct {
 	AllocatedVCPU      int64 // sum of vCPUs of all defined domains
 	AllocatedMemoryMiB int64 // sum of max memory of all defined domains
 	VMCount            int64
-	HypervisorType     string // "kvm", "qemu" or "test"
+	DomainType         string   // "kvm", "qemu" or "test": what the startup probe chose
+	CPUMode            string   // default CPU mode the probe found working
+	CPUDisabled        []string // CPU features that mode needs disabled
+	Probe              string   // why, for people
 	// Domains is what each domain counts in AllocatedVCPU and
 	// AllocatedMemoryMiB, by name.
 	Domains map[string]Allocation

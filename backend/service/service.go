@@ -113,7 +113,8 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 	}
 	h.CPUs, h.MemoryMiB, h.FreeMemoryMiB = res.CPUs, res.MemoryMiB, res.FreeMemoryMiB
 	h.AllocatedVCPU, h.AllocatedMemoryMiB, h.VMCount = res.AllocatedVCPU, res.AllocatedMemoryMiB, res.VMCount
-	h.HypervisorType = res.HypervisorType
+	h.DomainType, h.CPUMode, h.CPUDisabled, h.Probe = res.DomainType, res.CPUMode, res.CPUDisabled, res.Probe
+	h.HypervisorType = res.DomainType
 	if s.sw != nil {
 		if err := s.sw.Ping(ctx); err != nil {
 			h.Healthy, h.Message = false, "ovsdb: "+err.Error()

@@ -87,8 +87,22 @@ type Host struct {
 	VMCount            int64             `json:"vm_count"`
 	Version            string            `json:"version"`
 	Healthy            bool              `json:"healthy"`
-	// HypervisorType is "kvm" when the host has /dev/kvm, else "qemu"
-	// (or "test" on libvirt's test driver).
+	// DomainType is what kvm-hostd's startup probe found the host can
+	// actually run guests with: "kvm" or "qemu" (TCG); "test" on libvirt's
+	// test driver, which runs none.
+	DomainType string `json:"domain_type"`
+	// CPUMode is the CPU mode VMs get when they name none, as the probe
+	// found working: "host-passthrough", or "qemu64" (no <cpu> element,
+	// QEMU's default model); empty on the test driver.
+	CPUMode string `json:"cpu_mode"`
+	// CPUDisabled lists the CPU features the probe found CPUMode needs
+	// disabled to start (arch-capabilities on some nested-virtualization
+	// hosts).
+	CPUDisabled []string `json:"cpu_disabled_features,omitempty"`
+	// Probe says why the probe chose DomainType and CPUMode, with the
+	// times it measured.
+	Probe string `json:"probe,omitempty"`
+	// HypervisorType is the same as DomainType, for older clients.
 	HypervisorType string `json:"hypervisor_type,omitempty"`
 	LibvirtURI     string `json:"libvirt_uri,omitempty"`
 	// MigrationURI is the libvirt URI other hosts use to reach this host's

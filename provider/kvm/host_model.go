@@ -26,6 +26,8 @@ type hostModel struct {
 	VMCount            types.Int64   `tfsdk:"vm_count"`
 	Version            types.String  `tfsdk:"version"`
 	Healthy            types.Bool    `tfsdk:"healthy"`
+	DomainType         types.String  `tfsdk:"domain_type"`
+	CPUMode            types.String  `tfsdk:"cpu_mode"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
@@ -44,6 +46,8 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		VMCount:            types.Int64Value(h.VMCount),
 		Version:            types.StringValue(h.Version),
 		Healthy:            types.BoolValue(h.Healthy),
+		DomainType:         types.StringValue(h.DomainType),
+		CPUMode:            types.StringValue(h.CPUMode),
 	}, diags
 }
 
@@ -61,7 +65,7 @@ var hostAttrTypes = map[string]attr.Type{
 	"allocated_memory_mib": types.Int64Type, "cpu_overcommit": types.Float64Type,
 	"memory_overcommit": types.Float64Type, "labels": types.MapType{ElemType: types.StringType},
 	"tunnel_ip": types.StringType, "vm_count": types.Int64Type, "version": types.StringType,
-	"healthy": types.BoolType,
+	"healthy": types.BoolType, "domain_type": types.StringType, "cpu_mode": types.StringType,
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
@@ -80,5 +84,10 @@ func hostComputedAttributes() map[string]schema.Attribute {
 		"vm_count":             schema.Int64Attribute{Computed: true, MarkdownDescription: "VMs defined on the host."},
 		"version":              schema.StringAttribute{Computed: true, MarkdownDescription: "kvm-hostd version."},
 		"healthy":              schema.BoolAttribute{Computed: true, MarkdownDescription: "Whether the host answered and its libvirt and Open vSwitch are reachable. A host that is down reads as `false` instead of failing the plan."},
+		"domain_type": schema.StringAttribute{Computed: true, MarkdownDescription: "How the host runs guests, as kvm-hostd's startup probe found by booting a tiny guest: " +
+			"`kvm`, or `qemu` (TCG) where KVM is missing, not usable by QEMU, does not run the guest, or runs it slower than TCG. " +
+			"`test` on the embedded default (libvirt's test driver, which runs no guests); empty when the host is down."},
+		"cpu_mode": schema.StringAttribute{Computed: true, MarkdownDescription: "CPU mode the host gives VMs that set no `cpu.mode`, as its startup probe found working: " +
+			"`host-passthrough`, or `qemu64` (no CPU model given to QEMU: its default, which runs everywhere). Empty on the embedded default and when the host is down."},
 	}
 }

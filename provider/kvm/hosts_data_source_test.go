@@ -36,6 +36,11 @@ func TestAccHostsDataSource_basic(t *testing.T) {
 				statecheck.ExpectKnownValue("data.kvm_hosts.all", first.AtMapKey("cpus"), positiveInt()),
 				statecheck.ExpectKnownValue("data.kvm_hosts.all", first.AtMapKey("memory_mib"), positiveInt()),
 				statecheck.ExpectKnownValue("data.kvm_hosts.all", first.AtMapKey("version"), knownvalue.StringRegexp(regexp.MustCompile(`^\S+$`))),
+				// The embedded default runs on libvirt's test driver: no
+				// guests run, so there is nothing to probe.
+				statecheck.ExpectKnownValue("data.kvm_hosts.all", first.AtMapKey("domain_type"), knownvalue.StringExact("test")),
+				statecheck.ExpectKnownValue("data.kvm_hosts.all", first.AtMapKey("cpu_mode"), knownvalue.StringExact("")),
+				statecheck.ExpectKnownValue("data.kvm_hosts.all", second.AtMapKey("domain_type"), knownvalue.StringExact("test")),
 				statecheck.ExpectKnownValue("data.kvm_hosts.all", second.AtMapKey("name"), knownvalue.StringExact("host-b")),
 				statecheck.ExpectKnownValue("data.kvm_hosts.all", second.AtMapKey("labels"), knownvalue.MapExact(map[string]knownvalue.Check{
 					"zone": knownvalue.StringExact("b"), "gpu": knownvalue.StringExact("yes"),
@@ -67,6 +72,7 @@ output "health" { value = { for h in data.kvm_hosts.all.hosts : h.name => h.heal
 					"host-a": knownvalue.Bool(true), "host-b": knownvalue.Bool(false),
 				})),
 				statecheck.ExpectKnownValue("data.kvm_host.b", tfjsonpath.New("healthy"), knownvalue.Bool(false)),
+				statecheck.ExpectKnownValue("data.kvm_host.b", tfjsonpath.New("domain_type"), knownvalue.StringExact("")),
 			},
 		}},
 	})
@@ -82,6 +88,8 @@ func TestAccHostDataSource_basic(t *testing.T) {
 				ConfigStateChecks: []statecheck.StateCheck{
 					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("healthy"), knownvalue.Bool(true)),
 					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("vm_count"), knownvalue.Int64Exact(0)),
+					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("domain_type"), knownvalue.StringExact("test")),
+					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("cpu_mode"), knownvalue.StringExact("")),
 					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("labels"), knownvalue.MapExact(map[string]knownvalue.Check{"rack": knownvalue.StringExact("r1")})),
 				},
 			},

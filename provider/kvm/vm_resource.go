@@ -104,8 +104,9 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				Optional:            true,
 				Attributes: map[string]schema.Attribute{
 					"mode": schema.StringAttribute{
-						MarkdownDescription: "CPU mode: `host-passthrough`, `host-model`, `maximum` or `custom`. Without `/dev/kvm` (TCG) " +
-							"the host runs `maximum` for the host modes. Default: `host-passthrough` on KVM.",
+						MarkdownDescription: "CPU mode: `host-passthrough`, `host-model`, `maximum` or `custom`. On a host running TCG " +
+							"(`domain_type` = `qemu` in `kvm_host`) the host runs `maximum` for the host modes. Default: the host's " +
+							"`cpu_mode`, what its startup probe found working. A mode QEMU cannot start fails with what the probe found.",
 						Optional:   true,
 						Validators: []validator.String{stringvalidator.OneOf(vmCPUModes...)},
 					},
