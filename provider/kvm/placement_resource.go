@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -53,7 +54,7 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 			"Assignments are stable: a key keeps its host while that host is listed, healthy, carries the key's " +
 			"`host_labels` and still fits; only new and displaced keys are placed, and every move is reported as a " +
 			"plan warning. A request that cannot be satisfied fails the plan with an error naming the key and the " +
-			"constraint that failed, unless only an unhealthy host makes it so: then every key keeps its host from the last " +
+			"constraint that failed, unless the request is the one last applied and an unhealthy host is why: then every key keeps its host from the last " +
 			"apply, with a warning, so a host that is down never fails the plan. Hosts still enforce admission themselves " +
 			"when VMs are created.",
 		Attributes: map[string]schema.Attribute{
@@ -225,10 +226,11 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	// already in its host's allocated_* (at the size it was requested with),
 	// so it is charged only its growth.
 	var previous map[string]string
+	var prevReqs map[string]placement.Request
 	if prior != nil && requestsKnown(prior.Request) {
 		previous, d = stringMap(ctx, prior.Assignments)
 		diags.Append(d...)
-		prevReqs, d := toPlacementRequests(ctx, prior.Request)
+		prevReqs, d = toPlacementRequests(ctx, prior.Request)
 		diags.Append(d...)
 		listed := map[string]bool{}
 		for _, n := range names {
@@ -246,10 +248,10 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	res, err := placement.Place(in)
 	if err != nil {
 		var ue *placement.UnsatisfiableError
-		if errors.As(err, &ue) && len(down) > 0 && keepsEveryKey(previous, reqs, names) {
-			// Only the host being down makes the request unsatisfiable:
-			// a host that is down must not fail the plan, so the keys
-			// stay where they are until it is back.
+		if errors.As(err, &ue) && len(down) > 0 && reflect.DeepEqual(reqs, prevReqs) && keepsEveryKey(previous, reqs, names) {
+			// The request is the one last applied, so only the host
+			// being down makes it unsatisfiable: that must not fail the
+			// plan, so the keys stay where they are until it is back.
 			diags.AddWarning("Placement Kept",
 				fmt.Sprintf("kvm_cluster_placement cannot move its keys off %s, which is unhealthy: %s. Every key keeps its host from the last apply.",
 					strings.Join(down, ", "), err))
