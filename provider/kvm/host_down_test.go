@@ -55,6 +55,7 @@ var hostDownObjects = []hostDownObject{
 resource "kvm_network" "both" {
   name = "hd-net"
   vlan = 10
+  timeouts { read = "3s" }
 }
 `
 		},
@@ -74,6 +75,7 @@ resource "kvm_disk" "b" {
   name     = "hd-b"
   host     = "host-b"
   size_mib = 64
+  timeouts { read = "3s" }
 }
 `, ifChanged(changed, "iotune = { read_iops_sec = 100 }", ""))
 		},
@@ -98,6 +100,7 @@ resource "kvm_vm" "b" {
   vcpu        = 1
   memory_mib  = 64
   network_interfaces = [{ network = kvm_network.both.name }]
+  timeouts { read = "3s" }
 }
 `, ifChanged(changed, "changed while host-b is down", "first"))
 		},
@@ -115,6 +118,7 @@ resource "kvm_snapshot" "a" {
 resource "kvm_snapshot" "b" {
   vm_id = "host-b/${kvm_vm.b.name}"
   name  = "hd-snap"
+  timeouts { read = "3s" }
 }
 `
 		},
@@ -172,9 +176,10 @@ provider "kvm" {
 // from state and so never re-created), objects on the other host plan and
 // apply normally, and once the host is back the plan is empty.
 //
-// host-b is reached through a TCP proxy that is stopped and started again,
-// so its kvm-hostd (on the in-memory embedded default) keeps its objects
-// while the provider sees connections refused.
+// host-b is reached through a TCP proxy that is stopped (connections
+// refused), then started with a toxic that holds every response (a host
+// that hangs), then healed, so its kvm-hostd (on the in-memory embedded
+// default) keeps its objects while the provider cannot reach them.
 func TestAccHostDown_everyType(t *testing.T) {
 	c := startHosts(t, harness.Options{Hosts: []string{"host-a", "host-b"}, ExtraArgs: vmTestHostArgs})
 	upstream := strings.TrimPrefix(c.Host("host-b").URL, "http://")
@@ -236,12 +241,28 @@ func TestAccHostDown_everyType(t *testing.T) {
 				},
 			},
 			{
+				// host-b hangs: it accepts connections and never answers.
+				// Each refresh gives up after its read timeout (3s) and
+				// keeps the state: the plan is empty.
 				PreConfig: func() {
 					if err := proxy.Start(); err != nil {
 						t.Fatal(err)
 					}
 					if proxy.Listen != proxyB {
 						t.Fatalf("proxy came back on %s, not %s", proxy.Listen, proxyB)
+					}
+					if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(
+						`{"name":"hang","type":"timeout","stream":"downstream","attributes":{"timeout":0}}`)); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config:   hostDownConfig(c, proxyB, true),
+				PlanOnly: true,
+			},
+			{
+				PreConfig: func() {
+					if err := proxy.Toxics.RemoveToxic(context.Background(), "hang"); err != nil {
+						t.Fatal(err)
 					}
 				},
 				Config:   hostDownConfig(c, proxyB, true),

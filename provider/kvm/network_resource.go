@@ -39,6 +39,10 @@ func init() { resourceFactories = append(resourceFactories, NewNetworkResource) 
 // statusReady is a host's status when its bridge (and tunnels) match.
 const statusReady = "ready"
 
+// networkReadTimeout bounds a refresh, so a host that accepts connections
+// but never answers is reported as unreachable instead of hanging the plan.
+const networkReadTimeout = 2 * time.Minute
+
 // NetworkResource is kvm_network: an OVS bridge realized on each host it
 // spans, joined by tunnels when it is an overlay.
 type NetworkResource struct{ fleet *Fleet }
@@ -110,7 +114,7 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 			},
 		},
 		Blocks: map[string]schema.Block{
-			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Update: true, Delete: true}),
+			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
 		},
 	}
 }
@@ -457,7 +461,11 @@ func (r *NetworkResource) Read(ctx context.Context, req resource.ReadRequest, re
 	if state.Hosts.IsNull() || len(state.hostNames(ctx)) == 0 {
 		state.Hosts, _ = types.SetValueFrom(ctx, types.StringType, r.fleet.Names())
 	}
-	found, unread := r.readInto(ctx, &state, true)
+	timeout, diags := state.Timeouts.Read(ctx, networkReadTimeout)
+	resp.Diagnostics.Append(diags...)
+	readCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	found, unread := r.readInto(readCtx, &state, true)
 	for _, h := range slices.Sorted(maps.Keys(unread)) {
 		if err := unread[h]; hostUnreachable(err) {
 			warnHostUnreachable(&resp.Diagnostics, h, "network "+state.Name.ValueString(), err)
@@ -550,7 +558,7 @@ func (r *NetworkResource) ImportState(ctx context.Context, req resource.ImportSt
 		return
 	}
 	m.Timeouts = timeouts.Value{Object: types.ObjectNull(map[string]attr.Type{
-		"create": types.StringType, "update": types.StringType, "delete": types.StringType,
+		"create": types.StringType, "read": types.StringType, "update": types.StringType, "delete": types.StringType,
 	})}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
