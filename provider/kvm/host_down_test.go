@@ -13,6 +13,9 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/hashicorp/terraform-plugin-framework/diag"
+	fwresource "github.com/hashicorp/terraform-plugin-framework/resource"
+	"github.com/hashicorp/terraform-plugin-framework/tfsdk"
+	"github.com/hashicorp/terraform-plugin-go/tftypes"
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
 	"github.com/hashicorp/terraform-plugin-testing/plancheck"
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
@@ -346,5 +349,72 @@ func TestHostUnreachable(t *testing.T) {
 	if diags.HasError() || diags.WarningsCount() != 1 || !strings.Contains(diags[0].Detail(), "Host host-b") ||
 		!strings.Contains(diags[0].Detail(), "disk host-b/default/d") {
 		t.Errorf("warning %v must name the host and the object and not be an error", diags)
+	}
+}
+
+// nullStateWith builds a state of the resource's schema with every
+// attribute null except the given string attributes.
+func nullStateWith(t *testing.T, r fwresource.Resource, attrs map[string]string) tfsdk.State {
+	t.Helper()
+	ctx := context.Background()
+	var sr fwresource.SchemaResponse
+	r.Schema(ctx, fwresource.SchemaRequest{}, &sr)
+	typ := sr.Schema.Type().TerraformType(ctx).(tftypes.Object)
+	vals := map[string]tftypes.Value{}
+	for name, at := range typ.AttributeTypes {
+		vals[name] = tftypes.NewValue(at, nil)
+		if v, ok := attrs[name]; ok {
+			vals[name] = tftypes.NewValue(tftypes.String, v)
+		}
+	}
+	return tfsdk.State{Schema: sr.Schema, Raw: tftypes.NewValue(typ, vals)}
+}
+
+// Every resource's Read, against a host whose port refuses connections,
+// keeps the prior state exactly (never removes it) and reports one
+// "Host Unreachable" warning naming the host and the object, no error.
+func TestReadHostUnreachableKeepsState(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := "http://" + ln.Addr().String()
+	ln.Close()
+	cl, err := client.New(client.Options{Endpoint: endpoint, RetryMax: 1, RetryWaitMin: time.Millisecond, RetryWaitMax: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := &Fleet{hosts: map[string]*FleetHost{"host-b": {Name: "host-b", Endpoint: endpoint, Client: cl}}}
+
+	for _, tc := range []struct {
+		typ    string
+		r      fwresource.Resource
+		attrs  map[string]string
+		object string
+	}{
+		{"kvm_disk", &DiskResource{fleet: fleet}, map[string]string{"id": "host-b/default/d1", "host": "host-b", "pool": "default", "name": "d1"}, "disk host-b/default/d1"},
+		{"kvm_vm", &VMResource{fleet: fleet}, map[string]string{"id": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "host": "host-b", "name": "web"}, "VM host-b/web"},
+		{"kvm_snapshot", &SnapshotResource{fleet: fleet}, map[string]string{"id": "host-b/web/s1", "vm_id": "host-b/web", "name": "s1"}, "snapshot host-b/web/s1"},
+		{"kvm_network", &NetworkResource{fleet: fleet}, map[string]string{"id": "lan", "name": "lan"}, "network lan"},
+	} {
+		t.Run(tc.typ, func(t *testing.T) {
+			ctx := context.Background()
+			prior := nullStateWith(t, tc.r, tc.attrs)
+			resp := fwresource.ReadResponse{State: tfsdk.State{Schema: prior.Schema, Raw: prior.Raw.Copy()}}
+			tc.r.Read(ctx, fwresource.ReadRequest{State: prior}, &resp)
+			if resp.Diagnostics.HasError() {
+				t.Fatalf("Read failed: %v", resp.Diagnostics)
+			}
+			if resp.State.Raw.IsNull() {
+				t.Fatal("Read removed the resource from state: the next plan would re-create it")
+			}
+			if tc.typ != "kvm_network" && !resp.State.Raw.Equal(prior.Raw) {
+				t.Errorf("state changed:\n got %v\nwant %v", resp.State.Raw, prior.Raw)
+			}
+			if len(resp.Diagnostics) != 1 || resp.Diagnostics[0].Summary() != "Host Unreachable" ||
+				!strings.Contains(resp.Diagnostics[0].Detail(), "Host host-b") || !strings.Contains(resp.Diagnostics[0].Detail(), tc.object) {
+				t.Errorf("diagnostics %v, want one Host Unreachable warning naming host-b and %s", resp.Diagnostics, tc.object)
+			}
+		})
 	}
 }
