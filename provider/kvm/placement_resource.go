@@ -54,9 +54,9 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 			"Assignments are stable: a key keeps its host while that host is listed, healthy, carries the key's " +
 			"`host_labels` and still fits; only new and displaced keys are placed, and every move is reported as a " +
 			"plan warning. A request that cannot be satisfied fails the plan with an error naming the key and the " +
-			"constraint that failed, unless the request is the one last applied and an unhealthy host is why: then every key keeps its host from the last " +
-			"apply, with a warning, so a host that is down never fails the plan. Hosts still enforce admission themselves " +
-			"when VMs are created.",
+			"constraint that failed, unless the request is the one last applied and an unhealthy host is why: then " +
+			"every key keeps its host from the last apply, with a warning, so a host that is down never fails the " +
+			"plan. Hosts still enforce admission themselves when VMs are created.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "Always `placement`: the resource has no remote object.",
@@ -216,7 +216,7 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	var down []string
 	for _, inv := range r.fleet.Inventories(ctx, names) {
 		if !inv.Healthy {
-			warnHostUnhealthy(diags, inv, "no key is placed on it while it is.")
+			warnHostUnhealthy(diags, inv, "keys on it move to other hosts where they fit, and no new key is placed on it.")
 			down = append(down, inv.Name)
 		}
 		in.Hosts = append(in.Hosts, placementHost(inv))
