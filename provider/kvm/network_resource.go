@@ -88,7 +88,8 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 				MarkdownDescription: "Hosts the network spans. Defaults to every configured host.",
 			},
 			"vlan": schema.Int64Attribute{
-				Optional: true, MarkdownDescription: "Access VLAN tag (1–4094) of the VM ports on this network.",
+				Optional: true, MarkdownDescription: "Access VLAN tag (1–4094) of the VM ports on this network. Changing or removing it " +
+					"retags the ports of the VMs on the network in place, live for running VMs (no restart).",
 				Validators: []validator.Int64{int64validator.Between(1, 4094)},
 			},
 			"overlay": schema.StringAttribute{
