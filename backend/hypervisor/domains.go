@@ -795,3 +795,85 @@ func normCPU(c *api.CPU) api.CPU {
 	}
 	return n
 }
+
+// SetInterfaceVLAN changes the access VLAN of the domain's interface with
+// the given MAC (0: untagged) without a restart: in the persistent
+// definition and, for a running domain, live, where libvirt retags the
+// interface's OVS port itself (ovs-vsctl set Port vnetN tag=...).
+func (l *Libvirt) SetInterfaceVLAN(ctx context.Context, name, mac string, vlan int64) error {
+	if vlan < 0 || vlan > 4094 {
+		return api.Errorf(api.CodeInvalid, "vlan %d out of range", vlan)
+	}
+	return l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
+		cur, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+		if err != nil {
+			return wrap(err, "read domain %s", name)
+		}
+		ix := interfaceByMAC(cur, mac)
+		if ix == nil {
+			return api.Errorf(api.CodeNotFound, "domain %s has no interface with MAC %s", name, mac)
+		}
+		if l.test {
+			// The test driver cannot update devices; its ports are
+			// OVSDB rows the service converges, so only the definition
+			// changes.
+			setVLAN(ix, vlan)
+			doc, err := cur.Marshal()
+			if err != nil {
+				return err
+			}
+			nd, err := c.DomainDefineXML(doc)
+			if err != nil {
+				return wrap(err, "redefine %s", name)
+			}
+			return wrap(nd.Free(), "redefine %s", name)
+		}
+		if active, err := d.IsActive(); err != nil {
+			return wrap(err, "state of %s", name)
+		} else if active {
+			live, err := domXML(d, 0)
+			if err != nil {
+				return wrap(err, "read domain %s", name)
+			}
+			if lx := interfaceByMAC(live, mac); lx != nil {
+				if err := updateInterface(d, lx, vlan, libvirt.DOMAIN_DEVICE_MODIFY_LIVE); err != nil {
+					return wrap(err, "retag interface %s of %s live", mac, name)
+				}
+			}
+		}
+		return wrap(updateInterface(d, ix, vlan, libvirt.DOMAIN_DEVICE_MODIFY_CONFIG), "retag interface %s of %s", mac, name)
+	})
+}
+
+func interfaceByMAC(x *libvirtxml.Domain, mac string) *libvirtxml.DomainInterface {
+	if x.Devices == nil {
+		return nil
+	}
+	for i := range x.Devices.Interfaces {
+		if ix := &x.Devices.Interfaces[i]; ix.MAC != nil && strings.EqualFold(ix.MAC.Address, mac) {
+			return ix
+		}
+	}
+	return nil
+}
+
+func setVLAN(ix *libvirtxml.DomainInterface, vlan int64) {
+	ix.VLan = nil
+	if vlan > 0 {
+		ix.VLan = &libvirtxml.DomainInterfaceVLan{Tags: []libvirtxml.DomainInterfaceVLanTag{{ID: uint(vlan)}}}
+	}
+}
+
+// updateInterface retags one interface of the live or the persistent
+// definition (flags), unless it already carries vlan.
+func updateInterface(d *libvirt.Domain, ix *libvirtxml.DomainInterface, vlan int64, flags libvirt.DomainDeviceModifyFlags) error {
+	if ix.VLan == nil && vlan == 0 || ix.VLan != nil && len(ix.VLan.Tags) == 1 && int64(ix.VLan.Tags[0].ID) == vlan && ix.VLan.Trunk == "" {
+		return nil
+	}
+	setVLAN(ix, vlan)
+	doc, err := ix.Marshal()
+	if err != nil {
+		return err
+	}
+	return d.UpdateDeviceFlags(doc, flags)
+}

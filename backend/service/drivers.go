@@ -107,6 +107,10 @@ type Hypervisor interface {
 	// UpdateVM changes a domain to match spec: live where libvirt can,
 	// else with one graceful restart (reported by restarted).
 	UpdateVM(ctx context.Context, name string, spec api.VMSpec) (restarted bool, err error)
+	// SetInterfaceVLAN changes the access VLAN (0: untagged) of the
+	// domain's interface with that MAC without a restart: live when it
+	// runs (libvirt retags the OVS port it manages) and in its definition.
+	SetInterfaceVLAN(ctx context.Context, vm, mac string, vlan int64) error
 	// DeleteVM stops the domain (ACPI, then power-off after
 	// shutdownTimeout) and undefines it with snapshot metadata and NVRAM.
 	// Volumes are left alone; the cloud-init seed ISO is removed.

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -86,7 +87,46 @@ func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkS
 	spec.Peers = slices.DeleteFunc(slices.Clone(spec.Peers), func(p api.NetworkPeer) bool { return p.Host == s.cfg.Name })
 	unlock := s.locks.Lock("network/" + name)
 	defer unlock()
-	return sw.EnsureNetwork(ctx, name, spec, s.cfg.TunnelIP)
+	n, err := sw.EnsureNetwork(ctx, name, spec, s.cfg.TunnelIP)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.retagVMs(ctx, name, spec.VLAN); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// retagVMs moves the interfaces of every VM on network name to its access
+// VLAN, without restarting anything: libvirt retags the OVS ports it
+// manages (EnsureNetwork has retagged the ones kvm-hostd records itself),
+// and the domain definitions follow, so that a later VM update sees no
+// hardware change. Called on every PutNetwork, so a retag that failed on
+// one VM converges on the next apply.
+func (s *Service) retagVMs(ctx context.Context, name string, vlan int64) error {
+	vms, err := s.hv.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var failed []string
+	for _, vm := range vms {
+		for _, ifc := range vm.Interfaces {
+			if ifc.Network != name || ifc.VLAN == vlan {
+				continue
+			}
+			unlock := s.locks.Lock("vm/" + vm.Name)
+			err := s.hv.SetInterfaceVLAN(ctx, vm.Name, ifc.MAC, vlan)
+			unlock()
+			if err != nil && !api.IsNotFound(err) { // deleted meanwhile
+				failed = append(failed, fmt.Sprintf("VM %s interface %s: %v", vm.Name, ifc.MAC, err))
+			}
+		}
+	}
+	if len(failed) > 0 {
+		return api.Errorf(api.CodeInternal, "network %s is set to vlan %d on host %s, but retagging failed for %s",
+			name, vlan, s.cfg.Name, strings.Join(failed, "; "))
+	}
+	return nil
 }
 
 // DeleteNetwork deletes a network no VM uses.

@@ -396,6 +396,10 @@ func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 		resp.State.RemoveResource(ctx)
 		return
 	}
+	if hostUnreachable(err) {
+		warnHostUnreachable(&resp.Diagnostics, hostName, "disk "+state.ID.ValueString(), err)
+		return
+	}
 	if err != nil {
 		addAPIError(&resp.Diagnostics, "Unable to Read Disk", "disk "+state.ID.ValueString(), err)
 		return

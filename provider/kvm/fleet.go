@@ -2,13 +2,18 @@ package kvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/hashicorp/terraform-plugin-framework/diag"
-	"github.com/hashicorp/terraform-plugin-framework/path"
+	"io"
 	"maps"
+	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"github.com/hashicorp/terraform-plugin-framework/path"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
@@ -109,4 +114,51 @@ func lookupHost(f *Fleet, name string, diags *diag.Diagnostics) *FleetHost {
 		return nil
 	}
 	return h
+}
+
+// hostUnreachable reports whether err means the host gave no answer about
+// the object: the connection failed, was cut or timed out, or kvm-hostd (or
+// a proxy in front of it) answered that it is unavailable (502/503/504,
+// e.g. its libvirt is restarting). Any other answer (404, 409, 401, ...) is
+// an answer, and a TLS handshake the host refused is a misconfiguration:
+// neither is an outage.
+func hostUnreachable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var apiErr *api.Error
+	if errors.As(err, &apiErr) {
+		switch apiErr.Status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		// crypto/tls reports an alert from the peer (e.g. a client
+		// certificate it rejects) as a "remote error" OpError.
+		return opErr.Op != "remote error"
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) && netErr.Timeout()
+}
+
+// warnHostUnreachable is the one warning for an object whose host did not
+// answer a refresh or a plan-time check: its last known state is kept, so
+// one host being down does not break plans for resources on other hosts,
+// and neither plans its objects away nor re-creates them.
+func warnHostUnreachable(diags *diag.Diagnostics, host, what string, err error) {
+	diags.AddWarning("Host Unreachable",
+		fmt.Sprintf("Host %s did not answer, so %s was not refreshed; its last known state is kept. "+
+			"Changes to it will fail until the host is back.\n\n%s", host, what, err))
+}
+
+// warnHostUnhealthy is the warning for a host whose inventory could not be
+// read or that reports itself unhealthy.
+func warnHostUnhealthy(diags *diag.Diagnostics, inv api.Host, consequence string) {
+	diags.AddWarning("Host Unhealthy", fmt.Sprintf("Host %s is unhealthy (%s); %s", inv.Name, inv.Message, consequence))
 }

@@ -6,7 +6,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/datasource/schema"
 	"github.com/hashicorp/terraform-plugin-framework/path"
-	"github.com/hashicorp/terraform-plugin-log/tflog"
 )
 
 var _ datasource.DataSourceWithConfigure = &HostDataSource{}
@@ -47,7 +46,7 @@ func (d *HostDataSource) Read(ctx context.Context, req datasource.ReadRequest, r
 	}
 	inv := h.Inventory(ctx)
 	if !inv.Healthy {
-		tflog.Warn(ctx, "host is unhealthy", map[string]any{"host": inv.Name, "reason": inv.Message})
+		warnHostUnhealthy(&resp.Diagnostics, inv, "it is reported with healthy = false.")
 	}
 	m, diags := hostModelFromAPI(ctx, inv)
 	resp.Diagnostics.Append(diags...)

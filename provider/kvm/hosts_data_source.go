@@ -6,7 +6,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/datasource/schema"
 	"github.com/hashicorp/terraform-plugin-framework/types"
-	"github.com/hashicorp/terraform-plugin-log/tflog"
 )
 
 var _ datasource.DataSourceWithConfigure = &HostsDataSource{}
@@ -50,7 +49,7 @@ func (d *HostsDataSource) Read(ctx context.Context, _ datasource.ReadRequest, re
 	models := make([]hostModel, 0, len(invs))
 	for _, inv := range invs {
 		if !inv.Healthy {
-			tflog.Warn(ctx, "host is unhealthy", map[string]any{"host": inv.Name, "reason": inv.Message})
+			warnHostUnhealthy(&resp.Diagnostics, inv, "it is listed with healthy = false.")
 		}
 		m, diags := hostModelFromAPI(ctx, inv)
 		resp.Diagnostics.Append(diags...)

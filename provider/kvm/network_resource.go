@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -36,6 +38,10 @@ func init() { resourceFactories = append(resourceFactories, NewNetworkResource) 
 
 // statusReady is a host's status when its bridge (and tunnels) match.
 const statusReady = "ready"
+
+// networkReadTimeout bounds a refresh, so a host that accepts connections
+// but never answers is reported as unreachable instead of hanging the plan.
+const networkReadTimeout = 2 * time.Minute
 
 // NetworkResource is kvm_network: an OVS bridge realized on each host it
 // spans, joined by tunnels when it is an overlay.
@@ -82,7 +88,8 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 				MarkdownDescription: "Hosts the network spans. Defaults to every configured host.",
 			},
 			"vlan": schema.Int64Attribute{
-				Optional: true, MarkdownDescription: "Access VLAN tag (1–4094) of the VM ports on this network.",
+				Optional: true, MarkdownDescription: "Access VLAN tag (1–4094) of the VM ports on this network. Changing or removing it " +
+					"retags the ports of the VMs on the network in place, live for running VMs (no restart).",
 				Validators: []validator.Int64{int64validator.Between(1, 4094)},
 			},
 			"overlay": schema.StringAttribute{
@@ -108,7 +115,7 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 			},
 		},
 		Blocks: map[string]schema.Block{
-			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Update: true, Delete: true}),
+			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
 		},
 	}
 }
@@ -333,8 +340,9 @@ func (r *NetworkResource) Create(ctx context.Context, req resource.CreateRequest
 
 // readInto refreshes host_status (and the spec from the first host that
 // has the network). With pruneMissing, hosts where the bridge is gone are
-// dropped from hosts, so the plan shows them being added back.
-func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMissing bool) (found bool) {
+// dropped from hosts, so the plan shows them being added back. Hosts that
+// could not be read keep their prior status and are returned in unread.
+func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMissing bool) (found bool, unread map[string]error) {
 	hosts := m.hostNames(ctx)
 	name := m.Name.ValueString()
 	prior := map[string]string{}
@@ -374,9 +382,13 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 				status[h] = "missing"
 			}
 		case res.err != nil:
-			// Unreachable: keep what we knew, so one host being down does
-			// not turn into a plan to change the network.
+			// Keep what we knew, so one host being down does not turn
+			// into a plan to change the network.
 			tflog.Warn(ctx, "cannot read network on host", map[string]any{"network": name, "host": h, "error": res.err.Error()})
+			if unread == nil {
+				unread = map[string]error{}
+			}
+			unread[h] = res.err
 			present = append(present, h)
 			if s, ok := prior[h]; ok {
 				status[h] = s
@@ -402,7 +414,7 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 	m.ID = types.StringValue(name)
 	m.Hosts, _ = types.SetValueFrom(ctx, types.StringType, present)
 	m.HostStatus, _ = types.MapValueFrom(ctx, types.StringType, status)
-	return found
+	return found, unread
 }
 
 // networkDrift compares one host's bridge with what the network should be
@@ -450,7 +462,22 @@ func (r *NetworkResource) Read(ctx context.Context, req resource.ReadRequest, re
 	if state.Hosts.IsNull() || len(state.hostNames(ctx)) == 0 {
 		state.Hosts, _ = types.SetValueFrom(ctx, types.StringType, r.fleet.Names())
 	}
-	if !r.readInto(ctx, &state, true) && len(state.hostNames(ctx)) == 0 {
+	timeout, diags := state.Timeouts.Read(ctx, networkReadTimeout)
+	resp.Diagnostics.Append(diags...)
+	readCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	found, unread := r.readInto(readCtx, &state, true)
+	for _, h := range slices.Sorted(maps.Keys(unread)) {
+		if err := unread[h]; hostUnreachable(err) {
+			warnHostUnreachable(&resp.Diagnostics, h, "network "+state.Name.ValueString(), err)
+		} else {
+			addAPIError(&resp.Diagnostics, "Unable to Read Network", fmt.Sprintf("network %s on host %s", state.Name.ValueString(), h), err)
+		}
+	}
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	if !found && len(state.hostNames(ctx)) == 0 {
 		resp.State.RemoveResource(ctx)
 		return
 	}
@@ -527,12 +554,12 @@ func (r *NetworkResource) ImportState(ctx context.Context, req resource.ImportSt
 	}
 	m := networkModel{Name: types.StringValue(req.ID), HostStatus: types.MapNull(types.StringType)}
 	m.Hosts, _ = types.SetValueFrom(ctx, types.StringType, r.fleet.Names())
-	if !r.readInto(ctx, &m, true) {
+	if found, _ := r.readInto(ctx, &m, true); !found {
 		resp.Diagnostics.AddError("Cannot Import Network", fmt.Sprintf("network %q exists on none of the configured hosts (%s)", req.ID, strings.Join(r.fleet.Names(), ", ")))
 		return
 	}
 	m.Timeouts = timeouts.Value{Object: types.ObjectNull(map[string]attr.Type{
-		"create": types.StringType, "update": types.StringType, "delete": types.StringType,
+		"create": types.StringType, "read": types.StringType, "update": types.StringType, "delete": types.StringType,
 	})}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -53,7 +54,9 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 			"Assignments are stable: a key keeps its host while that host is listed, healthy, carries the key's " +
 			"`host_labels` and still fits; only new and displaced keys are placed, and every move is reported as a " +
 			"plan warning. A request that cannot be satisfied fails the plan with an error naming the key and the " +
-			"constraint that failed. Hosts still enforce admission themselves when VMs are created.",
+			"constraint that failed, unless the request is the one last applied and an unhealthy host is why: then " +
+			"every key keeps its host from the last apply, with a warning, so a host that is down never fails the " +
+			"plan. Hosts still enforce admission themselves when VMs are created.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "Always `placement`: the resource has no remote object.",
@@ -210,9 +213,11 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 		return nil
 	}
 	in := placement.Input{Strategy: m.Strategy.ValueString(), Requests: reqs}
+	var down []string
 	for _, inv := range r.fleet.Inventories(ctx, names) {
 		if !inv.Healthy {
-			tflog.Warn(ctx, "host is unhealthy; keys on it will be placed elsewhere", map[string]any{"host": inv.Name, "reason": inv.Message})
+			warnHostUnhealthy(diags, inv, "keys on it move to other hosts where they fit, and no new key is placed on it.")
+			down = append(down, inv.Name)
 		}
 		in.Hosts = append(in.Hosts, placementHost(inv))
 	}
@@ -221,10 +226,11 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	// already in its host's allocated_* (at the size it was requested with),
 	// so it is charged only its growth.
 	var previous map[string]string
+	var prevReqs map[string]placement.Request
 	if prior != nil && requestsKnown(prior.Request) {
 		previous, d = stringMap(ctx, prior.Assignments)
 		diags.Append(d...)
-		prevReqs, d := toPlacementRequests(ctx, prior.Request)
+		prevReqs, d = toPlacementRequests(ctx, prior.Request)
 		diags.Append(d...)
 		listed := map[string]bool{}
 		for _, n := range names {
@@ -242,6 +248,16 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	res, err := placement.Place(in)
 	if err != nil {
 		var ue *placement.UnsatisfiableError
+		if errors.As(err, &ue) && len(down) > 0 && reflect.DeepEqual(reqs, prevReqs) && keepsEveryKey(previous, reqs, names) {
+			// The request is the one last applied, so only the host
+			// being down makes it unsatisfiable: that must not fail the
+			// plan, so the keys stay where they are until it is back.
+			diags.AddWarning("Placement Kept",
+				fmt.Sprintf("kvm_cluster_placement cannot move its keys off %s, which is unhealthy: %s. Every key keeps its host from the last apply.",
+					strings.Join(down, ", "), err))
+			m.Assignments = prior.Assignments
+			return nil
+		}
 		if errors.As(err, &ue) {
 			for _, f := range ue.Failures {
 				diags.AddAttributeError(path.Root("request").AtMapKey(f.Keys[0]), "Unsatisfiable Placement",
@@ -269,6 +285,20 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 		moves = append(moves, fmt.Sprintf("%s: %s → %s (%s)", key, mv.From, mv.To, mv.Detail))
 	}
 	return moves
+}
+
+// keepsEveryKey reports whether every requested key has a previous host
+// among the candidate hosts, so the previous assignments can stand.
+func keepsEveryKey(previous map[string]string, reqs map[string]placement.Request, names []string) bool {
+	if len(previous) == 0 {
+		return false
+	}
+	for key := range reqs {
+		if h, ok := previous[key]; !ok || !slices.Contains(names, h) {
+			return false
+		}
+	}
+	return true
 }
 
 func hostsSet(names []string) types.Set {

@@ -320,6 +320,10 @@ func (r *SnapshotResource) Read(ctx context.Context, req resource.ReadRequest, r
 		resp.State.RemoveResource(ctx)
 		return
 	}
+	if hostUnreachable(err) {
+		warnHostUnreachable(&resp.Diagnostics, host, "snapshot "+state.ID.ValueString(), err)
+		return
+	}
 	if err != nil {
 		addAPIError(&resp.Diagnostics, "Unable to Read Snapshot", "snapshot "+state.ID.ValueString(), err)
 		return

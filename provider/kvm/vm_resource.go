@@ -556,12 +556,8 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 			resp.State.RemoveResource(ctx)
 			return
 		}
-		var apiErr *api.Error
-		if !errors.As(err, &apiErr) && ctx.Err() == nil {
-			// The host did not answer at all. Keep what we knew, so one host
-			// being down does not break plans for VMs on the other hosts.
-			resp.Diagnostics.AddWarning("Host Unreachable",
-				fmt.Sprintf("VM %s on host %s could not be refreshed, its last known state is used: %s", name, h.Name, err))
+		if hostUnreachable(err) {
+			warnHostUnreachable(&resp.Diagnostics, h.Name, "VM "+VMID(h.Name, name), err)
 			return
 		}
 		addAPIError(&resp.Diagnostics, "Unable to Read VM", fmt.Sprintf("VM %s on host %s", name, h.Name), err)
