@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
@@ -31,6 +33,7 @@ type Config struct {
 	ClientCA         string
 	TunnelIP         string
 	MigrationURI     string
+	FetchAllow       []netip.Prefix
 	Labels           map[string]string
 	CPUOvercommit    float64
 	MemoryOvercommit float64
@@ -91,7 +94,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	}
 	hostname, _ := os.Hostname()
 	c := &Config{}
-	var labels string
+	var labels, fetchAllow string
 	fs := flag.NewFlagSet("kvm-hostd", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.Name, "name", hostname, "host name reported to the provider")
@@ -108,6 +111,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.StringVar(&c.MigrationURI, "migration-uri", "", "libvirt URI other hosts use to reach this host's libvirtd when migrating VMs to it, "+
 		"e.g. qemu+tcp://10.0.0.12/system (empty: this host cannot receive VMs)")
 	fs.StringVar(&labels, "labels", "", "host labels for placement, e.g. zone=a,gpu=yes")
+	fs.StringVar(&fetchAllow, "fetch-allow", "", "networks that source_url downloads and host-to-host copies may reach in addition to the default, "+
+		"e.g. 127.0.0.1/32,10.1.0.0/16 (by default loopback, link-local, multicast, unspecified and this host's own addresses are refused)")
 	fs.Float64Var(&c.CPUOvercommit, "cpu-overcommit", 4, "vCPUs admitted per host CPU")
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
@@ -147,6 +152,9 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	var err error
 	if c.Labels, err = ParseLabels(labels); err != nil {
 		return nil, err
+	}
+	if c.FetchAllow, err = service.ParseFetchAllow(fetchAllow); err != nil {
+		return nil, fmt.Errorf("--fetch-allow: %w", err)
 	}
 	return c, c.validate()
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -30,6 +31,9 @@ type Config struct {
 	// MigrationURI is how other hosts' libvirt reaches this one (reported
 	// in the inventory; empty: this host cannot receive VMs).
 	MigrationURI string
+	// FetchAllow lists networks that downloads and copies may reach in
+	// addition to the default (see FetchPolicy).
+	FetchAllow []netip.Prefix
 }
 
 // Service implements the kvm-hostd API on one host.
@@ -67,6 +71,7 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetcher: NewFetcher()}
+	s.fetcher.CheckAddr = (&FetchPolicy{Allow: cfg.FetchAllow}).Check
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
 	}

@@ -222,6 +222,11 @@ func StartCluster(opts Options) (*Cluster, error) {
 			"--pool-dir", poolDir, "--token-file", tokenFile,
 			"--audit-log", filepath.Join(dir, name+"-audit.log"),
 			"--log-format", "text",
+			// Test image servers and the other test hosts listen on
+			// loopback, which kvm-hostd refuses to fetch from by default.
+			// A test of that default passes its own --fetch-allow (the
+			// last one wins).
+			"--fetch-allow", "127.0.0.0/8,::1/128",
 		}
 		if l := opts.Labels[name]; len(l) > 0 {
 			args = append(args, "--labels", formatLabels(l))
