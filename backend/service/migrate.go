@@ -32,7 +32,7 @@ func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if _, err := s.hv.GetVM(ctx, name); err != nil {
 		return nil, err
 	}
-	v, err := s.idem.Do(idemKey, func() (any, error) {
+	v, err := s.idem.Do(idemKey, idemFingerprint("migrate", name, req), func() (any, error) {
 		return s.ops.start("migrate", "vm/"+name, func(ctx context.Context, progress func(float64)) error {
 			unlock := s.locks.Lock("vm/" + name)
 			defer unlock()

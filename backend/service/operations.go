@@ -3,7 +3,9 @@ package service
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"strings"
 	"sync"
 	"time"
@@ -202,45 +204,115 @@ func toAPIError(err error) *api.Error {
 	return &api.Error{Code: api.CodeInternal, Message: err.Error()}
 }
 
-// idempotencyCache remembers the result of a keyed POST for a while.
+// idempotencyCache remembers the result of a keyed POST for a while, so a
+// retried request (its response was lost) gets the first result instead of
+// starting the work again.
+//
+// A key is bound to the request it first came with (its fingerprint: what
+// is done, to what, with which parameters): the same key on another request
+// is a conflict, never the first request's result. Concurrent requests with
+// one key run the work once (single flight). Keys are bounded in size and
+// the cache in entries.
 type idempotencyCache struct {
 	mu  sync.Mutex
 	ttl time.Duration
-	m   map[string]idemEntry
+	max int
+	m   map[string]*idemEntry
 }
 
 type idemEntry struct {
-	at    time.Time
-	value any
+	at          time.Time
+	fingerprint string
+	done        chan struct{} // closed when value/err are set
+	value       any
+	err         error
 }
+
+// Bounds of the idempotency cache.
+const (
+	maxIdempotencyKeyLen  = 128
+	maxIdempotencyEntries = 4096
+)
 
 func newIdempotencyCache(ttl time.Duration) *idempotencyCache {
-	return &idempotencyCache{ttl: ttl, m: map[string]idemEntry{}}
+	return &idempotencyCache{ttl: ttl, max: maxIdempotencyEntries, m: map[string]*idemEntry{}}
 }
 
-// Do runs fn once per key within the TTL and returns the first result to
-// every caller with the same key.
-func (c *idempotencyCache) Do(key string, fn func() (any, error)) (any, error) {
+// idemFingerprint identifies a request for the idempotency cache.
+func idemFingerprint(parts ...any) string {
+	b, _ := json.Marshal(parts)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Do runs fn once per key within the TTL and returns its result to every
+// caller with the same key and fingerprint; callers that arrive while it
+// runs wait for it. A failed run is not remembered, so a retry runs again.
+func (c *idempotencyCache) Do(key, fingerprint string, fn func() (any, error)) (any, error) {
 	if key == "" {
 		return fn()
 	}
+	if len(key) > maxIdempotencyKeyLen || strings.ContainsFunc(key, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+		return nil, invalid("%s must be 1-%d printable ASCII characters", api.HeaderIdempotencyKey, maxIdempotencyKeyLen)
+	}
 	c.mu.Lock()
 	now := time.Now()
-	for k, e := range c.m {
-		if now.Sub(e.at) > c.ttl {
-			delete(c.m, k)
-		}
-	}
+	c.evictLocked(now)
 	if e, ok := c.m[key]; ok {
 		c.mu.Unlock()
-		return e.value, nil
+		if e.fingerprint != fingerprint {
+			return nil, conflict("%s %q was already used for another request", api.HeaderIdempotencyKey, key)
+		}
+		<-e.done
+		return e.value, e.err
 	}
+	e := &idemEntry{at: now, fingerprint: fingerprint, done: make(chan struct{})}
+	c.m[key] = e
 	c.mu.Unlock()
-	v, err := fn()
-	if err == nil {
+
+	e.value, e.err = fn()
+	close(e.done)
+	if e.err != nil {
 		c.mu.Lock()
-		c.m[key] = idemEntry{at: now, value: v}
+		if c.m[key] == e {
+			delete(c.m, key)
+		}
 		c.mu.Unlock()
 	}
-	return v, err
+	return e.value, e.err
+}
+
+// evictLocked drops expired entries and, when the cache is full, the
+// oldest finished ones.
+func (c *idempotencyCache) evictLocked(now time.Time) {
+	var oldestKey string
+	var oldest time.Time
+	for k, e := range c.m {
+		finished := isClosed(e.done)
+		if finished && now.Sub(e.at) > c.ttl {
+			delete(c.m, k)
+			continue
+		}
+		if finished && (oldestKey == "" || e.at.Before(oldest)) {
+			oldestKey, oldest = k, e.at
+		}
+	}
+	for len(c.m) >= c.max && oldestKey != "" {
+		delete(c.m, oldestKey)
+		oldestKey = ""
+		for k, e := range c.m {
+			if isClosed(e.done) && (oldestKey == "" || e.at.Before(oldest)) {
+				oldestKey, oldest = k, e.at
+			}
+		}
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

@@ -69,7 +69,7 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	if spec.SizeMiB == 0 {
 		return nil, invalid("spec.size_mib is required for a copy (the size of the source volume)")
 	}
-	v, err := s.idem.Do(idemKey, func() (any, error) {
+	v, err := s.idem.Do(idemKey, idemFingerprint("copy", pool, name, req), func() (any, error) {
 		unlock := s.lockPool(pool)
 		defer unlock()
 		if f, ok := s.filling(pool, name); ok {
