@@ -245,11 +245,13 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	// proceed in parallel.
 	defined := spec
 	defined.Running = false
+	crashpoint(CrashVMCreate)
 	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
 	s.admission.Unlock()
 	if err != nil {
 		return nil, false, err
 	}
+	crashpoint(CrashVMDefined)
 	if spec.Running {
 		if err := s.hv.StartVM(ctx, name); err != nil {
 			// Leave nothing behind, so a retried create starts clean.
@@ -267,6 +269,7 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 			return nil, true, fmt.Errorf("VM %s was created but its switch ports were not: %w", name, err)
 		}
 	}
+	crashpoint(CrashVMStarted)
 	return vm, true, nil
 }
 

@@ -167,7 +167,7 @@ func (s *Service) copyInto(ctx context.Context, pool, name, contentURL, token st
 	}}
 	unlock := s.locks.Lock("volume/" + pool + "/" + name)
 	defer unlock()
-	if err := s.hv.WriteVolume(ctx, pool, name, pr, length); err != nil {
+	if err := s.hv.WriteVolume(ctx, pool, name, crashingReader(pr, CrashCopyStreaming), length); err != nil {
 		return fmt.Errorf("copying volume %s/%s from %s: %w", pool, name, from, err)
 	}
 	return nil

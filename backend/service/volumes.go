@@ -273,6 +273,7 @@ func (s *Service) download(ctx context.Context, pool, name string, spec api.Volu
 		return api.Errorf(api.CodeInvalid, "downloading %s: %v", spec.SourceURL, err)
 	}
 	defer body.Close()
+	crashpoint(CrashDownloadStarted)
 	var h hash.Hash
 	var want []byte
 	if spec.SourceChecksum != "" {
@@ -291,6 +292,7 @@ func (s *Service) download(ctx context.Context, pool, name string, spec api.Volu
 	if err := s.hv.WriteVolume(ctx, pool, name, r, length); err != nil {
 		return fmt.Errorf("writing %s into volume %s/%s: %w", spec.SourceURL, pool, name, err)
 	}
+	crashpoint(CrashDownloadWritten)
 	if h != nil {
 		if got := h.Sum(nil); !bytes.Equal(got, want) {
 			return api.Errorf(api.CodeInvalid, "checksum mismatch for %s: got sha256:%x, want %s", spec.SourceURL, got, spec.SourceChecksum)
