@@ -224,6 +224,15 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 		if diff := vmSpecDiff(spec, existing.VMSpec); diff != "" {
 			return nil, false, conflict("VM %s already exists on host %s with a different %s", name, s.cfg.Name, diff)
 		}
+		if spec.Running && existing.State == api.StateShutoff {
+			// A create that died between define and start (kvm-hostd
+			// crashed) left the domain defined: the retry finishes it.
+			if err := s.hv.StartVM(ctx, name); err != nil {
+				return nil, false, fmt.Errorf("starting VM %s: %w", name, err)
+			}
+			vm, err := s.hv.GetVM(ctx, name)
+			return vm, false, err
+		}
 		return existing, false, nil
 	case !api.IsNotFound(err):
 		return nil, false, err
