@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"sort"
 	"strings"
 
@@ -177,17 +176,4 @@ func FindOrphans(ctx context.Context, hosts map[string]*client.Client, pool, pre
 		}
 	}
 	return o, nil
-}
-
-// Terraform runs the terraform binary in dir and returns its stdout.
-func Terraform(ctx context.Context, bin, dir string, env []string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Dir = dir
-	cmd.Env = env
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("terraform %s in %s: %v\n%s%s", strings.Join(args, " "), dir, err, out.String(), errb.String())
-	}
-	return out.String(), nil
 }
