@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"syscall"
+	"time"
 )
 
 // Crash points are a test-only fault hook: fault tests kill kvm-hostd with
@@ -30,7 +32,7 @@ import (
 //	download.started  source_url download: fetch opened, nothing written
 //	download.written  image written into the volume, checksum not verified
 //	copy.streaming    host-to-host copy: the first bytes are written
-//	migrate.started   libvirt reports migration progress (data in flight)
+//	migrate.started   200 ms after a migration was handed to libvirt
 const (
 	CrashVMCreate        = "vm.create"
 	CrashVMDefined       = "vm.defined"
@@ -84,16 +86,18 @@ func (c *crashReader) Read(b []byte) (int, error) {
 }
 
 // crashingProgress returns progress, or, when point is armed, a progress
-// func that crashes at the first report strictly between 0 and 1: the work
-// has started and is not done.
+// func that crashes migrationCrashDelay after the first report (0: the work
+// is handed to libvirt), so the crash lands while libvirt moves the data,
+// or, for a small guest, after it moved it but before the operation is done.
 func crashingProgress(progress func(float64), point string) func(float64) {
 	if crashAt == "" || crashAt != point {
 		return progress
 	}
+	var once sync.Once
 	return func(p float64) {
-		if p > 0 && p < 1 {
-			crashpoint(point)
-		}
+		once.Do(func() { time.AfterFunc(migrationCrashDelay, func() { crashpoint(point) }) })
 		progress(p)
 	}
 }
+
+const migrationCrashDelay = 200 * time.Millisecond

@@ -71,6 +71,10 @@ func (k Known) AddStateJSON(b []byte) error {
 	return nil
 }
 
+// seedSuffix names the NoCloud seed ISO kvm-hostd builds for a VM with
+// cloud_init ("<vm>-cidata.iso" in the pool directory).
+const seedSuffix = "-cidata.iso"
+
 // Orphans are objects named with a test's prefix that no state holds.
 type Orphans struct {
 	Domains  []string // "<host>/<name>"
@@ -155,6 +159,9 @@ func FindOrphans(ctx context.Context, hosts map[string]*client.Client, pool, pre
 			return o, fmt.Errorf("host %s: listing volumes of pool %s: %w", host, pool, err)
 		}
 		for _, v := range vols {
+			if vm, ok := strings.CutSuffix(v.Name, seedSuffix); ok && known.VMs[host+"/"+vm] {
+				continue // the cloud-init seed kvm-hostd keeps beside a known VM
+			}
 			if strings.HasPrefix(v.Name, prefix) && !known.Volumes[host+"/"+pool+"/"+v.Name] {
 				o.Volumes = append(o.Volumes, host+"/"+pool+"/"+v.Name)
 			}

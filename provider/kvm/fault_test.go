@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +27,7 @@ import (
 // load balancer or a slow link fails mid-way. Toxiproxy runs in-process
 // between the provider and kvm-hostd; two toxics (createWatchToxic on the
 // request stream, createFaultToxic on the response stream) share the armed
-// fault through activeCreateFault.
+// fault through createFaults, keyed by the toxics' "fault" attribute.
 type createFault struct {
 	mode  string        // "drop", "reset" or "delay"
 	delay time.Duration // for "delay"
@@ -39,7 +38,14 @@ type createFault struct {
 	fired   []string                  // resource types whose create response was spoiled
 }
 
-var activeCreateFault atomic.Pointer[createFault]
+var createFaults sync.Map // fault ID -> *createFault
+
+func lookupCreateFault(id string) *createFault {
+	if f, ok := createFaults.Load(id); ok {
+		return f.(*createFault)
+	}
+	return nil
+}
 
 // createRequests match the request line of each resource type's create.
 var createRequests = map[string]*regexp.Regexp{
@@ -50,9 +56,11 @@ var createRequests = map[string]*regexp.Regexp{
 }
 
 // createWatchToxic (upstream) notices a watched create going to the host.
-type createWatchToxic struct{}
+type createWatchToxic struct {
+	Fault string `json:"fault"`
+}
 
-func (createWatchToxic) Pipe(stub *toxics.ToxicStub) {
+func (x *createWatchToxic) Pipe(stub *toxics.ToxicStub) {
 	for {
 		select {
 		case <-stub.Interrupt:
@@ -62,7 +70,7 @@ func (createWatchToxic) Pipe(stub *toxics.ToxicStub) {
 				stub.Close()
 				return
 			}
-			if f := activeCreateFault.Load(); f != nil {
+			if f := lookupCreateFault(x.Fault); f != nil {
 				f.mu.Lock()
 				for typ, re := range f.pending {
 					if re.Match(ch.Data) {
@@ -81,9 +89,11 @@ func (createWatchToxic) Pipe(stub *toxics.ToxicStub) {
 // connection closes without an answer ("drop", a FIN; "reset", an RST when
 // a reset_peer toxic marks the proxy's sockets for it) or the answer comes
 // late ("delay").
-type createFaultToxic struct{}
+type createFaultToxic struct {
+	Fault string `json:"fault"`
+}
 
-func (createFaultToxic) Pipe(stub *toxics.ToxicStub) {
+func (x *createFaultToxic) Pipe(stub *toxics.ToxicStub) {
 	for {
 		select {
 		case <-stub.Interrupt:
@@ -93,7 +103,7 @@ func (createFaultToxic) Pipe(stub *toxics.ToxicStub) {
 				stub.Close()
 				return
 			}
-			f := activeCreateFault.Load()
+			f := lookupCreateFault(x.Fault)
 			if f != nil && bytes.HasPrefix(ch.Data, []byte("HTTP/1.1 ")) {
 				f.mu.Lock()
 				typ := f.inHost
@@ -130,21 +140,21 @@ func init() {
 // With reset, the proxy's sockets close with an RST instead of a FIN: a
 // reset_peer toxic that never fires (toxicity 0) sets SO_LINGER 0 on every
 // connection it sees, so the fault toxic's close becomes a reset.
-func startFaultProxy(t *testing.T, hostURL string, reset bool) string {
+func startFaultProxy(t *testing.T, hostURL, faultID string, reset bool) string {
 	t.Helper()
 	upstream := strings.TrimPrefix(strings.TrimPrefix(hostURL, "http://"), "https://")
 	if _, _, err := net.SplitHostPort(upstream); err != nil {
 		t.Fatalf("host URL %s: %v", hostURL, err)
 	}
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "kvm-host", "127.0.0.1:0", upstream)
+	proxy := toxiproxy.NewProxy(srv, "kvm-host-"+faultID, "127.0.0.1:0", upstream)
 	if err := proxy.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(proxy.Stop)
 	txs := []string{
-		`{"name":"watch","type":"kvm_create_watch","stream":"upstream"}`,
-		`{"name":"fault","type":"kvm_create_fault","stream":"downstream"}`,
+		fmt.Sprintf(`{"name":"watch","type":"kvm_create_watch","stream":"upstream","attributes":{"fault":%q}}`, faultID),
+		fmt.Sprintf(`{"name":"fault","type":"kvm_create_fault","stream":"downstream","attributes":{"fault":%q}}`, faultID),
 	}
 	if reset {
 		txs = append(txs, `{"name":"rst","type":"reset_peer","stream":"downstream","toxicity":0}`)
@@ -174,14 +184,15 @@ func TestAccFault_createResponse(t *testing.T) {
 		{mode: "delay", delay: 5 * time.Second},
 	} {
 		t.Run(fault.mode, func(t *testing.T) {
-			p := "tp" + fault.mode[:1] + "-" // names unique per case: a failed case leaves nothing the next one counts
-			listen := startFaultProxy(t, c.Host("host-a").URL, fault.mode == "reset")
+			t.Parallel() // one proxy and one set of names per case
+			p := "tp" + fault.mode + "-"
 			f := &createFault{mode: fault.mode, delay: fault.delay, pending: map[string]*regexp.Regexp{}}
 			for typ, re := range createRequests {
 				f.pending[typ] = re
 			}
-			activeCreateFault.Store(f)
-			t.Cleanup(func() { activeCreateFault.Store(nil) })
+			createFaults.Store(fault.mode, f)
+			t.Cleanup(func() { createFaults.Delete(fault.mode) })
+			listen := startFaultProxy(t, c.Host("host-a").URL, fault.mode, fault.mode == "reset")
 
 			// depends_on makes the creates one at a time, so the response
 			// after a create's request is that create's.
@@ -215,7 +226,7 @@ resource "kvm_snapshot" "s" {
 			start := time.Now()
 			resource.Test(t, resource.TestCase{
 				ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
-				CheckDestroy:             testAccCheckVMDestroy(c),
+				CheckDestroy:             checkNoneNamed(cl, p),
 				Steps: []resource.TestStep{{
 					Config: config,
 					Check: func(s *terraform.State) error {
@@ -285,4 +296,19 @@ func checkExactlyOne(cl *client.Client, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// checkNoneNamed is a CheckDestroy: no network, volume or domain named with
+// prefix is left on the host.
+func checkNoneNamed(cl *client.Client, prefix string) resource.TestCheckFunc {
+	return func(*terraform.State) error {
+		o, err := harness.FindOrphans(context.Background(), map[string]*client.Client{"host-a": cl}, "default", prefix, harness.NewKnown())
+		if err != nil {
+			return err
+		}
+		if !o.Empty() {
+			return fmt.Errorf("left after destroy: %s", o)
+		}
+		return nil
+	}
 }
