@@ -22,21 +22,23 @@ import (
 
 // twoStates is two working directories (team a, team b) for one cluster.
 type twoStates struct {
-	c     *harness.Cluster
-	cl    *client.Client
-	dirs  [2]*harness.Workdir
-	names [2][]string // the VMs each state declares
+	prefix string // of every VM name: unique per run on the shared real stack
+	c      *harness.Cluster
+	cl     *client.Client
+	dirs   [2]*harness.Workdir
+	names  [2][]string // the VMs each state declares
 }
 
-func newTwoStates(t *testing.T, extraArgs []string) *twoStates {
+func newTwoStates(t *testing.T, opts harness.Options, prefix string) *twoStates {
 	t.Helper()
 	testAccPreCheck(t)
 	tf := os.Getenv("TF_ACC_TERRAFORM_PATH")
 	if tf == "" {
 		t.Skip("needs the terraform CLI: set TF_ACC_TERRAFORM_PATH (scripts/terraform-path.sh)")
 	}
-	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: extraArgs})
-	ts := &twoStates{c: c, cl: testAccVMClient(t, c, "host-a")}
+	opts.Hosts = []string{"host-a"}
+	c := startHosts(t, opts)
+	ts := &twoStates{prefix: prefix, c: c, cl: testAccVMClient(t, c, "host-a")}
 	parent := t.TempDir()
 	for i, team := range []string{"a", "b"} {
 		w, err := harness.NewWorkdir(parent, team, tf, "KVM_HOSTS="+c.KVMHosts(), "KVM_TOKEN="+c.Token)
@@ -63,7 +65,7 @@ func (ts *twoStates) config(team string, count int, vcpu, memMiB int64) (string,
 	b.WriteString("terraform {\n  required_providers {\n    kvm = { source = \"kvmfleet/kvm\" }\n  }\n}\nprovider \"kvm\" {}\n")
 	var names []string
 	for i := range count {
-		name := fmt.Sprintf("%s-%d", team, i)
+		name := fmt.Sprintf("%s%s-%d", ts.prefix, team, i)
 		names = append(names, name)
 		fmt.Fprintf(&b, "resource \"kvm_vm\" %q {\n  name = %q\n  host = \"host-a\"\n  vcpu = %d\n  memory_mib = %d\n  shutdown_timeout = 0\n}\n", name, name, vcpu, memMiB)
 	}
@@ -150,10 +152,10 @@ var fullRefusal = regexp.MustCompile(`host\s+host-a\s+is\s+full`)
 // exists exactly once on the host, with nothing outside the states.
 func TestAccConcurrency_twoStatesCreate(t *testing.T) {
 	// 16 test-driver CPUs × 0.25 = 4 vCPU; memory is not the limit.
-	ts := newTwoStates(t, []string{"--cpu-overcommit", "0.25", "--memory-overcommit", "1"})
+	ts := newTwoStates(t, harness.Options{ExtraArgs: []string{"--cpu-overcommit", "0.25", "--memory-overcommit", "1"}}, "")
 	var configs [2]string
-	configs[0], ts.names[0] = ts.config("a", 2, 1, 512)
-	configs[1], ts.names[1] = ts.config("b", 2, 1, 512)
+	configs[0], ts.names[0] = ts.config("a", 4, 1, 256)
+	configs[1], ts.names[1] = ts.config("b", 4, 1, 256)
 
 	stop := make(chan struct{})
 	peak := watchAllocation(t, ts.cl, stop)
@@ -208,7 +210,7 @@ func (ts *twoStates) checkOnHost(t *testing.T) int {
 			t.Errorf("VM %s is in a state and %d times on the host", k, n)
 		}
 	}
-	for _, prefix := range []string{"a-", "b-"} {
+	for _, prefix := range []string{ts.prefix + "a-", ts.prefix + "b-"} {
 		o, err := harness.FindOrphans(context.Background(), map[string]*client.Client{"host-a": ts.cl}, "default", prefix, known)
 		if err != nil {
 			t.Fatal(err)
@@ -226,7 +228,45 @@ func (ts *twoStates) checkOnHost(t *testing.T) int {
 // as full naming the host, the allocation never exceeds the capacity, and
 // every VM's memory on the host is what its state says.
 func TestAccConcurrency_twoStatesGrow(t *testing.T) {
-	ts := newTwoStates(t, []string{"--cpu-overcommit", "1", "--memory-overcommit", "1"})
+	testTwoStatesGrow(t, newTwoStates(t, harness.Options{ExtraArgs: []string{"--cpu-overcommit", "1", "--memory-overcommit", "1"}}, ""))
+}
+
+// TestAccReal_twoStatesGrow is the same on real libvirt, where a grow
+// beyond max_memory_mib restarts QEMU, so concurrent grows overlap for
+// longer. The host's memory_overcommit is chosen to make it a 3 GiB host.
+func TestAccReal_twoStatesGrow(t *testing.T) {
+	testAccPreCheck(t)
+	opts := harness.RealOptions(t, harness.Options{})
+	memMiB, err := realHostMemoryMiB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ExtraArgs = []string{"--cpu-overcommit", "64", "--memory-overcommit", fmt.Sprintf("%.9f", (3072+0.5)/float64(memMiB))}
+	prefix := realPrefix("cg")
+	ts := newTwoStates(t, opts, prefix)
+	t.Cleanup(func() { realSweep(t, ts.cl, prefix) })
+	if h, err := ts.cl.Host(context.Background()); err != nil || int64(float64(h.MemoryMiB)*h.MemoryOvercommit) != 3072 || h.AllocatedMemoryMiB != 0 {
+		t.Skipf("the real host is not an empty 3 GiB host (%v, %+v): other domains on the shared libvirtd?", err, h)
+	}
+	testTwoStatesGrow(t, ts)
+}
+
+// realHostMemoryMiB is the machine's memory as libvirt reports it.
+func realHostMemoryMiB() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	m := regexp.MustCompile(`(?m)^MemTotal:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		return 0, fmt.Errorf("no MemTotal in /proc/meminfo")
+	}
+	var kib int64
+	_, err = fmt.Sscan(string(m[1]), &kib)
+	return kib / 1024, err
+}
+
+func testTwoStatesGrow(t *testing.T, ts *twoStates) {
 	var configs [2]string
 	configs[0], ts.names[0] = ts.config("a", 2, 1, 512)
 	configs[1], ts.names[1] = ts.config("b", 2, 1, 512)
