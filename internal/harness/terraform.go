@@ -93,3 +93,18 @@ func (w *Workdir) Run(ctx context.Context, args ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+// Stdout runs terraform with args and returns its standard output alone
+// (e.g. show -json, which must not be mixed with warnings).
+func (w *Workdir) Stdout(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, w.terraform, args...)
+	cmd.Dir = w.Dir
+	cmd.Env = w.env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("terraform %s in %s: %w\n%s", strings.Join(args, " "), w.Dir, err, stderr.String())
+	}
+	return string(out), nil
+}

@@ -125,24 +125,8 @@ func watchAllocation(t *testing.T, cl *client.Client, stop <-chan struct{}) func
 	}
 }
 
-// stateVMs lists the VMs a working directory's state holds.
-func stateVMs(t *testing.T, w *harness.Workdir) []string {
-	t.Helper()
-	out, err := w.Run(context.Background(), "state", "list")
-	if err != nil && !strings.Contains(out, "No state file") {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	var names []string
-	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		if n, ok := strings.CutPrefix(l, "kvm_vm."); ok {
-			names = append(names, n)
-		}
-	}
-	return names
-}
-
-// refusals counts the "full" refusals in an apply's output that name the
-// host; it fails on a refusal that names no host.
+// fullRefusal is a "full" refusal that names the host, as terraform prints
+// it (wrapped).
 var fullRefusal = regexp.MustCompile(`host\s+host-a\s+is\s+full`)
 
 // TestAccConcurrency_twoStatesCreate: teams a and b each create 4 VMs of 1
@@ -190,13 +174,16 @@ func TestAccConcurrency_twoStatesCreate(t *testing.T) {
 func (ts *twoStates) checkOnHost(t *testing.T) int {
 	t.Helper()
 	known := harness.NewKnown()
-	total := 0
 	for _, w := range ts.dirs {
-		for _, n := range stateVMs(t, w) {
-			known.VMs["host-a/"+n] = true
-			total++
+		out, err := w.Stdout(context.Background(), "show", "-json")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if err := known.AddStateJSON([]byte(out)); err != nil {
+			t.Fatal(err)
 		}
 	}
+	total := len(known.VMs)
 	vms, err := testAccVMList(ts.cl)
 	if err != nil {
 		t.Fatal(err)
