@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -42,6 +43,37 @@ const (
 	CrashCopyStreaming   = "copy.streaming"
 	CrashMigrateStarted  = "migrate.started"
 )
+
+// Delay points widen a race window the same way: with KVM_HOSTD_TEST_HOOKS=1,
+// KVM_HOSTD_TEST_DELAY_AT=<point>=<duration> (e.g. vm.update.admitted=1s)
+// makes every request that reaches the point wait there, so concurrent
+// requests interleave at that step every time instead of by chance.
+//
+//	vm.update.admitted  PATCH /v1/vms: the change passed admission, before
+//	                    libvirt applies it
+const (
+	DelayVMUpdateAdmitted = "vm.update.admitted"
+)
+
+// delayAt and delayFor are the armed delay point and its duration.
+var delayAt, delayFor = func() (string, time.Duration) {
+	if os.Getenv("KVM_HOSTD_TEST_HOOKS") != "1" {
+		return "", 0
+	}
+	point, d, ok := strings.Cut(os.Getenv("KVM_HOSTD_TEST_DELAY_AT"), "=")
+	dur, err := time.ParseDuration(d)
+	if !ok || err != nil || dur <= 0 {
+		return "", 0
+	}
+	return point, dur
+}()
+
+// delaypoint waits when point is the armed delay point; a no-op otherwise.
+func delaypoint(point string) {
+	if delayAt != "" && delayAt == point {
+		time.Sleep(delayFor)
+	}
+}
 
 // crashAt is the armed point, or "" (the production case).
 var crashAt = func() string {

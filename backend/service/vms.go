@@ -343,6 +343,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err != nil {
 		return nil, err
 	}
+	delaypoint(DelayVMUpdateAdmitted)
 	restarted, err := s.hv.UpdateVM(ctx, name, spec)
 	if err != nil {
 		return nil, err

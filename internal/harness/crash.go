@@ -26,3 +26,9 @@ func (h *Host) Exited(timeout time.Duration) bool {
 		return false
 	}
 }
+
+// DelayEnv makes every request that reaches point wait d inside kvm-hostd
+// (backend/service/crashpoint.go), to make a race's interleaving certain.
+func DelayEnv(point string, d time.Duration) []string {
+	return []string{"KVM_HOSTD_TEST_HOOKS=1", "KVM_HOSTD_TEST_DELAY_AT=" + point + "=" + d.String()}
+}

@@ -215,16 +215,25 @@ func (ts *twoStates) checkOnHost(t *testing.T) int {
 // as full naming the host, the allocation never exceeds the capacity, and
 // every VM's memory on the host is what its state says.
 func TestAccConcurrency_twoStatesGrow(t *testing.T) {
-	testTwoStatesGrow(t, newTwoStates(t, harness.Options{ExtraArgs: []string{"--cpu-overcommit", "1", "--memory-overcommit", "1"}}, ""))
+	testTwoStatesGrow(t, newTwoStates(t, harness.Options{
+		ExtraArgs: []string{"--cpu-overcommit", "1", "--memory-overcommit", "1"},
+		Env:       growRaceEnv,
+	}, ""))
 }
 
+// growRaceEnv holds every grow for 1 s between its admission and its
+// change in libvirt, so the four grows overlap there every time instead of
+// by chance (without it, the race showed in about one run of three).
+var growRaceEnv = harness.DelayEnv("vm.update.admitted", time.Second)
+
 // TestAccReal_twoStatesGrow is the same on real libvirt, where a grow
-// beyond max_memory_mib restarts QEMU, so concurrent grows overlap for
-// longer. The host's memory_overcommit is chosen to make it a 3 GiB host.
+// beyond max_memory_mib restarts QEMU. The host's memory_overcommit is
+// chosen to make it a 3 GiB host.
 func TestAccReal_twoStatesGrow(t *testing.T) {
 	testAccPreCheck(t)
 	opts := harness.RealOptions(t, harness.Options{})
 	memMiB, err := realHostMemoryMiB(opts)
+	opts.Env = growRaceEnv
 	if err != nil {
 		t.Fatal(err)
 	}
