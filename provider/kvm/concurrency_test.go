@@ -226,55 +226,6 @@ func TestAccConcurrency_twoStatesGrow(t *testing.T) {
 // by chance (without it, the race showed in about one run of three).
 var growRaceEnv = harness.DelayEnv("vm.update.admitted", time.Second)
 
-// TestAccReal_twoStatesGrow is the same on real libvirt, where a grow
-// beyond max_memory_mib restarts QEMU. The host's memory_overcommit is
-// chosen to make it a 3 GiB host.
-func TestAccReal_twoStatesGrow(t *testing.T) {
-	testAccPreCheck(t)
-	opts := harness.RealOptions(t, harness.Options{})
-	memMiB, err := realHostMemoryMiB(opts)
-	opts.Env = growRaceEnv
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.ExtraArgs = []string{"--cpu-overcommit", "64", "--memory-overcommit", fmt.Sprintf("%.9f", (3072+0.5)/float64(memMiB))}
-	prefix := realPrefix("cg")
-	ts := newTwoStates(t, opts, prefix)
-	t.Cleanup(func() { realSweep(t, ts.cl, prefix) })
-	h, err := ts.cl.Host(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if capMem := int64(float64(h.MemoryMiB) * h.MemoryOvercommit); capMem != 3072 {
-		t.Fatalf("sized the host to %d MiB, want 3072 (%+v)", capMem, h)
-	}
-	if h.AllocatedMemoryMiB != 0 {
-		t.Skipf("the shared libvirtd already holds %d MiB of domains; this test needs it empty", h.AllocatedMemoryMiB)
-	}
-	testTwoStatesGrow(t, ts)
-}
-
-// realHostMemoryMiB is the host's memory as kvm-hostd reports it (libvirt's
-// node info, which may be less than the machine's in a container), read from
-// a throwaway kvm-hostd.
-func realHostMemoryMiB(opts harness.Options) (int64, error) {
-	opts.Hosts = []string{"probe"}
-	c, err := harness.StartCluster(opts)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Stop()
-	cl, err := client.New(client.Options{Endpoint: c.Hosts[0].URL, Token: c.Token})
-	if err != nil {
-		return 0, err
-	}
-	h, err := cl.Host(context.Background())
-	if err != nil {
-		return 0, err
-	}
-	return h.MemoryMiB, nil
-}
-
 func testTwoStatesGrow(t *testing.T, ts *twoStates) {
 	var configs [2]string
 	configs[0], ts.names[0] = ts.config("a", 2, 1, 512)
