@@ -219,8 +219,9 @@ resource "kvm_vm" "v" {
   network_interfaces = [{ network = kvm_network.n.name }]
 }
 resource "kvm_snapshot" "s" {
-  vm_id = kvm_vm.v.id
-  name  = "%[3]ssnap"
+  vm_id          = kvm_vm.v.id
+  name           = "%[3]ssnap"
+  include_memory = true # the VM runs: a disk-only snapshot is refused
 }
 `, c.Token, listen, p)
 			start := time.Now()
