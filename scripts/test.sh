@@ -18,6 +18,7 @@ export CHECKPOINT_DISABLE=1
 export TF_ACC=1
 export TF_ACC_TERRAFORM_PATH="$(scripts/terraform-path.sh)"
 export KVM_HOSTD_BIN="$root/bin/kvm-hostd"
+export KVM_PROVIDER_BIN="$root/bin/terraform-provider-kvm"
 # One libvirtd serves every test package of the run (see internal/realstack).
 export KVM_REALSTACK_KEEP=1
 export KVM_TEST_REALSTACK=1

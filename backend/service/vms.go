@@ -221,6 +221,15 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 		if diff := vmSpecDiff(spec, existing.VMSpec); diff != "" {
 			return nil, false, conflict("VM %s already exists on host %s with a different %s", name, s.cfg.Name, diff)
 		}
+		if spec.Running && existing.State == api.StateShutoff {
+			// A create that died between define and start (kvm-hostd
+			// crashed) left the domain defined: the retry finishes it.
+			if err := s.hv.StartVM(ctx, name); err != nil {
+				return nil, false, fmt.Errorf("starting VM %s: %w", name, err)
+			}
+			vm, err := s.hv.GetVM(ctx, name)
+			return vm, false, err
+		}
 		return existing, false, nil
 	case !api.IsNotFound(err):
 		return nil, false, err
@@ -245,12 +254,14 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	// creates on one host proceed in parallel.
 	defined := spec
 	defined.Running = false
+	crashpoint(CrashVMCreate)
 	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
 	s.release(r)
 	unclaim() // defined: the disks show as attached from now on
 	if err != nil {
 		return nil, false, err
 	}
+	crashpoint(CrashVMDefined)
 	if spec.Running {
 		if err := s.hv.StartVM(ctx, name); err != nil {
 			// Leave nothing behind, so a retried create starts clean.
@@ -268,6 +279,7 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 			return nil, true, fmt.Errorf("VM %s was created but its switch ports were not: %w", name, err)
 		}
 	}
+	crashpoint(CrashVMStarted)
 	return vm, true, nil
 }
 
@@ -337,6 +349,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err != nil {
 		return nil, err
 	}
+	delaypoint(DelayVMUpdateAdmitted)
 	restarted, err := s.hv.UpdateVM(ctx, name, spec)
 	s.release(r)
 	unclaim()

@@ -128,7 +128,7 @@ func (s *Service) copyInto(ctx context.Context, pool, name, partial, contentURL,
 	pr := &progressReader{r: body, total: length, report: progress, log: func(done int64) {
 		s.log.Info("copy progress", "volume", pool+"/"+name, "from", from, "bytes", done, "total", length)
 	}}
-	if err := s.hv.WriteVolume(ctx, pool, partial, pr, length); err != nil {
+	if err := s.hv.WriteVolume(ctx, pool, partial, crashingReader(pr, CrashCopyStreaming), length); err != nil {
 		return fmt.Errorf("copying volume %s/%s from %s: %w", pool, name, from, err)
 	}
 	return nil

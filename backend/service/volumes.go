@@ -279,6 +279,7 @@ func (s *Service) download(ctx context.Context, pool, name, partial string, spec
 		return api.Errorf(api.CodeInvalid, "downloading %s: %v", from, err)
 	}
 	defer body.Close()
+	crashpoint(CrashDownloadStarted)
 	var h hash.Hash
 	var want []byte
 	if spec.SourceChecksum != "" {
@@ -295,6 +296,7 @@ func (s *Service) download(ctx context.Context, pool, name, partial string, spec
 	if err := s.hv.WriteVolume(ctx, pool, partial, r, length); err != nil {
 		return fmt.Errorf("writing %s into volume %s/%s: %w", from, pool, name, err)
 	}
+	crashpoint(CrashDownloadWritten)
 	if h != nil {
 		if got := h.Sum(nil); !bytes.Equal(got, want) {
 			return api.Errorf(api.CodeInvalid, "checksum mismatch for %s: got sha256:%x, want %s", from, got, spec.SourceChecksum)

@@ -3,14 +3,10 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"net"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/Shopify/toxiproxy/v2/toxics"
 	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
@@ -19,8 +15,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/statecheck"
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
@@ -466,129 +460,6 @@ func TestAccVM_admission(t *testing.T) {
 	if len(vms) != 0 {
 		t.Fatalf("a refused VM exists: %+v", vms)
 	}
-}
-
-// dropNextVMPutResponse arms the toxics below: the response to the next
-// PUT /v1/vms/... is dropped and its connection closed, after the host has
-// acted on the request, as when a network or load balancer fails mid-way.
-var (
-	vmPutSeen        atomic.Bool
-	vmPutDropArmed   atomic.Bool
-	vmPutDroppedOnce atomic.Int32
-)
-
-// vmPutWatchToxic (upstream) notices a VM create going to the host.
-type vmPutWatchToxic struct{}
-
-func (vmPutWatchToxic) Pipe(stub *toxics.ToxicStub) {
-	for {
-		select {
-		case <-stub.Interrupt:
-			return
-		case ch := <-stub.Input:
-			if ch == nil {
-				stub.Close()
-				return
-			}
-			if vmPutDropArmed.Load() && strings.HasPrefix(string(ch.Data), "PUT /v1/vms/") {
-				vmPutSeen.Store(true)
-			}
-			stub.Output <- ch
-		}
-	}
-}
-
-// vmPutDropToxic (downstream) drops the response to that request.
-type vmPutDropToxic struct{}
-
-func (vmPutDropToxic) Pipe(stub *toxics.ToxicStub) {
-	for {
-		select {
-		case <-stub.Interrupt:
-			return
-		case ch := <-stub.Input:
-			if ch == nil {
-				stub.Close()
-				return
-			}
-			if vmPutSeen.Load() && vmPutDropArmed.CompareAndSwap(true, false) {
-				vmPutDroppedOnce.Add(1)
-				stub.Close() // the client sees the connection die without an answer
-				return
-			}
-			stub.Output <- ch
-		}
-	}
-}
-
-func init() {
-	toxics.Register("kvm_vm_put_watch", new(vmPutWatchToxic))
-	toxics.Register("kvm_vm_put_drop", new(vmPutDropToxic))
-}
-
-// A create retried after a lost response yields exactly one domain.
-func TestAccVM_lostCreateResponse(t *testing.T) {
-	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
-	cl := testAccVMClient(t, c, "host-a")
-
-	// toxiproxy in-process between the provider and kvm-hostd.
-	upstream := strings.TrimPrefix(strings.TrimPrefix(c.Host("host-a").URL, "http://"), "https://")
-	if _, _, err := net.SplitHostPort(upstream); err != nil {
-		t.Fatalf("host URL %s: %v", c.Host("host-a").URL, err)
-	}
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "host-a", "127.0.0.1:0", upstream)
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Stop)
-	for _, tx := range []string{
-		`{"name":"watch","type":"kvm_vm_put_watch","stream":"upstream"}`,
-		`{"name":"drop","type":"kvm_vm_put_drop","stream":"downstream"}`,
-	} {
-		if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(tx)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	providerHCL := fmt.Sprintf(`
-provider "kvm" {
-  token = %q
-  hosts = { "host-a" = { endpoint = "http://%s" } }
-}
-`, c.Token, proxy.Listen)
-
-	resource.Test(t, resource.TestCase{
-		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
-		CheckDestroy:             testAccCheckVMDestroy(c),
-		Steps: []resource.TestStep{{
-			PreConfig: func() {
-				vmPutSeen.Store(false)
-				vmPutDroppedOnce.Store(0)
-				vmPutDropArmed.Store(true)
-			},
-			Config: providerHCL + `
-resource "kvm_vm" "test" {
-  name       = "retried"
-  host       = "host-a"
-  vcpu       = 1
-  memory_mib = 64
-}
-`,
-			Check: func(*terraform.State) error {
-				if n := vmPutDroppedOnce.Load(); n != 1 {
-					return fmt.Errorf("the fault was injected %d times, want 1", n)
-				}
-				vms, err := testAccVMList(cl)
-				if err != nil {
-					return err
-				}
-				if len(vms) != 1 || vms[0].Name != "retried" {
-					return fmt.Errorf("want exactly one domain named retried, have %+v", vms)
-				}
-				return nil
-			},
-		}},
-	})
 }
 
 // vmRestartAttributes decides the "VM Will Restart" warning.
