@@ -234,11 +234,4 @@ func (b *fetchBody) Close() error {
 
 // redactURL drops credentials, the query and the fragment from a URL for
 // logs, errors and the API.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	return u.String()
-}
+func redactURL(s string) string { return api.RedactURL(s) }
