@@ -38,6 +38,14 @@ type Allocation struct {
 	MemoryMiB int64
 }
 
+// ImageInfo is what an image file's header says it is.
+type ImageInfo struct {
+	Format        string
+	BackingFile   string
+	BackingFormat string
+	DataFile      string
+}
+
 // VMMeta is what kvm-hostd records in a domain's <metadata> besides the spec.
 type VMMeta struct {
 	Owner     string
@@ -95,6 +103,9 @@ type Hypervisor interface {
 	// RenameVolume gives a volume another name in its pool, with its
 	// contents and metadata; it fails with CodeConflict if to exists.
 	RenameVolume(ctx context.Context, pool, from, to string) error
+	// InspectVolume reads what a volume's image really is, from its own
+	// header: format, backing file and external data file.
+	InspectVolume(ctx context.Context, pool, name string) (ImageInfo, error)
 
 	ListVMs(ctx context.Context) ([]api.VM, error)
 	GetVM(ctx context.Context, name string) (*api.VM, error)

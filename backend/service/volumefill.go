@@ -64,6 +64,9 @@ func (s *Service) startFill(ctx context.Context, kind, pool, name string, spec a
 		defer close(f.done)
 		err := work(ctx, partial, progress)
 		if err == nil {
+			err = s.checkFilledImage(ctx, pool, name, partial, spec)
+		}
+		if err == nil {
 			err = s.completeFill(pool, name, partial)
 		}
 		if err != nil {
@@ -82,6 +85,41 @@ func (s *Service) startFill(ctx context.Context, kind, pool, name string, spec a
 	}
 	s.fills.m[target] = f
 	return f, nil
+}
+
+// checkFilledImage refuses an image whose header says something other
+// than what was asked for: another format, an external data file, or a
+// backing file other than the clone's own base. Only then may it become a
+// volume: QEMU would open whatever file such a header names, with the
+// guest reading it.
+func (s *Service) checkFilledImage(ctx context.Context, pool, name, partial string, spec api.VolumeSpec) error {
+	info, err := s.hv.InspectVolume(ctx, pool, partial)
+	if err != nil {
+		return err
+	}
+	want := spec.Format
+	if want == "" {
+		want = api.FormatQCOW2
+	}
+	switch {
+	case info.Format != want:
+		return api.Errorf(api.CodeInvalid, "volume %s/%s: the image is %s, not the requested %s; refused", pool, name, info.Format, want)
+	case info.DataFile != "":
+		return api.Errorf(api.CodeInvalid, "volume %s/%s: the image names an external data file (%s); refused", pool, name, info.DataFile)
+	case info.BackingFile != "":
+		if spec.BaseVolume == "" {
+			return api.Errorf(api.CodeInvalid, "volume %s/%s: the image names a backing file (%s); refused", pool, name, info.BackingFile)
+		}
+		base, err := s.hv.GetVolume(ctx, pool, spec.BaseVolume)
+		if err != nil {
+			return err
+		}
+		if info.BackingFile != base.Path || (info.BackingFormat != "" && info.BackingFormat != base.Format) {
+			return api.Errorf(api.CodeInvalid, "volume %s/%s: the image's backing file is %s (%s), not its base %s (%s); refused",
+				pool, name, info.BackingFile, info.BackingFormat, base.Path, base.Format)
+		}
+	}
+	return nil
 }
 
 // completeFill gives a filled partial volume its name.
