@@ -115,12 +115,14 @@ resource "kvm_vm" "b" {
 		hcl: func(bool) string {
 			return `
 resource "kvm_snapshot" "a" {
-  vm_id = kvm_vm.a.id
-  name  = "hd-snap"
+  vm_id          = kvm_vm.a.id
+  name           = "hd-snap"
+  include_memory = true
 }
 resource "kvm_snapshot" "b" {
-  vm_id = "host-b/${kvm_vm.b.name}"
-  name  = "hd-snap"
+  vm_id          = "host-b/${kvm_vm.b.name}"
+  name           = "hd-snap"
+  include_memory = true
   timeouts { read = "3s" }
 }
 `

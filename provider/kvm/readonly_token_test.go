@@ -59,8 +59,9 @@ resource "kvm_vm" "ro" {
 }
 
 resource "kvm_snapshot" "ro" {
-  vm_id = kvm_vm.ro.id
-  name  = "ro-snap"
+  vm_id          = kvm_vm.ro.id
+  name           = "ro-snap"
+  include_memory = true
 }
 `
 	}
