@@ -32,8 +32,6 @@ var (
 	_ resource.ResourceWithValidateConfig = &DiskResource{}
 )
 
-func init() { resourceFactories = append(resourceFactories, NewDiskResource) }
-
 // Default timeouts: a create may download an image.
 const (
 	diskCreateTimeout = 30 * time.Minute

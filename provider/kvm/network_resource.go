@@ -32,8 +32,6 @@ var (
 	_ resource.ResourceWithConfigValidators = &NetworkResource{}
 )
 
-func init() { resourceFactories = append(resourceFactories, NewNetworkResource) }
-
 // statusReady is a host's status when its bridge (and tunnels) match.
 const statusReady = "ready"
 

@@ -29,8 +29,6 @@ var (
 	_ resource.ResourceWithModifyPlan  = &SnapshotResource{}
 )
 
-func init() { resourceFactories = append(resourceFactories, NewSnapshotResource) }
-
 const (
 	snapshotCreateTimeout = 20 * time.Minute
 	snapshotReadTimeout   = 5 * time.Minute

@@ -28,8 +28,6 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
-func init() { resourceFactories = append(resourceFactories, NewVMResource) }
-
 var (
 	_ resource.ResourceWithConfigure      = &VMResource{}
 	_ resource.ResourceWithImportState    = &VMResource{}
