@@ -98,7 +98,7 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 					"defaults to the size of the base or image and is read back. Growing it is applied in place " +
 					"(online when attached to a running VM); shrinking is refused at plan time because it would destroy data.",
 				Optional: true, Computed: true,
-				Validators:    []validator.Int64{int64validator.Between(1, 64<<20)},
+				Validators:    []validator.Int64{int64validator.Between(1, api.MaxVolumeMiB)},
 				PlanModifiers: []planmodifier.Int64{int64planmodifier.UseStateForUnknown()},
 			},
 			"format": schema.StringAttribute{
@@ -115,7 +115,7 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 					"changes together with `host` (the clone moves with its VM onto the new host's copy of the same base).",
 				Optional: true,
 				Validators: []validator.String{
-					diskIDFormat(),
+					diskIDFormat("", ""),
 					stringvalidator.ConflictsWith(path.MatchRoot("source_url")),
 				},
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplaceIf(baseChangeReplaces,
