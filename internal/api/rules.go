@@ -398,3 +398,18 @@ func ValidateNetworkSpec(name string, spec NetworkSpec) error {
 	}
 	return nil
 }
+
+// ValidateMigrateRequest fills the default mode and reports the first rule
+// req breaks as a CodeInvalid *Error.
+func ValidateMigrateRequest(req *MigrateRequest) error {
+	if req.TargetURI == "" {
+		return invalidf("target_uri is required")
+	}
+	if req.Mode == "" {
+		req.Mode = DefaultMigrationMode
+	}
+	if !slices.Contains(MigrationModes, req.Mode) {
+		return invalidf("mode %q is not %s", req.Mode, strings.Join(MigrationModes, " or "))
+	}
+	return nil
+}
