@@ -207,7 +207,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				Default: booldefault.StaticBool(false),
 			},
 			"description": schema.StringAttribute{
-				MarkdownDescription: "Free text stored in the domain's `<description>` (at most 4096 characters).",
+				MarkdownDescription: "Free text stored in the domain's `<description>` (at most 4096 bytes).",
 				Optional:            true,
 				Validators:          []validator.String{description()},
 			},
