@@ -106,6 +106,8 @@ func (s *Service) admit(ctx context.Context, vm string, addVCPU, addMemMiB int64
 	return nil
 }
 
+func vmMemory(spec api.VMSpec) int64 { return api.VMMemoryMiB(spec) }
+
 // PutVM creates a domain. A domain that exists with the same spec is
 // returned as is (a retried create), one with a different spec is a
 // conflict: PUT never silently changes a VM.
@@ -137,7 +139,7 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 		return nil, false, err
 	}
 	s.admission.Lock()
-	if err := s.admit(ctx, name, spec.VCPU, api.VMMemoryMiB(spec)); err != nil {
+	if err := s.admit(ctx, name, spec.VCPU, vmMemory(spec)); err != nil {
 		s.admission.Unlock()
 		return nil, false, err
 	}
@@ -228,7 +230,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 		return nil, err
 	}
 	s.admission.Lock()
-	err = s.admit(ctx, name, spec.VCPU-cur.VCPU, api.VMMemoryMiB(spec)-api.VMMemoryMiB(cur.VMSpec))
+	err = s.admit(ctx, name, spec.VCPU-cur.VCPU, vmMemory(spec)-vmMemory(cur.VMSpec))
 	s.admission.Unlock()
 	if err != nil {
 		return nil, err
