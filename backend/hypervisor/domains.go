@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -481,14 +480,14 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 		// NICs appended to a running domain are hot-added (the domain has
 		// <acpi/>); anything else, or a failed hot-add, takes the restart.
 		hotAdded := false
-		if active && !l.test && seed == oldMeta.SeedISO && nicsOnlyAppended(&curSpec, &spec) {
+		if active && !l.test && seed == oldMeta.SeedISO && api.NICsOnlyAppended(curSpec, spec) {
 			if err := attachNICs(d, want, len(curSpec.Interfaces)); err != nil {
 				l.log.Warn("NIC hot-add failed; restarting the domain instead", "vm", name, "error", err)
 			} else {
 				hotAdded = true
 			}
 		}
-		if !hotAdded && (hardwareChanged(&curSpec, &spec) || seed != oldMeta.SeedISO) {
+		if !hotAdded && (len(api.HardwareChanges(curSpec, spec)) > 0 || seed != oldMeta.SeedISO) {
 			doc, err := mergeDomain(cur, want).Marshal()
 			if err != nil {
 				return err
@@ -637,19 +636,6 @@ func keepPort(old, want *libvirtxml.DomainInterfaceVirtualPort) *libvirtxml.Doma
 	return want
 }
 
-// hardwareChanged reports whether going from cur to want changes what
-// the guest sees as hardware, which only a restart applies.
-// nicsOnlyAppended reports whether want differs from cur only by network
-// interfaces added after the existing ones.
-func nicsOnlyAppended(cur, want *api.VMSpec) bool {
-	if len(want.Interfaces) <= len(cur.Interfaces) {
-		return false
-	}
-	prefix := *want
-	prefix.Interfaces = want.Interfaces[:len(cur.Interfaces)]
-	return !hardwareChanged(cur, &prefix)
-}
-
 // attachNICs hot-adds want's interfaces from index on, live and to the
 // persistent definition.
 func attachNICs(d *libvirt.Domain, want *libvirtxml.Domain, from int) error {
@@ -746,54 +732,6 @@ func describeDefault(p *HostProbe) string {
 		s += " (" + strings.Join(p.Disable, ", ") + " disabled)"
 	}
 	return s
-}
-
-func hardwareChanged(cur, want *api.VMSpec) bool {
-	maxMem := want.MaxMemoryMiB
-	if maxMem == 0 {
-		maxMem = want.MemoryMiB
-	}
-	if cur.VCPU != want.VCPU || cur.MaxMemoryMiB != maxMem {
-		return true
-	}
-	if !reflect.DeepEqual(normCPU(cur.CPU), normCPU(want.CPU)) {
-		return true
-	}
-	if len(cur.Disks) != len(want.Disks) || len(cur.Interfaces) != len(want.Interfaces) {
-		return true
-	}
-	for i := range want.Disks {
-		a, b := cur.Disks[i], want.Disks[i]
-		if a.Pool != orDefault(b.Pool, "default") || a.Volume != b.Volume || a.Bus != orDefault(b.Bus, "virtio") {
-			return true
-		}
-	}
-	for i := range want.Interfaces {
-		a, b := cur.Interfaces[i], want.Interfaces[i]
-		if b.MAC == "" || !strings.EqualFold(a.MAC, b.MAC) || a.Network != b.Network || a.Bridge != b.Bridge ||
-			a.Model != orDefault(b.Model, "virtio") || a.VLAN != b.VLAN {
-			return true
-		}
-	}
-	return (cur.CloudInit == nil) != (want.CloudInit == nil)
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
-func normCPU(c *api.CPU) api.CPU {
-	if c == nil {
-		return api.CPU{}
-	}
-	n := *c
-	if len(n.Pinning) == 0 {
-		n.Pinning = nil
-	}
-	return n
 }
 
 // SetInterfaceVLAN changes the access VLAN of the domain's interface with

@@ -106,7 +106,7 @@ func TestBuildDomainCPUFromProbe(t *testing.T) {
 			if c.mode == "" && got.CPU != nil {
 				t.Errorf("read back a cpu block the user did not set: %+v", got.CPU)
 			}
-			if hardwareChanged(&got, &spec) {
+			if len(api.HardwareChanges(got, spec)) > 0 {
 				t.Errorf("the domain as built differs from its own spec: %+v vs %+v", got, spec)
 			}
 		})

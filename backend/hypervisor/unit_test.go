@@ -65,24 +65,6 @@ func TestDevNames(t *testing.T) {
 	}
 }
 
-func TestHardwareChanged(t *testing.T) {
-	cur := api.VMSpec{VCPU: 1, MemoryMiB: 64, MaxMemoryMiB: 128,
-		Disks:      []api.VMDisk{{Pool: "default", Volume: "a", Bus: "virtio", Target: "vda"}},
-		Interfaces: []api.VMInterface{{Network: "n", MAC: "52:54:00:00:00:01", Model: "virtio", Bridge: "kvm-n"}}}
-	want := cur
-	want.MemoryMiB = 100
-	want.Disks = []api.VMDisk{{Volume: "a"}}
-	want.Interfaces = []api.VMInterface{{Network: "n", MAC: "52:54:00:00:00:01", Bridge: "kvm-n"}}
-	want.Tags = map[string]string{"x": "y"}
-	if hardwareChanged(&cur, &want) {
-		t.Fatal("memory/tags are live changes")
-	}
-	want.VCPU = 2
-	if !hardwareChanged(&cur, &want) {
-		t.Fatal("vcpu needs a restart")
-	}
-}
-
 func TestSeedISO(t *testing.T) {
 	img, err := seedISO("vm1", &api.CloudInit{UserData: "#cloud-config\n", NetworkConfig: "version: 2\n"})
 	if err != nil {

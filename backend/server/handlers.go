@@ -193,8 +193,8 @@ func (s *Server) deleteVM(r *http.Request) (int, any, error) {
 	timeout := service.DefaultShutdownTimeout
 	if q := r.URL.Query().Get("shutdown_timeout"); q != "" {
 		n, err := strconv.Atoi(q)
-		if err != nil || n < 0 || n > 3600 {
-			return 0, nil, api.Errorf(api.CodeInvalid, "shutdown_timeout %q must be 0..3600 seconds", q)
+		if err != nil || n < 0 || n > api.MaxShutdownTimeoutSec {
+			return 0, nil, api.Errorf(api.CodeInvalid, "shutdown_timeout %q must be 0..%d seconds", q, api.MaxShutdownTimeoutSec)
 		}
 		timeout = time.Duration(n) * time.Second
 	}

@@ -135,8 +135,8 @@ func (s *Service) admit(ctx context.Context, vm, kind string, want Allocation, t
 
 // fits refuses add when it does not fit next to total, with the numbers.
 func (s *Service) fits(vm string, add, total, reserved Allocation, res Resources) error {
-	capVCPU := int64(float64(res.CPUs) * s.cfg.CPUOvercommit)
-	capMem := int64(float64(res.MemoryMiB) * s.cfg.MemoryOvercommit)
+	capVCPU := api.Capacity(res.CPUs, s.cfg.CPUOvercommit)
+	capMem := api.Capacity(res.MemoryMiB, s.cfg.MemoryOvercommit)
 	held := func(n int64, unit string) string {
 		if n == 0 {
 			return ""

@@ -20,11 +20,8 @@ func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if err := api.ValidateMigrationURI(req.TargetURI); err != nil {
 		return nil, invalid("target_uri: %v", err)
 	}
-	if req.Mode == "" {
-		req.Mode = "live"
-	}
-	if req.Mode != "live" && req.Mode != "offline" {
-		return nil, invalid("mode %q is not \"live\" or \"offline\"", req.Mode)
+	if err := api.ValidateMigrateRequest(&req); err != nil {
+		return nil, err
 	}
 	if s.cfg.MigrationURI != "" && req.TargetURI == s.cfg.MigrationURI {
 		return nil, invalid("target_uri %s is this host (%s)", req.TargetURI, s.cfg.Name)

@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 
@@ -15,39 +14,6 @@ func (s *Service) switchOrErr() (Switch, error) {
 		return nil, api.Errorf(api.CodeUnsupported, "host %s has no Open vSwitch configured (--ovsdb)", s.cfg.Name)
 	}
 	return s.sw, nil
-}
-
-func validateNetworkSpec(name string, spec api.NetworkSpec) error {
-	if err := api.ValidateName("network", name); err != nil {
-		return invalid("%s", err)
-	}
-	if spec.VLAN != 0 && (spec.VLAN < 1 || spec.VLAN > 4094) {
-		return invalid("vlan %d is out of range (1..4094)", spec.VLAN)
-	}
-	switch spec.Overlay {
-	case "":
-		if spec.VNI != 0 {
-			return invalid("vni needs overlay (%q or %q)", api.OverlayVXLAN, api.OverlayGeneve)
-		}
-	case api.OverlayVXLAN, api.OverlayGeneve:
-		if spec.VNI < 1 || spec.VNI > 16777215 {
-			return invalid("vni %d is out of range (1..16777215); it is required with overlay", spec.VNI)
-		}
-	default:
-		return invalid("overlay %q is not %q or %q", spec.Overlay, api.OverlayVXLAN, api.OverlayGeneve)
-	}
-	if spec.MTU != 0 && (spec.MTU < 576 || spec.MTU > 9216) {
-		return invalid("mtu %d is out of range (576..9216)", spec.MTU)
-	}
-	for i, p := range spec.Peers {
-		if err := api.ValidateName("peer host", p.Host); err != nil {
-			return invalid("peers[%d]: %s", i, err)
-		}
-		if net.ParseIP(p.TunnelIP) == nil {
-			return invalid("peers[%d]: tunnel_ip %q of host %s is not an IP address", i, p.TunnelIP, p.Host)
-		}
-	}
-	return nil
 }
 
 // ListNetworks lists the networks realized on this host.
@@ -73,7 +39,7 @@ func (s *Service) GetNetwork(ctx context.Context, name string) (*api.Network, er
 
 // PutNetwork creates or converges a network's bridge and tunnels.
 func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkSpec) (*api.Network, error) {
-	if err := validateNetworkSpec(name, spec); err != nil {
+	if err := api.ValidateNetworkSpec(name, spec); err != nil {
 		return nil, err
 	}
 	sw, err := s.switchOrErr()

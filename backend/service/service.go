@@ -16,7 +16,7 @@ import (
 )
 
 // DefaultPool is the storage pool kvm-hostd ensures at --pool-dir.
-const DefaultPool = "default"
+const DefaultPool = api.DefaultPool
 
 // Config is the host's identity and policy.
 type Config struct {

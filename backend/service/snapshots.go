@@ -38,8 +38,8 @@ func (s *Service) PutSnapshot(ctx context.Context, vm, name string, spec api.Sna
 	if err := validateSnapshotNames(vm, name); err != nil {
 		return nil, false, err
 	}
-	if len(spec.Description) > 4096 {
-		return nil, false, invalid("description is longer than 4096 characters")
+	if err := api.CheckDescription(spec.Description); err != nil {
+		return nil, false, invalid("%s", err)
 	}
 	unlock := s.locks.Lock("vm/" + vm)
 	defer unlock()

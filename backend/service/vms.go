@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -14,101 +13,6 @@ import (
 
 // DefaultShutdownTimeout is the graceful ACPI shutdown window.
 const DefaultShutdownTimeout = 60 * time.Second
-
-var (
-	macPattern     = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-	cpuSetPattern  = regexp.MustCompile(`^\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*$`)
-	validBuses     = []string{"virtio", "sata", "scsi", "ide"}
-	validNICModels = []string{"virtio", "e1000", "e1000e", "rtl8139"}
-	validCPUModes  = []string{"host-passthrough", "host-model", "maximum", "custom"}
-)
-
-// normalizeVMSpec fills defaults and validates everything before libvirt is
-// touched.
-func normalizeVMSpec(spec *api.VMSpec) error {
-	if spec.VCPU < 1 || spec.VCPU > 512 {
-		return invalid("vcpu %d is out of range (1..512)", spec.VCPU)
-	}
-	if spec.MemoryMiB < 16 || spec.MemoryMiB > 16<<20 {
-		return invalid("memory_mib %d is out of range (16..%d)", spec.MemoryMiB, 16<<20)
-	}
-	if spec.MaxMemoryMiB != 0 && spec.MaxMemoryMiB < spec.MemoryMiB {
-		return invalid("max_memory_mib (%d) must be at least memory_mib (%d)", spec.MaxMemoryMiB, spec.MemoryMiB)
-	}
-	if c := spec.CPU; c != nil {
-		if c.Mode != "" && !slices.Contains(validCPUModes, c.Mode) {
-			return invalid("cpu.mode %q is not one of %s", c.Mode, strings.Join(validCPUModes, ", "))
-		}
-		if c.Sockets < 0 || c.Cores < 0 || c.Threads < 0 {
-			return invalid("cpu topology values must be positive")
-		}
-		if c.Sockets > 0 || c.Cores > 0 || c.Threads > 0 {
-			s, co, t := max(c.Sockets, 1), max(c.Cores, 1), max(c.Threads, 1)
-			if s*co*t != spec.VCPU {
-				return invalid("cpu topology sockets×cores×threads = %d×%d×%d = %d must equal vcpu (%d)", s, co, t, s*co*t, spec.VCPU)
-			}
-		}
-		if len(c.Pinning) > 0 && int64(len(c.Pinning)) != spec.VCPU {
-			return invalid("cpu.pinning has %d entries; it needs one host-CPU set per vCPU (%d)", len(c.Pinning), spec.VCPU)
-		}
-		for i, p := range c.Pinning {
-			if !cpuSetPattern.MatchString(p) {
-				return invalid("cpu.pinning[%d] %q is not a CPU set like \"0\", \"0-3\" or \"0,2\"", i, p)
-			}
-		}
-	}
-	seen := map[string]bool{}
-	for i := range spec.Disks {
-		d := &spec.Disks[i]
-		if d.Pool == "" {
-			d.Pool = DefaultPool
-		}
-		if err := validatePoolAndName(d.Pool, d.Volume); err != nil {
-			return invalid("disks[%d]: %s", i, err.(*api.Error).Message)
-		}
-		if d.Bus == "" {
-			d.Bus = "virtio"
-		}
-		if !slices.Contains(validBuses, d.Bus) {
-			return invalid("disks[%d].bus %q is not one of %s", i, d.Bus, strings.Join(validBuses, ", "))
-		}
-		k := d.Pool + "/" + d.Volume
-		if seen[k] {
-			return invalid("disks[%d]: volume %s is attached twice", i, k)
-		}
-		seen[k] = true
-	}
-	for i := range spec.Interfaces {
-		n := &spec.Interfaces[i]
-		if err := api.ValidateName("network", n.Network); err != nil {
-			return invalid("network_interfaces[%d]: %s", i, err)
-		}
-		if n.Model == "" {
-			n.Model = "virtio"
-		}
-		if !slices.Contains(validNICModels, n.Model) {
-			return invalid("network_interfaces[%d].model %q is not one of %s", i, n.Model, strings.Join(validNICModels, ", "))
-		}
-		if n.MAC != "" {
-			if !macPattern.MatchString(n.MAC) {
-				return invalid("network_interfaces[%d].mac %q is not a MAC address like 52:54:00:12:34:56", i, n.MAC)
-			}
-			n.MAC = strings.ToLower(n.MAC)
-		}
-	}
-	if spec.ShutdownTimeoutSec != nil && (*spec.ShutdownTimeoutSec < 0 || *spec.ShutdownTimeoutSec > 3600) {
-		return invalid("shutdown_timeout %d is out of range (0..3600 seconds)", *spec.ShutdownTimeoutSec)
-	}
-	if len(spec.Description) > 4096 {
-		return invalid("description is longer than 4096 characters")
-	}
-	for k := range spec.Tags {
-		if k == "" || len(k) > 128 || strings.ContainsAny(k, "\x00") {
-			return invalid("tag key %q is invalid", k)
-		}
-	}
-	return nil
-}
 
 func validateVMName(name string) error {
 	if err := api.ValidateName("VM", name); err != nil {
@@ -200,7 +104,7 @@ func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec, cu
 	return nil
 }
 
-func vmMemory(spec api.VMSpec) int64 { return max(spec.MemoryMiB, spec.MaxMemoryMiB) }
+func vmMemory(spec api.VMSpec) int64 { return api.VMMemoryMiB(spec) }
 
 // PutVM creates a domain. A domain that exists with the same spec is
 // returned as is (a retried create), one with a different spec is a
@@ -209,7 +113,8 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	if err := validateVMName(name); err != nil {
 		return nil, false, err
 	}
-	if err := normalizeVMSpec(&spec); err != nil {
+	// Defaults and every rule, before libvirt is touched.
+	if err := api.ValidateVMSpec(&spec); err != nil {
 		return nil, false, err
 	}
 	unlock := s.locks.Lock("vm/" + name)
@@ -323,7 +228,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err := validateVMName(name); err != nil {
 		return nil, err
 	}
-	if err := normalizeVMSpec(&spec); err != nil {
+	if err := api.ValidateVMSpec(&spec); err != nil {
 		return nil, err
 	}
 	unlock := s.locks.Lock("vm/" + name)

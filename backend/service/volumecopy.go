@@ -63,7 +63,7 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	if spec.Recreate {
 		return nil, invalid("recreate is not allowed in a copy")
 	}
-	if err := validateVolumeSpec(&spec); err != nil {
+	if err := api.ValidateVolumeSpec(&spec); err != nil {
 		return nil, err
 	}
 	if spec.SizeMiB == 0 {

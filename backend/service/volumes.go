@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash"
 	"io"
-	"net/url"
 	"strings"
 	"time"
 
@@ -17,70 +15,14 @@ import (
 
 // MaxVolumeMiB bounds a volume's size (64 TiB) so a typo cannot exhaust
 // the pool.
-const MaxVolumeMiB = 64 << 20
-
-func validateVolumeSpec(spec *api.VolumeSpec) error {
-	switch spec.Format {
-	case "":
-		spec.Format = api.FormatQCOW2
-	case api.FormatQCOW2, api.FormatRaw:
-	default:
-		return invalid("format %q is not supported; use %q or %q", spec.Format, api.FormatQCOW2, api.FormatRaw)
-	}
-	if spec.SizeMiB < 0 || spec.SizeMiB > MaxVolumeMiB {
-		return invalid("size_mib %d is out of range (1..%d)", spec.SizeMiB, MaxVolumeMiB)
-	}
-	if spec.BaseVolume != "" {
-		if err := api.ValidateName("base volume", spec.BaseVolume); err != nil {
-			return invalid("%s", err)
-		}
-		if spec.Format != api.FormatQCOW2 {
-			return invalid("a linked clone (base_disk_id) must be qcow2, not %q", spec.Format)
-		}
-		if spec.SourceURL != "" {
-			return invalid("base_disk_id and source_url are mutually exclusive")
-		}
-	}
-	if spec.SourceURL != "" {
-		u, err := url.Parse(spec.SourceURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return invalid("source_url %q must be an http or https URL", spec.SourceURL)
-		}
-	}
-	if spec.SourceChecksum != "" {
-		if _, _, err := parseChecksum(spec.SourceChecksum); err != nil {
-			return err
-		}
-		if spec.SourceURL == "" {
-			return invalid("source_checksum needs source_url")
-		}
-	}
-	if spec.SizeMiB == 0 && spec.BaseVolume == "" && spec.SourceURL == "" {
-		return invalid("size_mib is required for an empty volume")
-	}
-	return validateIOTune(spec.IOTune)
-}
-
-func validateIOTune(t *api.IOTune) error {
-	if t == nil {
-		return nil
-	}
-	if t.ReadBytesSec < 0 || t.WriteBytesSec < 0 || t.ReadIOPSSec < 0 || t.WriteIOPSSec < 0 {
-		return invalid("iotune limits must not be negative")
-	}
-	return nil
-}
+const MaxVolumeMiB = api.MaxVolumeMiB
 
 func parseChecksum(s string) (string, []byte, error) {
-	algo, hexsum, ok := strings.Cut(s, ":")
-	if !ok || algo != "sha256" {
-		return "", nil, invalid("source_checksum %q must look like sha256:<64 hex digits>", s)
+	algo, sum, err := api.ParseChecksum(s)
+	if err != nil {
+		return "", nil, invalid("source_checksum %s", err)
 	}
-	b, err := hex.DecodeString(hexsum)
-	if err != nil || len(b) != sha256.Size {
-		return "", nil, invalid("source_checksum %q must look like sha256:<64 hex digits>", s)
-	}
-	return algo, b, nil
+	return algo, sum, nil
 }
 
 func validatePoolAndName(pool, name string) error {
@@ -157,7 +99,7 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 	if err := validatePoolAndName(pool, name); err != nil {
 		return nil, false, err
 	}
-	if err := validateVolumeSpec(&spec); err != nil {
+	if err := api.ValidateVolumeSpec(&spec); err != nil {
 		return nil, false, err
 	}
 	unlock := s.lockPool(pool)
@@ -334,7 +276,7 @@ func (s *Service) UpdateVolume(ctx context.Context, pool, name string, u api.Vol
 	if err := validatePoolAndName(pool, name); err != nil {
 		return nil, err
 	}
-	if err := validateIOTune(u.IOTune); err != nil {
+	if err := api.ValidateIOTune(u.IOTune); err != nil {
 		return nil, err
 	}
 	unlock, err := s.lockVolume(pool, name, "being updated")

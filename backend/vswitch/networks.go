@@ -16,9 +16,6 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
-// maxVNI is the largest 24-bit VXLAN/Geneve network identifier.
-const maxVNI = 1<<24 - 1
-
 // portState is a port of a bridge with its interfaces, from the cache.
 type portState struct {
 	port   Port
@@ -85,40 +82,14 @@ func (st *bridgeState) port(name string) *portState {
 
 func isTunnelType(t string) bool { return t == api.OverlayVXLAN || t == api.OverlayGeneve }
 
+// validateNetworkSpec applies the rules kvm-hostd checks on every request
+// (api.ValidateNetworkSpec) and checks this host's tunnel IP.
 func validateNetworkSpec(name string, spec api.NetworkSpec, localIP string) error {
-	if name == "" {
-		return api.Errorf(api.CodeInvalid, "network name is empty")
-	}
-	if spec.VLAN < 0 || spec.VLAN > 4094 {
-		return api.Errorf(api.CodeInvalid, "vlan %d out of range 1-4094", spec.VLAN)
-	}
-	if spec.MTU < 0 || spec.MTU > 65535 {
-		return api.Errorf(api.CodeInvalid, "mtu %d out of range", spec.MTU)
-	}
-	switch spec.Overlay {
-	case "":
-		if spec.VNI != 0 {
-			return api.Errorf(api.CodeInvalid, "vni requires an overlay")
-		}
-	case api.OverlayVXLAN, api.OverlayGeneve:
-		if spec.VNI < 1 || spec.VNI > maxVNI {
-			return api.Errorf(api.CodeInvalid, "vni %d out of range 1-%d", spec.VNI, maxVNI)
-		}
-	default:
-		return api.Errorf(api.CodeInvalid, "overlay %q: want vxlan or geneve", spec.Overlay)
+	if err := api.ValidateNetworkSpec(name, spec); err != nil {
+		return err
 	}
 	if localIP != "" && net.ParseIP(localIP) == nil {
 		return api.Errorf(api.CodeInvalid, "local tunnel ip %q is not an IP address", localIP)
-	}
-	seen := map[string]bool{}
-	for _, p := range spec.Peers {
-		if p.Host == "" || net.ParseIP(p.TunnelIP) == nil {
-			return api.Errorf(api.CodeInvalid, "peer %q: tunnel ip %q is not an IP address", p.Host, p.TunnelIP)
-		}
-		if seen[p.Host] {
-			return api.Errorf(api.CodeInvalid, "peer %q listed twice", p.Host)
-		}
-		seen[p.Host] = true
 	}
 	return nil
 }

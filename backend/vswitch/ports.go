@@ -95,7 +95,7 @@ func (s *OVS) AttachVMPorts(ctx context.Context, vm string, ifaces []api.VMInter
 	muts := newBridgeMuts()
 	want := map[string]bool{}
 	for idx, ifc := range ifaces {
-		if ifc.VLAN < 0 || ifc.VLAN > 4094 {
+		if ifc.VLAN < 0 || ifc.VLAN > api.MaxVLAN {
 			return api.Errorf(api.CodeInvalid, "interface %d: vlan %d out of range", idx, ifc.VLAN)
 		}
 		brName := ifc.Bridge

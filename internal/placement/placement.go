@@ -6,6 +6,8 @@ import (
 	"math"
 	"sort"
 	"strings"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
 // Strategies accepted in Input.Strategy.
@@ -37,13 +39,8 @@ func (h Host) Capacity() Resources {
 	}
 }
 
-func scaled(n int64, ratio float64) int64 {
-	if ratio == 0 {
-		ratio = 1
-	}
-	// The epsilon absorbs float noise such as 3 × 1.1 = 3.3000000000000003.
-	return int64(math.Floor(float64(n)*ratio + 1e-9))
-}
+// scaled is the capacity rule kvm-hostd admits by.
+func scaled(n int64, ratio float64) int64 { return api.Capacity(n, ratio) }
 
 // Resources is an amount of vCPU and memory.
 type Resources struct {

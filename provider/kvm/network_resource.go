@@ -34,8 +34,6 @@ var (
 	_ resource.ResourceWithConfigValidators = &NetworkResource{}
 )
 
-func init() { resourceFactories = append(resourceFactories, NewNetworkResource) }
-
 // statusReady is a host's status when its bridge (and tunnels) match.
 const statusReady = "ready"
 
@@ -90,7 +88,7 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 			"vlan": schema.Int64Attribute{
 				Optional: true, MarkdownDescription: "Access VLAN tag (1–4094) of the VM ports on this network. Changing or removing it " +
 					"retags the ports of the VMs on the network in place, live for running VMs (no restart).",
-				Validators: []validator.Int64{int64validator.Between(1, 4094)},
+				Validators: []validator.Int64{int64validator.Between(api.MinVLAN, api.MaxVLAN)},
 			},
 			"overlay": schema.StringAttribute{
 				Optional: true, MarkdownDescription: "Overlay encapsulation joining the hosts: `vxlan` or `geneve`. Requires `vni`.",
@@ -98,11 +96,11 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 			},
 			"vni": schema.Int64Attribute{
 				Optional: true, MarkdownDescription: "Overlay network identifier (1–16777215); required with `overlay`.",
-				Validators: []validator.Int64{int64validator.Between(1, 16777215)},
+				Validators: []validator.Int64{int64validator.Between(api.MinVNI, api.MaxVNI)},
 			},
 			"mtu": schema.Int64Attribute{
 				Optional: true, MarkdownDescription: "MTU of the bridge (576–9216). Leave room for the overlay header (50 bytes for VXLAN).",
-				Validators: []validator.Int64{int64validator.Between(576, 9216)},
+				Validators: []validator.Int64{int64validator.Between(api.MinMTU, api.MaxMTU)},
 			},
 			"bridge": schema.StringAttribute{
 				Computed: true, MarkdownDescription: "Name of the OVS bridge on every host (derived from the name).",

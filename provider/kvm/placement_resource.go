@@ -27,8 +27,6 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/placement"
 )
 
-func init() { resourceFactories = append(resourceFactories, NewPlacementResource) }
-
 var (
 	_ resource.ResourceWithConfigure  = &PlacementResource{}
 	_ resource.ResourceWithModifyPlan = &PlacementResource{}

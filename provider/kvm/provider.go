@@ -229,14 +229,13 @@ func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	return tc, nil
 }
 
+// Resources lists every resource type the provider serves, in one place.
 func (p *KVMProvider) Resources(_ context.Context) []func() resource.Resource {
-	return resourceFactories
+	return []func() resource.Resource{
+		NewDiskResource, NewNetworkResource, NewPlacementResource, NewSnapshotResource, NewVMResource,
+	}
 }
 
 func (p *KVMProvider) DataSources(_ context.Context) []func() datasource.DataSource {
 	return []func() datasource.DataSource{NewHostDataSource, NewHostsDataSource}
 }
-
-// resourceFactories lists the provider's resources; each resource file
-// registers itself here.
-var resourceFactories []func() resource.Resource

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
-	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -28,8 +27,6 @@ var (
 	_ resource.ResourceWithImportState = &SnapshotResource{}
 	_ resource.ResourceWithModifyPlan  = &SnapshotResource{}
 )
-
-func init() { resourceFactories = append(resourceFactories, NewSnapshotResource) }
 
 const (
 	snapshotCreateTimeout = 20 * time.Minute
@@ -97,7 +94,7 @@ func (r *SnapshotResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 					"The host cannot edit a snapshot's description, so changing it replaces the snapshot " +
 					"(the new one captures the VM as it is then).",
 				Optional:      true,
-				Validators:    []validator.String{stringvalidator.LengthAtMost(4096)},
+				Validators:    []validator.String{description()},
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
 			},
 			"include_memory": schema.BoolAttribute{

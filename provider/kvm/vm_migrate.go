@@ -62,7 +62,7 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		return fail("host %s reports no migration_uri, so its libvirt cannot be reached for migration; start its kvm-hostd with "+
 			"--migration-uri (KVM_HOSTD_MIGRATION_URI), e.g. qemu+tcp://<its address>/system.", dst.Name)
 	}
-	mem := max(vm.MemoryMiB, vm.MaxMemoryMiB)
+	mem := api.VMMemoryMiB(vm.VMSpec)
 	// libvirt moves the VM without the target's kvm-hostd, so the target
 	// admits it now, like a create, and holds the room until the domain is
 	// defined there (it then counts itself). The reservation is released
@@ -86,10 +86,10 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 	default:
 		// A kvm-hostd without reservations: its inventory is all there is.
 		tflog.Warn(ctx, "target host cannot reserve room for a migration; checking its inventory instead", map[string]any{"host": dst.Name})
-		if capV := int64(float64(inv.CPUs) * inv.CPUOvercommit); inv.CPUs > 0 && inv.AllocatedVCPU+vm.VCPU > capV {
+		if capV := api.Capacity(inv.CPUs, inv.CPUOvercommit); inv.CPUs > 0 && inv.AllocatedVCPU+vm.VCPU > capV {
 			return fail("host %s is full: the VM needs %d vCPU, %d of %d are free.", dst.Name, vm.VCPU, max(capV-inv.AllocatedVCPU, 0), capV)
 		}
-		if capM := int64(float64(inv.MemoryMiB) * inv.MemoryOvercommit); inv.MemoryMiB > 0 && inv.AllocatedMemoryMiB+mem > capM {
+		if capM := api.Capacity(inv.MemoryMiB, inv.MemoryOvercommit); inv.MemoryMiB > 0 && inv.AllocatedMemoryMiB+mem > capM {
 			return fail("host %s is full: the VM needs %d MiB of memory, %d of %d MiB are free.", dst.Name, mem, max(capM-inv.AllocatedMemoryMiB, 0), capM)
 		}
 	}

@@ -14,12 +14,12 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
-// Defaults of kvm_vm that the provider (not the host) owns.
+// Defaults of kvm_vm: the provider's own, and the host's (internal/api).
 const (
 	vmDefaultShutdownTimeout = 60
-	vmDefaultMigration       = "live"
-	vmDefaultBus             = "virtio"
-	vmDefaultNICModel        = "virtio"
+	vmDefaultMigration       = api.DefaultMigrationMode
+	vmDefaultBus             = api.DefaultBus
+	vmDefaultNICModel        = api.DefaultNICModel
 )
 
 // vmModel is the Terraform state of a kvm_vm.
@@ -163,6 +163,11 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 	disks, d := m.disksOf(ctx)
 	diags.Append(d...)
 	for i, dm := range disks {
+		if dm.DiskID.IsUnknown() {
+			// Known at apply; until then a disk of unknown identity.
+			spec.Disks = append(spec.Disks, api.VMDisk{})
+			continue
+		}
 		_, pool, volume, err := ParseDiskID(knownString(dm.DiskID))
 		if err != nil {
 			diags.AddError("Invalid Disk ID", fmt.Sprintf("disks[%d]: %s", i, err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework-validators/listvalidator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/mapvalidator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -27,8 +29,6 @@ import (
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
-
-func init() { resourceFactories = append(resourceFactories, NewVMResource) }
 
 var (
 	_ resource.ResourceWithConfigure      = &VMResource{}
@@ -72,7 +72,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				MarkdownDescription: "Domain name, unique on its host. " + api.NamePatternDescription + ". Changing it re-creates the VM.",
 				Required:            true,
 				PlanModifiers:       []planmodifier.String{stringplanmodifier.RequiresReplace()},
-				Validators:          []validator.String{vmObjectName{kind: "VM"}},
+				Validators:          []validator.String{vmObjectName("VM")},
 			},
 			"host": schema.StringAttribute{
 				MarkdownDescription: "Name of the host (from the provider's `hosts`) the VM runs on, e.g. " +
@@ -85,19 +85,19 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"vcpu": schema.Int64Attribute{
 				MarkdownDescription: "Number of virtual CPUs (1-512). Changing it restarts a running VM.",
 				Required:            true,
-				Validators:          []validator.Int64{int64validator.Between(1, 512)},
+				Validators:          []validator.Int64{int64validator.Between(api.MinVCPU, api.MaxVCPU)},
 			},
 			"memory_mib": schema.Int64Attribute{
 				MarkdownDescription: "Memory in MiB (at least 16). Changes up to `max_memory_mib` are applied live through the balloon.",
 				Required:            true,
-				Validators:          []validator.Int64{int64validator.AtLeast(16)},
+				Validators:          []validator.Int64{int64validator.Between(api.MinMemoryMiB, api.MaxMemoryMiBLimit)},
 			},
 			"max_memory_mib": schema.Int64Attribute{
 				MarkdownDescription: "Balloon ceiling in MiB: the memory the VM boots with, within which `memory_mib` can change live. " +
 					"Must be at least `memory_mib`; defaults to `memory_mib`. Changing it restarts a running VM.",
 				Optional:   true,
 				Computed:   true,
-				Validators: []validator.Int64{int64validator.AtLeast(16)},
+				Validators: []validator.Int64{int64validator.Between(api.MinMemoryMiB, api.MaxMemoryMiBLimit)},
 			},
 			"cpu": schema.SingleNestedAttribute{
 				MarkdownDescription: "CPU model and topology. Changing it restarts a running VM.",
@@ -108,7 +108,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 							"(`domain_type` = `qemu` in `kvm_host`) the host runs `maximum` for the host modes. Default: the host's " +
 							"`cpu_mode`, what its startup probe found working. A mode QEMU cannot start fails with what the probe found.",
 						Optional:   true,
-						Validators: []validator.String{stringvalidator.OneOf(vmCPUModes...)},
+						Validators: []validator.String{stringvalidator.OneOf(api.CPUModes...)},
 					},
 					"sockets": schema.Int64Attribute{
 						MarkdownDescription: "CPU sockets. `sockets` × `cores` × `threads` must equal `vcpu`; unset ones count as 1 when any is set.",
@@ -131,7 +131,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						ElementType:         types.StringType,
 						Validators: []validator.List{
 							listvalidator.SizeAtLeast(1),
-							listvalidator.ValueStringsAre(stringvalidator.RegexMatches(vmCPUSetRegexp, `must be a host CPU set like "0", "0-3" or "0,2"`)),
+							listvalidator.ValueStringsAre(cpuSet()),
 						},
 					},
 				},
@@ -144,13 +144,13 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 					"disk_id": schema.StringAttribute{
 						MarkdownDescription: "ID of a `kvm_disk` (`<host>/<pool>/<name>`), e.g. `kvm_disk.root.id`.",
 						Required:            true,
-						Validators:          []validator.String{vmDiskIDFormat{}},
+						Validators:          []validator.String{diskIDFormat("Invalid Disk ID", " (use the id of a kvm_disk, e.g. kvm_disk.root.id)")},
 					},
 					"bus": schema.StringAttribute{
 						MarkdownDescription: "Disk bus: `virtio` (default), `sata`, `scsi` or `ide`.",
 						Optional:            true, Computed: true,
 						Default:    stringdefault.StaticString(vmDefaultBus),
-						Validators: []validator.String{stringvalidator.OneOf(vmBuses...)},
+						Validators: []validator.String{stringvalidator.OneOf(api.Buses...)},
 					},
 				}},
 			},
@@ -162,18 +162,18 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 					"network": schema.StringAttribute{
 						MarkdownDescription: "Name of the `kvm_network` (e.g. `kvm_network.lan.name`).",
 						Required:            true,
-						Validators:          []validator.String{vmObjectName{kind: "network"}},
+						Validators:          []validator.String{vmObjectName("network")},
 					},
 					"mac": schema.StringAttribute{
 						MarkdownDescription: "MAC address, e.g. `52:54:00:12:34:56`. Generated by libvirt when unset and kept stable afterwards.",
 						Optional:            true, Computed: true,
-						Validators: []validator.String{stringvalidator.RegexMatches(vmMACPattern, "must be a MAC address like 52:54:00:12:34:56")},
+						Validators: []validator.String{macAddress()},
 					},
 					"model": schema.StringAttribute{
 						MarkdownDescription: "NIC model: `virtio` (default), `e1000`, `e1000e` or `rtl8139`.",
 						Optional:            true, Computed: true,
 						Default:    stringdefault.StaticString(vmDefaultNICModel),
-						Validators: []validator.String{stringvalidator.OneOf(vmNICModels...)},
+						Validators: []validator.String{stringvalidator.OneOf(api.NICModels...)},
 					},
 				}},
 			},
@@ -211,22 +211,22 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				Default: booldefault.StaticBool(false),
 			},
 			"description": schema.StringAttribute{
-				MarkdownDescription: "Free text stored in the domain's `<description>` (at most 4096 characters).",
+				MarkdownDescription: "Free text stored in the domain's `<description>` (at most 4096 bytes).",
 				Optional:            true,
-				Validators:          []validator.String{stringvalidator.LengthAtMost(4096)},
+				Validators:          []validator.String{description()},
 			},
 			"tags": schema.MapAttribute{
 				MarkdownDescription: "Key/value labels stored in the domain's metadata.",
 				Optional:            true,
 				ElementType:         types.StringType,
-				Validators:          []validator.Map{mapvalidator.KeysAre(stringvalidator.LengthBetween(1, 128))},
+				Validators:          []validator.Map{mapvalidator.KeysAre(tagKey())},
 			},
 			"shutdown_timeout": schema.Int64Attribute{
 				MarkdownDescription: "Seconds of graceful ACPI shutdown before the VM is powered off, on stop, restart and delete " +
 					"(0-3600). Default `60`.",
 				Optional: true, Computed: true,
 				Default:    int64default.StaticInt64(vmDefaultShutdownTimeout),
-				Validators: []validator.Int64{int64validator.Between(0, 3600)},
+				Validators: []validator.Int64{int64validator.Between(0, api.MaxShutdownTimeoutSec)},
 			},
 			"migration": schema.StringAttribute{
 				MarkdownDescription: "How a change of `host` is carried out: `live` (default), `offline` or `replace` (destroy and " +
@@ -271,9 +271,10 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 		return
 	}
 	known := func(v types.Int64) bool { return !v.IsNull() && !v.IsUnknown() }
-	if known(cfg.MaxMemoryMiB) && known(cfg.MemoryMiB) && cfg.MaxMemoryMiB.ValueInt64() < cfg.MemoryMiB.ValueInt64() {
-		resp.Diagnostics.AddAttributeError(path.Root("max_memory_mib"), "Invalid Memory Ceiling",
-			fmt.Sprintf("max_memory_mib (%d) must be at least memory_mib (%d).", cfg.MaxMemoryMiB.ValueInt64(), cfg.MemoryMiB.ValueInt64()))
+	if known(cfg.MaxMemoryMiB) && known(cfg.MemoryMiB) {
+		if err := api.CheckMemory(cfg.MemoryMiB.ValueInt64(), cfg.MaxMemoryMiB.ValueInt64()); err != nil {
+			resp.Diagnostics.AddAttributeError(path.Root("max_memory_mib"), "Invalid Memory Ceiling", err.Error()+".")
+		}
 	}
 
 	cpu, d := cfg.cpuOf(ctx)
@@ -283,25 +284,16 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 			resp.Diagnostics.AddAttributeError(path.Root("cpu"), "Empty CPU Settings",
 				"cpu must set at least one of mode, sockets, cores, threads or pinning; remove it to use the host's defaults.")
 		}
-		topo := []types.Int64{cpu.Sockets, cpu.Cores, cpu.Threads}
-		anySet, allKnown := false, known(cfg.VCPU)
-		product := int64(1)
-		for _, v := range topo {
-			if v.IsUnknown() {
-				allKnown = false
-			}
-			if known(v) {
-				anySet = true
-				product *= v.ValueInt64()
+		if known(cfg.VCPU) && !cpu.Sockets.IsUnknown() && !cpu.Cores.IsUnknown() && !cpu.Threads.IsUnknown() {
+			// Unset (null) parts are 0 here, which counts as 1.
+			if err := api.CheckCPUTopology(cpu.Sockets.ValueInt64(), cpu.Cores.ValueInt64(), cpu.Threads.ValueInt64(), cfg.VCPU.ValueInt64()); err != nil {
+				resp.Diagnostics.AddAttributeError(path.Root("cpu"), "Invalid CPU Topology", err.Error()+".")
 			}
 		}
-		if anySet && allKnown && product != cfg.VCPU.ValueInt64() {
-			resp.Diagnostics.AddAttributeError(path.Root("cpu"), "Invalid CPU Topology",
-				fmt.Sprintf("sockets × cores × threads = %d (unset ones count as 1) must equal vcpu (%d).", product, cfg.VCPU.ValueInt64()))
-		}
-		if !cpu.Pinning.IsNull() && !cpu.Pinning.IsUnknown() && known(cfg.VCPU) && int64(len(cpu.Pinning.Elements())) != cfg.VCPU.ValueInt64() {
-			resp.Diagnostics.AddAttributeError(path.Root("cpu").AtName("pinning"), "Invalid CPU Pinning",
-				fmt.Sprintf("pinning has %d entries; it needs exactly one host-CPU set per vCPU (%d).", len(cpu.Pinning.Elements()), cfg.VCPU.ValueInt64()))
+		if !cpu.Pinning.IsNull() && !cpu.Pinning.IsUnknown() && known(cfg.VCPU) {
+			if err := api.CheckPinning(len(cpu.Pinning.Elements()), cfg.VCPU.ValueInt64()); err != nil {
+				resp.Diagnostics.AddAttributeError(path.Root("cpu").AtName("pinning"), "Invalid CPU Pinning", err.Error()+".")
+			}
 		}
 	}
 
@@ -437,50 +429,23 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 }
 
 // vmRestartAttributes names the planned changes a running domain cannot
-// take live (backend/hypervisor: needsRestart).
+// take live, by the host's own rule (api.NeedsRestart). An unknown value
+// counts as a change: it is known only once something it depends on is
+// replaced or created.
 func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
-	var out []string
-	if !plan.VCPU.Equal(state.VCPU) {
-		out = append(out, "vcpu")
-	}
-	if !plan.MaxMemoryMiB.Equal(state.MaxMemoryMiB) {
-		out = append(out, "max_memory_mib")
-	}
-	if !plan.CPU.Equal(state.CPU) {
-		out = append(out, "cpu")
-	}
-	if !plan.Disks.Equal(state.Disks) && !(len(plan.Disks.Elements()) == 0 && len(state.Disks.Elements()) == 0) {
-		out = append(out, "disks")
-	}
-	if !plan.NetworkInterfaces.Equal(state.NetworkInterfaces) &&
-		!(len(plan.NetworkInterfaces.Elements()) == 0 && len(state.NetworkInterfaces.Elements()) == 0) &&
-		!nicsAppended(state.NetworkInterfaces, plan.NetworkInterfaces) {
-		out = append(out, "network_interfaces")
-	}
-	if !plan.CloudInit.Equal(state.CloudInit) {
-		// The seed ISO is a device: adding or removing it needs a restart;
-		// new content in an existing seed is read at the next boot.
-		if plan.CloudInit.IsNull() != state.CloudInit.IsNull() {
-			out = append(out, "cloud_init")
+	cur, _ := state.toAPI(ctx)
+	want, _ := plan.toAPI(ctx)
+	out := api.NeedsRestart(cur, want)
+	for name, v := range map[string]attr.Value{
+		"vcpu": plan.VCPU, "max_memory_mib": plan.MaxMemoryMiB, "cpu": plan.CPU, "disks": plan.Disks,
+		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit,
+	} {
+		if v.IsUnknown() && !slices.Contains(out, name) {
+			out = append(out, name)
 		}
 	}
 	sort.Strings(out)
 	return out
-}
-
-// nicsAppended reports whether the planned interfaces are the current ones
-// with more added at the end: kvm-hostd hot-adds those to a running VM.
-func nicsAppended(state, plan types.List) bool {
-	se, pe := state.Elements(), plan.Elements()
-	if len(pe) <= len(se) {
-		return false
-	}
-	for i := range se {
-		if !pe[i].Equal(se[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
@@ -507,7 +472,7 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 		case api.IsCode(err, api.CodeFull):
 			resp.Diagnostics.AddError("Host Refused VM",
 				fmt.Sprintf("Host %s refused VM %s (%d vCPU, %d MiB): %s. Choose another host (kvm_cluster_placement computes one that fits) or free capacity.",
-					h.Name, name, spec.VCPU, max(spec.MemoryMiB, spec.MaxMemoryMiB), apiMessage(err)))
+					h.Name, name, spec.VCPU, api.VMMemoryMiB(spec), apiMessage(err)))
 		case api.IsCode(err, api.CodeConflict):
 			addAPIError(&resp.Diagnostics, "Unable to Create VM", what+" (if the VM already exists, import it: terraform import <address> "+VMID(h.Name, name)+")", err)
 		default:
@@ -597,7 +562,7 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	if err != nil {
 		if api.IsCode(err, api.CodeFull) {
 			resp.Diagnostics.AddError("Host Refused VM",
-				fmt.Sprintf("Host %s refused the new size of VM %s (%d vCPU, %d MiB): %s", h.Name, name, spec.VCPU, max(spec.MemoryMiB, spec.MaxMemoryMiB), apiMessage(err)))
+				fmt.Sprintf("Host %s refused the new size of VM %s (%d vCPU, %d MiB): %s", h.Name, name, spec.VCPU, api.VMMemoryMiB(spec), apiMessage(err)))
 			return
 		}
 		addAPIError(&resp.Diagnostics, "Unable to Update VM", what, err)

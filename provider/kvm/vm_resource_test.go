@@ -410,7 +410,11 @@ resource "kvm_vm" "bad" {
 		`max_memory_mib = 32`:                        `Invalid Memory Ceiling`,
 		`cpu = { sockets = 2, cores = 2 }`:           `Invalid CPU Topology`,
 		`cpu = { pinning = ["0", "1"] }`:             `Invalid CPU Pinning`,
-		`host = "host-z"`:                            `Unknown Host`,
+		// The host's own rules (internal/api), which the plan once let through.
+		`cpu = { pinning = ["3-1"] }`:                        `is not a host CPU set`,
+		`max_memory_mib = 99999999999`:                       `max_memory_mib value must be between 16 and 16777216`,
+		`tags = { "` + strings.Repeat("é", 65) + `" = "x" }`: `(?s)tag key .*is invalid`,
+		`host = "host-z"`:                                    `Unknown Host`,
 	}
 	for extra, msg := range bad {
 		hostLine := `host = "host-a"`
@@ -509,6 +513,36 @@ func TestVMRestartAttributes(t *testing.T) {
 	}
 	if got := vmRestartAttributes(ctx, one, other); strings.Join(got, ",") != "network_interfaces" {
 		t.Errorf("replacing a NIC: restart for %v, want network_interfaces", got)
+	}
+	// As on the host: a NIC appended together with a vCPU change is applied
+	// by the same restart, not hot-added.
+	grow := two
+	grow.VCPU = types.Int64Value(2)
+	if got := vmRestartAttributes(ctx, one, grow); strings.Join(got, ",") != "network_interfaces,vcpu" {
+		t.Errorf("appending a NIC and changing vcpu: restart for %v, want network_interfaces,vcpu", got)
+	}
+
+	// A disk whose ID is known only at apply (a kvm_disk being created) is a
+	// change, also when appended after the same disks.
+	disk := func(id types.String) attr.Value {
+		return types.ObjectValueMust(vmDiskAttrTypes, map[string]attr.Value{"disk_id": id, "bus": types.StringValue("virtio")})
+	}
+	disks := func(vs ...attr.Value) types.List {
+		return types.ListValueMust(types.ObjectType{AttrTypes: vmDiskAttrTypes}, vs)
+	}
+	withDisk, withMore := base, base
+	withDisk.Disks = disks(disk(types.StringValue("host-a/default/a")))
+	withMore.Disks = disks(disk(types.StringValue("host-a/default/a")), disk(types.StringUnknown()))
+	if got := vmRestartAttributes(ctx, withDisk, withMore); strings.Join(got, ",") != "disks" {
+		t.Errorf("appending a disk of unknown ID: restart for %v, want disks", got)
+	}
+	if got := vmRestartAttributes(ctx, withDisk, withDisk); len(got) != 0 {
+		t.Errorf("same disk: restart for %v, want none", got)
+	}
+	unknownCPU := base
+	unknownCPU.CPU = types.ObjectUnknown(vmCPUAttrTypes)
+	if got := vmRestartAttributes(ctx, base, unknownCPU); strings.Join(got, ",") != "cpu" {
+		t.Errorf("unknown cpu: restart for %v, want cpu", got)
 	}
 }
 

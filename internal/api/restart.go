@@ -1,0 +1,110 @@
+package api
+
+import (
+	"slices"
+	"strings"
+)
+
+// HardwareChanges names the attributes (vcpu, max_memory_mib, cpu, disks,
+// network_interfaces, cloud_init) in which going from cur to want changes
+// what the guest sees as hardware: a running VM takes those only with a
+// restart. cur is the VM as it is; in want, an empty pool, bus or NIC model
+// means the default, max_memory_mib 0 means memory_mib, and an interface
+// without a MAC is a new one. The names are sorted.
+func HardwareChanges(cur, want VMSpec) []string {
+	var out []string
+	maxMem := want.MaxMemoryMiB
+	if maxMem == 0 {
+		maxMem = want.MemoryMiB
+	}
+	if cur.VCPU != want.VCPU {
+		out = append(out, "vcpu")
+	}
+	if cur.MaxMemoryMiB != maxMem {
+		out = append(out, "max_memory_mib")
+	}
+	if !sameCPU(cur.CPU, want.CPU) {
+		out = append(out, "cpu")
+	}
+	if !sameDisks(cur.Disks, want.Disks) {
+		out = append(out, "disks")
+	}
+	if !sameInterfaces(cur.Interfaces, want.Interfaces) {
+		out = append(out, "network_interfaces")
+	}
+	// The seed ISO is a device: adding or removing it needs a restart; new
+	// content in an existing seed is read at the next boot.
+	if (cur.CloudInit == nil) != (want.CloudInit == nil) {
+		out = append(out, "cloud_init")
+	}
+	slices.Sort(out)
+	return out
+}
+
+// NICsOnlyAppended reports whether want differs from cur only by network
+// interfaces added after the existing ones: those are hot-added to a
+// running VM.
+func NICsOnlyAppended(cur, want VMSpec) bool {
+	if len(want.Interfaces) <= len(cur.Interfaces) {
+		return false
+	}
+	prefix := want
+	prefix.Interfaces = want.Interfaces[:len(cur.Interfaces)]
+	return len(HardwareChanges(cur, prefix)) == 0
+}
+
+// NeedsRestart names the changes from cur to want that a running VM takes
+// only with a restart (HardwareChanges), or nil when everything applies
+// live, including interfaces only appended.
+func NeedsRestart(cur, want VMSpec) []string {
+	if NICsOnlyAppended(cur, want) {
+		return nil
+	}
+	return HardwareChanges(cur, want)
+}
+
+func sameCPU(a, b *CPU) bool {
+	var x, y CPU
+	if a != nil {
+		x = *a
+	}
+	if b != nil {
+		y = *b
+	}
+	return x.Mode == y.Mode && x.Sockets == y.Sockets && x.Cores == y.Cores && x.Threads == y.Threads &&
+		slices.Equal(x.Pinning, y.Pinning)
+}
+
+func sameDisks(cur, want []VMDisk) bool {
+	if len(cur) != len(want) {
+		return false
+	}
+	for i, b := range want {
+		a := cur[i]
+		if a.Pool != orDefault(b.Pool, DefaultPool) || a.Volume != b.Volume || a.Bus != orDefault(b.Bus, DefaultBus) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameInterfaces(cur, want []VMInterface) bool {
+	if len(cur) != len(want) {
+		return false
+	}
+	for i, b := range want {
+		a := cur[i]
+		if b.MAC == "" || !strings.EqualFold(a.MAC, b.MAC) || a.Network != b.Network || a.Bridge != b.Bridge ||
+			a.Model != orDefault(b.Model, DefaultNICModel) || a.VLAN != b.VLAN {
+			return false
+		}
+	}
+	return true
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
