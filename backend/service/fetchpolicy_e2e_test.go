@@ -116,4 +116,3 @@ func TestFetchLoopbackSpellings(t *testing.T) {
 		t.Errorf("the loopback server got %d requests", n)
 	}
 }
-
