@@ -236,3 +236,30 @@ func TestAuditParamsRedacted(t *testing.T) {
 		}
 	}
 }
+
+// The request that starts an operation is audited as accepted; how the
+// operation ended is audited when it ends.
+func TestAuditOperationOutcome(t *testing.T) {
+	m, audit := startMain(t)
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/pools/default/volumes/aud-op", testToken, `{"size_mib":1,"format":"raw","source_url":"http://127.0.0.1:1/img?sig=s3cr3t"}`); st != 202 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		log, _ := os.ReadFile(audit)
+		if strings.Contains(string(log), `"method":"OPERATION"`) {
+			s := string(log)
+			if !strings.Contains(s, `"path":"download volume/default/aud-op"`) || !strings.Contains(s, `"state":"failed"`) {
+				t.Fatalf("operation outcome not audited as a failed download:\n%s", s)
+			}
+			if strings.Contains(s, "s3cr3t") {
+				t.Fatalf("audit log holds the URL's query:\n%s", s)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no operation outcome in the audit log:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

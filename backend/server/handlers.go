@@ -41,6 +41,14 @@ func redactedURL(s string) string {
 	return api.RedactURL(s)
 }
 
+// redactVolume drops what a volume's source_url may carry as credentials
+// (user info, a signed query) before it leaves the host.
+func redactVolume(v *api.Volume) {
+	if v != nil && v.SourceURL != "" {
+		v.SourceURL = api.RedactURL(v.SourceURL)
+	}
+}
+
 func createdStatus(created bool) int {
 	if created {
 		return http.StatusCreated
@@ -57,6 +65,9 @@ func (s *Server) listVolumes(r *http.Request) (int, any, error) {
 	if vs == nil {
 		vs = []api.Volume{}
 	}
+	for i := range vs {
+		redactVolume(&vs[i])
+	}
 	return http.StatusOK, api.VolumeList{Volumes: vs}, err
 }
 
@@ -65,6 +76,7 @@ func (s *Server) getVolume(r *http.Request) (int, any, error) {
 	// ?usage=false skips it for plain reads.
 	usage := r.URL.Query().Get("usage") != "false"
 	v, err := s.svc.GetVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), usage)
+	redactVolume(v)
 	return http.StatusOK, v, err
 }
 
@@ -79,6 +91,7 @@ func (s *Server) putVolume(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	redactVolume(v)
 	if v.Operation != nil && v.Operation.State == api.OpRunning {
 		return http.StatusAccepted, v, nil
 	}
@@ -91,6 +104,7 @@ func (s *Server) patchVolume(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	v, err := s.svc.UpdateVolume(r.Context(), r.PathValue("pool"), r.PathValue("name"), u)
+	redactVolume(v)
 	return http.StatusOK, v, err
 }
 

@@ -57,6 +57,19 @@ func New(svc *service.Service, opts Options) *Server {
 	}
 	s := &Server{svc: svc, opts: opts, log: opts.Log, mux: http.NewServeMux()}
 	s.metrics = newMetrics(svc)
+	if opts.Audit != nil {
+		audit := opts.Audit
+		svc.OnOperationDone(func(op api.Operation) {
+			e := AuditEntry{Time: op.EndedAt, Who: "operation", Method: "OPERATION", Path: op.Kind + " " + op.Target,
+				Status: http.StatusOK, DurationMS: op.EndedAt.Sub(op.StartedAt).Milliseconds(),
+				Params: map[string]string{"operation_id": op.ID, "state": string(op.State)}}
+			if op.Error != nil {
+				e.Status, e.Error = api.StatusForCode(op.Error.Code), op.Error.Code
+				e.Params["message"] = op.Message
+			}
+			audit.Write(e)
+		})
+	}
 	s.routes()
 	return s
 }

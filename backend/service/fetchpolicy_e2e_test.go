@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -74,5 +75,44 @@ func TestFetchAllowDefaultDeny(t *testing.T) {
 	v, err := cl.PutVolume(ctx, "default", "ssrf-ok", api.VolumeSpec{SourceURL: outer.URL + "/img", Format: api.FormatRaw})
 	if err != nil || v.Name != "ssrf-ok" {
 		t.Fatalf("allowed fetch: %+v, %v", v, err)
+	}
+}
+
+// Loopback in its other spellings, and names that resolve to it, are
+// refused like 127.0.0.1 when nothing local is allowed: the check is on the
+// address connected to, not on the URL's text.
+func TestFetchLoopbackSpellings(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kvm-hostd process")
+	}
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_, _ = w.Write([]byte("secret"))
+	}))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	// Nothing local allowed (192.0.2.0/24 is TEST-NET-1).
+	c := harness.Start(t, harness.Options{Hosts: []string{"ssrf2"}, ExtraArgs: []string{"--fetch-allow", "192.0.2.1/32"}})
+	cl, err := client.New(client.Options{Endpoint: c.Hosts[0].URL, Token: c.Token, RetryMax: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, host := range []string{
+		"127.0.0.1", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "127.0.0.1.nip.io",
+	} {
+		name := "ssrf-spell-" + strconv.Itoa(i)
+		_, err := cl.PutVolume(ctx, "default", name, api.VolumeSpec{SourceURL: "http://" + host + ":" + port + "/img", Format: api.FormatRaw})
+		if err == nil {
+			t.Errorf("http://%s:%s fetched", host, port)
+		}
+		if _, err := cl.GetVolume(ctx, "default", name); !api.IsNotFound(err) {
+			t.Errorf("%s: a refused fetch left a volume (err %v)", host, err)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the loopback server got %d requests", n)
 	}
 }

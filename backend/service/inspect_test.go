@@ -36,6 +36,8 @@ func TestFetchedImagesInspected(t *testing.T) {
 	img("plain.qcow2", "-f", "qcow2", "1M")
 	img("evil.qcow2", "-f", "qcow2", "-F", "raw", "-b", "/etc/hostname", "1M")
 	img("plain.raw", "-f", "raw", "1M")
+	img("datafile.qcow2", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "external.raw"), "1M")
+	img("disguised.vmdk", "-f", "vmdk", "1M")
 	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 	defer srv.Close()
 
@@ -54,6 +56,8 @@ func TestFetchedImagesInspected(t *testing.T) {
 		{"insp-backing", "evil.qcow2", api.FormatQCOW2, "backing file (/etc/hostname)"},
 		{"insp-backing-as-raw", "evil.qcow2", api.FormatRaw, "not the requested raw"},
 		{"insp-raw-as-qcow2", "plain.raw", api.FormatQCOW2, "not the requested qcow2"},
+		{"insp-data-file", "datafile.qcow2", api.FormatQCOW2, "external data file"},
+		{"insp-vmdk-as-raw", "disguised.vmdk", api.FormatRaw, "the image is vmdk"},
 		{"insp-ok-qcow2", "plain.qcow2", api.FormatQCOW2, ""},
 		{"insp-ok-raw", "plain.raw", api.FormatRaw, ""},
 	}

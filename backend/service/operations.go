@@ -34,6 +34,9 @@ type operations struct {
 	stopAll context.CancelFunc
 	closed  bool
 	wg      sync.WaitGroup
+	// onDone, when set, is told how every operation ended (the audit
+	// log records it: the request that started it only said "accepted").
+	onDone func(api.Operation)
 }
 
 func newOperations() *operations {
@@ -89,16 +92,20 @@ func (o *operations) start(kind, target string, fn func(ctx context.Context, pro
 			o.mu.Unlock()
 		})
 		o.mu.Lock()
-		defer o.mu.Unlock()
 		delete(o.cancels, op.ID)
 		op.EndedAt = time.Now().UTC()
 		if err != nil {
 			op.State = api.OpFailed
 			op.Error = toAPIError(err)
 			op.Message = err.Error()
-			return
+		} else {
+			op.State, op.Progress = api.OpSucceeded, 1
 		}
-		op.State, op.Progress = api.OpSucceeded, 1
+		done, final := o.onDone, *op
+		o.mu.Unlock()
+		if done != nil {
+			done(final)
+		}
 	}()
 	return &c
 }

@@ -84,6 +84,15 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	return s, nil
 }
 
+// OnOperationDone registers fn to be told how every operation (download,
+// copy, migration) ended; kvm-hostd's audit log records it. Call it before
+// serving requests.
+func (s *Service) OnOperationDone(fn func(api.Operation)) {
+	s.ops.mu.Lock()
+	defer s.ops.mu.Unlock()
+	s.ops.onDone = fn
+}
+
 // Name is the host's name.
 func (s *Service) Name() string { return s.cfg.Name }
 

@@ -201,7 +201,7 @@ func volumeSpecDiff(spec api.VolumeSpec, v *api.Volume) string {
 	case spec.BaseVolume != v.BaseVolume:
 		return fmt.Sprintf("base volume (%q, requested %q)", v.BaseVolume, spec.BaseVolume)
 	case spec.SourceURL != v.SourceURL:
-		return fmt.Sprintf("source_url (%q, requested %q)", v.SourceURL, spec.SourceURL)
+		return fmt.Sprintf("source_url (%q, requested %q)", redactURL(v.SourceURL), redactURL(spec.SourceURL))
 	case spec.SourceURL == "" && spec.SizeMiB != 0 && spec.SizeMiB != v.SizeMiB && spec.BaseVolume == "":
 		return fmt.Sprintf("size (%d MiB, requested %d MiB)", v.SizeMiB, spec.SizeMiB)
 	}

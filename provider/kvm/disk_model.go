@@ -106,7 +106,14 @@ func (m *diskModel) fromAPI(host string, v *api.Volume) {
 	if v.BaseVolume != "" {
 		m.BaseDiskID = types.StringValue(DiskID(host, v.Pool, v.BaseVolume))
 	}
+	// The host returns source_url redacted (no user info or query: they
+	// may be credentials, e.g. a signed URL); the configured one stands
+	// while it redacts to what the host has.
+	prior := m.SourceURL
 	m.SourceURL = apiString(v.SourceURL)
+	if !prior.IsNull() && !prior.IsUnknown() && v.SourceURL != "" && api.RedactURL(prior.ValueString()) == v.SourceURL {
+		m.SourceURL = prior
+	}
 	m.SourceChecksum = apiString(v.SourceChecksum)
 
 	t := v.IOTune

@@ -124,10 +124,14 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 			},
 			"source_url": schema.StringAttribute{
 				MarkdownDescription: "`http://` or `https://` URL of an image that the host downloads itself (the image never " +
-					"passes through the machine running Terraform). The create waits for the download. Changing it replaces the disk.",
-				Optional:      true,
-				Validators:    []validator.String{httpURL()},
-				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
+					"passes through the machine running Terraform). The create waits for the download. Changing it replaces the disk, " +
+					"unless only its user info or query changes (a re-signed URL of the same image). The host never returns the user " +
+					"info or query (they may be credentials): an imported disk shows the URL without them.",
+				Optional:   true,
+				Validators: []validator.String{httpURL()},
+				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplaceIf(sourceURLChangeReplaces,
+					"Replaces the disk unless only the URL's user info or query changes.",
+					"Replaces the disk unless only the URL's user info or query changes.")},
 			},
 			"source_checksum": schema.StringAttribute{
 				MarkdownDescription: "Expected checksum of the `source_url` image, `sha256:<64 hex digits>`; the host verifies it " +
@@ -169,6 +173,14 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 // baseChangeReplaces replaces a linked clone when its base changes, except
 // when only the base's host changes, to the disk's own (new) host: the
 // clone then moves with its VM onto that host's copy of the same base.
+// sourceURLChangeReplaces: a URL that names the same image (only the user
+// info or query differ: a new signature, or an imported disk whose URL the
+// host returned redacted) is not a new disk.
+func sourceURLChangeReplaces(_ context.Context, req planmodifier.StringRequest, resp *stringplanmodifier.RequiresReplaceIfFuncResponse) {
+	resp.RequiresReplace = req.StateValue.IsNull() || req.PlanValue.IsNull() || req.PlanValue.IsUnknown() ||
+		api.RedactURL(req.StateValue.ValueString()) != api.RedactURL(req.PlanValue.ValueString())
+}
+
 func baseChangeReplaces(ctx context.Context, req planmodifier.StringRequest, resp *stringplanmodifier.RequiresReplaceIfFuncResponse) {
 	resp.RequiresReplace = true
 	if req.StateValue.IsNull() || req.PlanValue.IsNull() || req.PlanValue.IsUnknown() {
@@ -315,14 +327,14 @@ func (r *DiskResource) Create(ctx context.Context, req resource.CreateRequest, r
 			return
 		}
 	}
-	tflog.Debug(ctx, "creating disk", map[string]any{"id": id, "format": spec.Format, "base": spec.BaseVolume, "source_url": spec.SourceURL})
+	tflog.Debug(ctx, "creating disk", map[string]any{"id": id, "format": spec.Format, "base": spec.BaseVolume, "source_url": api.RedactURL(spec.SourceURL)})
 	v, err := h.Client.PutVolume(ctx, pool, name, spec)
 	if err != nil {
 		if spec.SourceURL != "" && client.StatusOf(err) == 0 {
 			// The volume was created but its download failed (or we lost
 			// the host while waiting): track it, tainted, so the next
 			// apply replaces it instead of leaving it orphaned.
-			if got, gerr := h.Client.GetVolume(ctx, pool, name); gerr == nil && got.SourceURL == spec.SourceURL {
+			if got, gerr := h.Client.GetVolume(ctx, pool, name); gerr == nil && got.SourceURL == api.RedactURL(spec.SourceURL) {
 				plan.fromAPI(hostName, got)
 				resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
 			}

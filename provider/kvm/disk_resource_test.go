@@ -266,15 +266,18 @@ func TestAccDisk_sourceURL(t *testing.T) {
 	cl := diskTestClient(t, c, "host-a")
 	sum := fmt.Sprintf("sha256:%x", sha256.Sum256(image))
 	bad := "sha256:" + strings.Repeat("0", 64)
-	cfg := func(checksum string) string {
+	// A signed URL's query: a credential the host must not return.
+	sig := "s3cr3t"
+	cfgSigned := func(checksum, sig string) string {
 		return testAccDiskConfig(c, fmt.Sprintf(`
 resource "kvm_disk" "image" {
   name            = "image"
   host            = "host-a"
   source_url      = %q
   source_checksum = %q
-}`, srv.URL+"/disk.qcow2", checksum))
+}`, srv.URL+"/disk.qcow2?X-Signature="+sig, checksum))
 	}
+	cfg := func(checksum string) string { return cfgSigned(checksum, sig) }
 	resource.Test(t, resource.TestCase{
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		Steps: []resource.TestStep{
@@ -301,11 +304,35 @@ resource "kvm_disk" "image" {
 				},
 			},
 			{
-				ResourceName:            "kvm_disk.image",
-				ImportState:             true,
-				ImportStateId:           "host-a/default/image",
-				ImportStateVerify:       true,
-				ImportStateVerifyIgnore: []string{"timeouts"},
+				ResourceName:      "kvm_disk.image",
+				ImportState:       true,
+				ImportStateId:     "host-a/default/image",
+				ImportStateVerify: true,
+				// The host never returns the URL's query (a signature).
+				ImportStateVerifyIgnore: []string{"timeouts", "source_url"},
+				ImportStateCheck: func(s []*terraform.InstanceState) error {
+					if got, want := s[0].Attributes["source_url"], srv.URL+"/disk.qcow2"; got != want {
+						return fmt.Errorf("imported source_url %q, want %q", got, want)
+					}
+					return nil
+				},
+			},
+			// A re-signed URL of the same image is no new disk: no replace.
+			{
+				Config: cfgSigned(sum, "r0tated"),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_disk.image", plancheck.ResourceActionUpdate),
+				}},
+				Check: func(*terraform.State) error {
+					v, err := cl.GetVolume(context.Background(), "default", "image")
+					if err != nil {
+						return err
+					}
+					if strings.Contains(v.SourceURL, "X-Signature") || v.SourceURL != srv.URL+"/disk.qcow2" {
+						return fmt.Errorf("the host returned source_url %q; want it without its query", v.SourceURL)
+					}
+					return nil
+				},
 			},
 		},
 	})
