@@ -263,3 +263,40 @@ func TestAuditOperationOutcome(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Input libvirt cannot hold is refused with 400 before it reaches libvirt,
+// never a 500 and never a silent change (a control character would come
+// back as U+FFFD); tabs and newlines round-trip exactly.
+func TestStrictVMInput(t *testing.T) {
+	m, _ := startMain(t)
+	for _, body := range []string{
+		`{"vcpu":1,"memory_mib":64,"uuid":"not-a-uuid"}`,
+		`{"vcpu":1,"memory_mib":64,"description":"a\u0001b"}`,
+		`{"vcpu":1,"memory_mib":64,"description":"a\u001bb"}`,
+		`{"vcpu":1,"memory_mib":64,"description":"dos\r\nline"}`,
+		`{"vcpu":1,"memory_mib":64,"tags":{"k":"v\u0002"}}`,
+		`{"vcpu":1,"memory_mib":64,"tags":{"k\u0007":"v"}}`,
+		`{"vcpu":1,"memory_mib":64,"cloud_init":{"meta_data":"x\u0003"}}`,
+		`{"vcpu":1,"memory_mib":64,"cloud_init":{"network_config":"\ufffe"}}`,
+		`{"vcpu":1,"memory_mib":64,"cpu":{"pinning":["0-"]}}`,
+		`{"vcpu":2,"memory_mib":64,"cpu":{"sockets":9223372036854775807,"cores":2}}`,
+	} {
+		st, e, b := call(t, "PUT", m.URL()+"/v1/vms/strict-vm", testToken, body)
+		if st != 400 || e.Code != api.CodeInvalid {
+			t.Errorf("%s: %d %s, want 400 invalid", body, st, b)
+		}
+	}
+	if st, _, _ := call(t, "GET", m.URL()+"/v1/vms/strict-vm", testToken, ""); st != 404 {
+		t.Errorf("a refused create left the VM: %d", st)
+	}
+	const desc = "line one\n\tindented\nend <&> \"q\" 'a' é \u2028"
+	body, _ := json.Marshal(api.VMSpec{VCPU: 1, MemoryMiB: 64, Description: desc, Tags: map[string]string{"k": "tab\there"}})
+	if st, _, b := call(t, "PUT", m.URL()+"/v1/vms/strict-vm", testToken, string(body)); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	_, _, b := call(t, "GET", m.URL()+"/v1/vms/strict-vm", testToken, "")
+	var vm api.VM
+	if err := json.Unmarshal(b, &vm); err != nil || vm.Description != desc || vm.Tags["k"] != "tab\there" {
+		t.Errorf("round trip: description %q tags %v (%v), want %q", vm.Description, vm.Tags, err, desc)
+	}
+}

@@ -141,8 +141,27 @@ func CheckDescription(s string) error {
 	if len(s) > MaxDescriptionLength {
 		return fmt.Errorf("description is longer than %d bytes", MaxDescriptionLength)
 	}
+	return CheckText("description", s)
+}
+
+// CheckText refuses characters that libvirt's XML (where descriptions,
+// tags and cloud-init metadata are kept) cannot hold as given: control
+// characters other than tab and newline, and U+FFFE/U+FFFF, come back as
+// U+FFFD, and a carriage return is dropped by XML's end-of-line handling.
+// The value would not round-trip, and every plan would show a change.
+func CheckText(field, s string) error {
+	for i, r := range s {
+		if (r < 0x20 && r != '\t' && r != '\n') || r == 0xFFFE || r == 0xFFFF {
+			return fmt.Errorf("%s contains the control character %U at byte %d; only tab and newline are allowed", field, r, i)
+		}
+	}
 	return nil
 }
+
+var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// ValidUUID reports whether s is a UUID like 6b4ce879-405a-4065-8c2a-b7b116ae52c8.
+func ValidUUID(s string) bool { return uuidPattern.MatchString(s) }
 
 // ValidTagKey reports why a tag key is not acceptable, or nil.
 func ValidTagKey(k string) error {
@@ -286,8 +305,22 @@ func ValidateVMSpec(spec *VMSpec) error {
 	if err := CheckDescription(spec.Description); err != nil {
 		return invalidf("%s", err)
 	}
-	for k := range spec.Tags {
+	for k, v := range spec.Tags {
 		if err := ValidTagKey(k); err != nil {
+			return invalidf("%s", err)
+		}
+		if err := CheckText(fmt.Sprintf("tag %q", k), k+v); err != nil {
+			return invalidf("%s", err)
+		}
+	}
+	if spec.UUID != "" && !ValidUUID(spec.UUID) {
+		return invalidf("uuid %q is not a UUID like 6b4ce879-405a-4065-8c2a-b7b116ae52c8", spec.UUID)
+	}
+	if ci := spec.CloudInit; ci != nil {
+		if err := CheckText("cloud_init.meta_data", ci.MetaData); err != nil {
+			return invalidf("%s", err)
+		}
+		if err := CheckText("cloud_init.network_config", ci.NetworkConfig); err != nil {
 			return invalidf("%s", err)
 		}
 	}

@@ -158,3 +158,19 @@ func TestValidateNetworkSpecDuplicatePeer(t *testing.T) {
 		t.Fatalf("err = %v, want invalid: listed twice", err)
 	}
 }
+
+func TestCheckTextAndUUID(t *testing.T) {
+	for _, ok := range []string{"", "plain", "tab\tand\nnewline", "<&>\"'", "é \u2028 \U0001F600", "del\x7f"} {
+		if err := CheckText("f", ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"\x00", "a\x01", "esc\x1b[0m", "cr\r\n", "\ufffe", "\uffff"} {
+		if err := CheckText("f", bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if !ValidUUID("6b4ce879-405a-4065-8c2a-b7b116ae52c8") || ValidUUID("6b4ce879405a40658c2ab7b116ae52c8") || ValidUUID("x") {
+		t.Error("ValidUUID")
+	}
+}

@@ -105,7 +105,7 @@ func tagKey() validator.String {
 
 // description checks a VM's or snapshot's description.
 func description() validator.String {
-	return stringCheck{desc: fmt.Sprintf("at most %d bytes", api.MaxDescriptionLength), check: api.CheckDescription}
+	return stringCheck{desc: fmt.Sprintf("at most %d bytes, no control characters but tab and newline", api.MaxDescriptionLength), check: api.CheckDescription}
 }
 
 // diskIDFormat checks a kvm_disk ID "<host>/<pool>/<name>" and the pool and
