@@ -1,9 +1,12 @@
 package guestimage
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +35,8 @@ const (
 // every machine) with BIOS, UEFI and UEFI Secure Boot, each from a NoCloud seed,
 // and waits on the serial console for the line the seed's runcmd writes: it
 // proves the boot loader, kernel, systemd and cloud-init all ran and consumed the
-// seed (hostname from meta-data), and reports the firmware the guest saw.
+// seed (hostname from meta-data), and reports the firmware the guest saw. Then
+// sshd must send its banner on a forwarded port and qemu-guest-agent must answer.
 func TestBoot(t *testing.T) {
 	realstack.Require(t, "qemu-system-x86_64", "qemu-img")
 	// The parallel subtests run after this function returns: cancel at cleanup.
@@ -73,6 +77,8 @@ func TestBoot(t *testing.T) {
 				t.Fatalf("qemu-img create: %v\n%s", err, out)
 			}
 			host := "guest-" + tc.name
+			sshPort := freePort(t)
+			qgaSock := filepath.Join(dir, "qga.sock")
 			seed := filepath.Join(dir, "seed.iso")
 			writeSeed(t, seed, host)
 
@@ -82,7 +88,10 @@ func TestBoot(t *testing.T) {
 				"-serial", "file:" + filepath.Join(dir, "console.log"),
 				"-drive", "file=" + disk + ",if=virtio,format=qcow2",
 				"-drive", "file=" + seed + ",if=virtio,format=raw,readonly=on",
-				"-nic", "user,model=virtio-net-pci",
+				"-nic", fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22", sshPort),
+				"-device", "virtio-serial",
+				"-chardev", "socket,id=qga0,server=on,wait=off,path=" + qgaSock,
+				"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
 			}
 			if tc.firmware == "efi" {
 				vars := filepath.Join(dir, "vars.fd")
@@ -135,11 +144,74 @@ func TestBoot(t *testing.T) {
 						t.Fatalf("guest reported %q, want %q", line, want)
 					}
 					t.Logf("%s: boot to cloud-init runcmd in %s (TCG)", tc.name, time.Since(bootStart).Round(100*time.Millisecond))
+					waitSSH(ctx, t, sshPort)
+					t.Logf("%s: boot to SSH banner in %s (TCG)", tc.name, time.Since(bootStart).Round(100*time.Millisecond))
+					waitAgent(ctx, t, qgaSock)
+					t.Logf("%s: boot to guest agent in %s (TCG)", tc.name, time.Since(bootStart).Round(100*time.Millisecond))
 					return
 				}
 			}
 		})
 	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitSSH waits until the guest's sshd (forwarded to port) sends its banner:
+// openssh-server runs, with the host keys cloud-init generated.
+func waitSSH(ctx context.Context, t *testing.T, port int) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(time.Second) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		banner, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if strings.HasPrefix(banner, "SSH-2.0-") {
+			return
+		}
+		last = fmt.Sprintf("read %q: %v", banner, err)
+	}
+	t.Fatalf("no SSH banner on the forwarded port %d: %s", port, last)
+}
+
+// waitAgent waits until qemu-guest-agent answers guest-sync on its virtio-serial
+// channel.
+func waitAgent(ctx context.Context, t *testing.T, sock string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(time.Second) {
+		c, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.WriteString(c, `{"execute":"guest-sync","arguments":{"id":4711}}`+"\n")
+		var reply string
+		if err == nil {
+			reply, err = bufio.NewReader(c).ReadString('\n')
+		}
+		c.Close()
+		if strings.Contains(reply, `"return": 4711`) || strings.Contains(reply, `"return":4711`) {
+			return
+		}
+		last = fmt.Sprintf("reply %q: %v", reply, err)
+	}
+	t.Fatalf("qemu-guest-agent did not answer on %s: %s", sock, last)
 }
 
 // writeSeed writes a NoCloud seed whose runcmd reports hostname, firmware and
