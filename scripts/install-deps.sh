@@ -18,6 +18,11 @@ packages=(
 	iproute2 util-linux # ip netns, nsenter/unshare/flock for multi-host tests
 	pkg-config gcc make # cgo for libvirt.org/go/libvirt
 )
+# --guest-image: also what scripts/guest-image.sh builds the image with, and the
+# UEFI firmware its boot test runs (only then, so plain `make test` stays lean).
+if [[ "${1:-}" == --guest-image ]]; then
+	packages+=(mmdebstrap e2fsprogs dosfstools mtools fdisk grub-pc-bin ovmf)
+fi
 
 # One dpkg-query for all packages keeps the warm path fast; a package dpkg has never
 # heard of is simply missing.
