@@ -30,11 +30,21 @@ if ! go run ./internal/realstack/cmd/realstack-up "${up_args[@]}" >/dev/null; th
 	echo "realstack-env: could not start the real stack (scripts/install-deps.sh installs it)" >&2
 	return 1
 fi
+# The demo's kvm-hostd defines libvirt's one pool named "default" at its own
+# directory when there is none. A pool left behind survives libvirtd
+# restarts (autostart) and every later kvm-hostd and test run would use the
+# demo's directory: remove it on exit, first, while libvirtd still runs.
+if ! timeout 20 virsh -c qemu:///system pool-info default >/dev/null 2>&1; then
+	realstack_down+="if timeout 20 virsh -c qemu:///system pool-dumpxml default 2>/dev/null | grep -q '<path>/var/lib/kvm-hostd-demo/'; then "
+	realstack_down+="virsh -c qemu:///system pool-destroy default >/dev/null 2>&1; virsh -c qemu:///system pool-undefine default >/dev/null 2>&1; fi; "
+fi
 if ((!ovs_was_up)); then
 	realstack_down+="for f in $ovs_dir/ovs-vswitchd.pid $ovs_dir/ovsdb-server.pid; do [[ -f \$f ]] && kill -TERM \"\$(cat \$f)\" 2>/dev/null; done; "
 fi
 if ((!libvirt_was_up)); then
-	realstack_down+="scripts/realstack-down.sh >/dev/null 2>&1; "
+	# An absolute path: demo.sh evaluates this on exit from its terraform
+	# directory, where a relative one failed silently and left libvirtd running.
+	realstack_down+="\"$PWD/scripts/realstack-down.sh\" >/dev/null 2>&1; "
 fi
 echo "real stack: libvirtd $( ((libvirt_was_up)) && echo "already running (left alone)" || echo "started (stopped on exit)"), Open vSwitch at $ovs_dir $( ((ovs_was_up)) && echo "already running (used as is)" || echo "started (stopped on exit)")"
 
