@@ -259,15 +259,13 @@ func (l *Libvirt) RecoverMigrations(ctx context.Context) error {
 		if err != nil {
 			return wrap(err, "list domains")
 		}
-		here := map[string]bool{}
+		var migrating []string
 		for i := range doms {
 			d := &doms[i]
-			if uuid, err := d.GetUUIDString(); err == nil {
-				here[uuid] = true
-			}
 			if ji, err := d.GetJobStats(0); err == nil && ji.Type != libvirt.DOMAIN_JOB_NONE &&
 				ji.OperationSet && ji.Operation == libvirt.DOMAIN_JOB_OPERATION_MIGRATION_OUT {
 				name, _ := d.GetName()
+				migrating = append(migrating, name)
 				if err := d.AbortJob(); err != nil {
 					l.log.Warn("could not abort a migration left running by a previous kvm-hostd", "name", name, "err", err)
 				} else {
@@ -275,6 +273,22 @@ func (l *Libvirt) RecoverMigrations(ctx context.Context) error {
 				}
 			}
 			d.Free()
+		}
+		// A migration can finish (and undefine the VM here) while it is
+		// being aborted: wait until none is running, then see which VMs
+		// are still here. Deciding on the first listing would keep the
+		// source files of a VM that has just left.
+		l.waitMigrationsSettled(ctx, c, migrating)
+		doms, err = c.ListAllDomains(0)
+		if err != nil {
+			return wrap(err, "list domains")
+		}
+		here := map[string]bool{}
+		for i := range doms {
+			if uuid, err := doms[i].GetUUIDString(); err == nil {
+				here[uuid] = true
+			}
+			doms[i].Free()
 		}
 		pools, err := c.ListAllStoragePools(libvirt.CONNECT_LIST_STORAGE_POOLS_ACTIVE)
 		if err != nil {
@@ -297,6 +311,26 @@ func (l *Libvirt) RecoverMigrations(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// waitMigrationsSettled waits (up to a minute) until each named domain is
+// gone or has no job left.
+func (l *Libvirt) waitMigrationsSettled(ctx context.Context, c *libvirt.Connect, names []string) {
+	deadline := time.Now().Add(time.Minute)
+	for _, name := range names {
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			d, err := c.LookupDomainByName(name)
+			if err != nil {
+				break // gone: it migrated
+			}
+			ji, err := d.GetJobStats(0)
+			d.Free()
+			if err != nil || ji.Type == libvirt.DOMAIN_JOB_NONE {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 }
 
 func (l *Libvirt) recoverMigratedFile(v *libvirt.StorageVol, path string, here map[string]bool) {
