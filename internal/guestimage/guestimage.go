@@ -5,13 +5,14 @@ package guestimage
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 )
 
 var (
@@ -41,7 +42,7 @@ func Path(ctx context.Context) (string, error) {
 }
 
 func build(ctx context.Context) (string, error) {
-	root, err := repoRoot()
+	root, err := harness.ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -60,24 +61,6 @@ func build(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("scripts/guest-image.sh: %w", err)
 	}
 	return path, nil
-}
-
-// repoRoot is the nearest directory above the working directory with a go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("guestimage: no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // tail returns the last n lines of s.
