@@ -243,6 +243,14 @@ type VMInterface struct {
 	Bridge string `json:"bridge,omitempty"`
 	Port   string `json:"port,omitempty"`
 	VLAN   int64  `json:"vlan,omitempty"`
+	// IPv4Address is a static address (no prefix length) inside the
+	// network's subnet. The host delivers it through a generated cloud-init
+	// network-config (unless CloudInit.NetworkConfig is given) and, on a
+	// network with DHCP, as a reservation for this NIC's MAC.
+	IPv4Address string `json:"ipv4_address,omitempty"`
+	// Addresses are the IPs the guest reports on this NIC (guest agent,
+	// else the host's DHCP leases); read back only, empty when none.
+	Addresses []string `json:"addresses,omitempty"`
 }
 
 // CloudInit is turned into a NoCloud seed ISO by the host.
@@ -285,7 +293,13 @@ type VMSpec struct {
 	ShutdownTimeoutSec *int64 `json:"shutdown_timeout_sec,omitempty"`
 	// UUID may be given to keep a domain's identity (offline move).
 	UUID string `json:"uuid,omitempty"`
+	// GuestAgent adds the qemu-guest-agent virtio-serial channel. Nil
+	// means the default, true; reads always set it.
+	GuestAgent *bool `json:"guest_agent,omitempty"`
 }
+
+// GuestAgentEnabled reports the effective guest_agent setting.
+func (s VMSpec) GuestAgentEnabled() bool { return s.GuestAgent == nil || *s.GuestAgent }
 
 // VM states as reported in VM.State.
 const (
@@ -307,6 +321,23 @@ type VM struct {
 	RequestID string `json:"request_id,omitempty"`
 	// Restarted is set on a PATCH response when the change needed a restart.
 	Restarted bool `json:"restarted,omitempty"`
+	// IPv4Address is the first non-loopback IPv4 address of the first NIC
+	// (see VMInterface.Addresses); empty when the guest reports none.
+	IPv4Address string `json:"ipv4_address,omitempty"`
+	// AddressSource says where the addresses came from: "agent", "lease"
+	// or "" (none known).
+	AddressSource string `json:"address_source,omitempty"`
+}
+
+// Console is the body of GET /v1/vms/{name}/console as JSON; the endpoint
+// answers text/plain (the log tail itself) unless the client accepts only
+// application/json.
+type Console struct {
+	VM string `json:"vm"`
+	// Text is the tail of the serial log, at most the requested bytes.
+	Text string `json:"text"`
+	// Truncated is true when older output was cut off.
+	Truncated bool `json:"truncated"`
 }
 
 // SnapshotSpec is the body of PUT /v1/vms/{vm}/snapshots/{name}.
@@ -339,6 +370,14 @@ type NetworkPeer struct {
 	TunnelIP string `json:"tunnel_ip"`
 }
 
+// Subnet is the IPv4 subnet of a network. kvm-hostd does not route it: the
+// gateway is whatever router the network reaches (through an uplink).
+type Subnet struct {
+	CIDR       string   `json:"cidr"`
+	Gateway    string   `json:"gateway,omitempty"`
+	DNSServers []string `json:"dns_servers,omitempty"`
+}
+
 // NetworkSpec is the body of PUT /v1/networks/{name}.
 type NetworkSpec struct {
 	VLAN    int64         `json:"vlan,omitempty"`
@@ -346,6 +385,18 @@ type NetworkSpec struct {
 	VNI     int64         `json:"vni,omitempty"`
 	MTU     int64         `json:"mtu,omitempty"`
 	Peers   []NetworkPeer `json:"peers,omitempty"`
+	Subnet  *Subnet       `json:"subnet,omitempty"`
+	// DHCP makes this host serve DHCP on the bridge, answering only its own
+	// VMs' NICs (static ipv4_address reservations and, for NICs without one,
+	// an address derived from the MAC). Needs Subnet.
+	DHCP bool `json:"dhcp,omitempty"`
+	// DHCPServerIP is this host's DHCP server identifier in the subnet,
+	// chosen by the client with DHCPServerIP(); never configured on a host
+	// interface (the server answers ARP for it itself).
+	DHCPServerIP string `json:"dhcp_server_ip,omitempty"`
+	// Uplink is this host's interface the bridge is connected to (the
+	// provider sends each host its own entry of kvm_network.uplinks).
+	Uplink string `json:"uplink,omitempty"`
 }
 
 // NetworkTunnel is one tunnel port of a network bridge, read back.
@@ -366,7 +417,20 @@ type Network struct {
 	DatapathType string          `json:"datapath_type,omitempty"`
 	Tunnels      []NetworkTunnel `json:"tunnels,omitempty"`
 	// Ports lists VM ports (interface names) on the bridge.
-	Ports []string `json:"ports,omitempty"`
+	Ports        []string `json:"ports,omitempty"`
+	Subnet       *Subnet  `json:"subnet,omitempty"`
+	DHCP         bool     `json:"dhcp,omitempty"`
+	DHCPServerIP string   `json:"dhcp_server_ip,omitempty"`
+	Uplink       string   `json:"uplink,omitempty"`
+	// Leases are the DHCP bindings this host serves on the network.
+	Leases []Lease `json:"leases,omitempty"`
+}
+
+// Lease is one DHCP binding a host serves: a VM NIC's MAC and its address.
+type Lease struct {
+	MAC string `json:"mac"`
+	IP  string `json:"ip"`
+	VM  string `json:"vm,omitempty"`
 }
 
 // MigrateRequest is the body of POST /v1/vms/{name}/migrate.
