@@ -613,6 +613,23 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 		}
 		dev.Interfaces = append(dev.Interfaces, i)
 	}
+	// The agent channel: kept as libvirt completed it (socket path,
+	// address) while wanted, added or dropped otherwise; other channels stay.
+	dev.Channels = nil
+	if cur.Devices != nil {
+		for _, c := range cur.Devices.Channels {
+			if c.Target == nil || c.Target.VirtIO == nil || c.Target.VirtIO.Name != guestAgentChannel {
+				dev.Channels = append(dev.Channels, c)
+			}
+		}
+	}
+	if wc := agentChannelOf(want); wc != nil {
+		if oc := agentChannelOf(cur); oc != nil {
+			dev.Channels = append(dev.Channels, *oc)
+		} else {
+			dev.Channels = append(dev.Channels, *wc)
+		}
+	}
 	for _, wc := range want.Devices.Controllers {
 		found := false
 		for _, c := range dev.Controllers {

@@ -436,6 +436,9 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	}
 
 	x.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
+	if spec.GuestAgentEnabled() {
+		x.Devices.Channels = append(x.Devices.Channels, agentChannel())
+	}
 	if p.virtType != "test" {
 		// A serial console for `virsh console`; there is no <graphics>.
 		port := uint(0)
@@ -463,6 +466,39 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 		return nil, err
 	}
 	return x, nil
+}
+
+// guestAgentChannel is the virtio-serial port name qemu-guest-agent opens.
+const guestAgentChannel = "org.qemu.guest_agent.0"
+
+// agentChannel is the qemu-guest-agent channel: a unix socket whose path
+// libvirt picks (it then also talks to the agent itself).
+func agentChannel() libvirtxml.DomainChannel {
+	return libvirtxml.DomainChannel{
+		Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Mode: "bind"}},
+		Target: &libvirtxml.DomainChannelTarget{VirtIO: &libvirtxml.DomainChannelTargetVirtIO{Name: guestAgentChannel}},
+	}
+}
+
+// agentChannelOf finds the qemu-guest-agent channel of a domain, or nil.
+func agentChannelOf(x *libvirtxml.Domain) *libvirtxml.DomainChannel {
+	if x == nil || x.Devices == nil {
+		return nil
+	}
+	for i := range x.Devices.Channels {
+		c := &x.Devices.Channels[i]
+		if c.Target != nil && c.Target.VirtIO != nil && c.Target.VirtIO.Name == guestAgentChannel {
+			return c
+		}
+	}
+	return nil
+}
+
+// agentConnected reports whether the live domain's agent channel is
+// connected: libvirt sets state='connected' once the guest opened it.
+func agentConnected(live *libvirtxml.Domain) bool {
+	c := agentChannelOf(live)
+	return c != nil && c.Target.VirtIO.State == "connected"
 }
 
 func orOne(v int64) int64 {
@@ -580,5 +616,7 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		}
 	}
 	s.ShutdownTimeoutSec = m.ShutdownTimeout
+	agent := agentChannelOf(x) != nil
+	s.GuestAgent = &agent
 	return s, service.VMMeta{Owner: m.Owner, RequestID: m.RequestID}
 }

@@ -207,6 +207,8 @@ func vmSpecDiff(want, have api.VMSpec) string {
 		return "description"
 	case !maps.Equal(want.Tags, have.Tags) && (len(want.Tags) > 0 || len(have.Tags) > 0):
 		return "tags"
+	case want.GuestAgentEnabled() != have.GuestAgentEnabled():
+		return "guest_agent"
 	}
 	for i := range want.Disks {
 		if want.Disks[i].Pool != have.Disks[i].Pool || want.Disks[i].Volume != have.Disks[i].Volume {
