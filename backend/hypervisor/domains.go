@@ -419,8 +419,31 @@ func (l *Libvirt) DeleteVM(ctx context.Context, name string, timeout time.Durati
 			return wrap(err, "undefine %s", name)
 		}
 		l.removeSeed(metaOf(x).SeedISO)
+		l.removeSerialLog(x)
 		return nil
 	})
+}
+
+// removeSerialLog deletes a deleted domain's serial log and the copies
+// virtlogd rotated (<log>.0, <log>.1, ...), inside the log directory only.
+func (l *Libvirt) removeSerialLog(x *libvirtxml.Domain) {
+	if l.test || x.Devices == nil {
+		return
+	}
+	for _, s := range x.Devices.Serials {
+		if s.Log == nil || s.Log.File != serialLogPath(x.Name) {
+			continue
+		}
+		for i := -1; i < 10; i++ {
+			p := s.Log.File
+			if i >= 0 {
+				p = fmt.Sprintf("%s.%d", p, i)
+			}
+			if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+				l.log.Warn("remove serial log", "path", p, "err", err)
+			}
+		}
+	}
 }
 
 // UpdateVM converges a domain on spec: live where libvirt can (memory

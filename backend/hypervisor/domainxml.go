@@ -440,10 +440,11 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 		x.Devices.Channels = append(x.Devices.Channels, agentChannel())
 	}
 	if p.virtType != "test" {
-		// A serial console for `virsh console`; there is no <graphics>.
+		// A serial console for `virsh console`, logged for
+		// GET /v1/vms/{name}/console; there is no <graphics>.
 		port := uint(0)
 		x.Devices.Serials = []libvirtxml.DomainSerial{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
-			Target: &libvirtxml.DomainSerialTarget{Port: &port}}}
+			Target: &libvirtxml.DomainSerialTarget{Port: &port}, Log: serialLog(p.name)}}
 		x.Devices.Consoles = []libvirtxml.DomainConsole{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 			Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}}}
 	}

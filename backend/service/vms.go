@@ -22,14 +22,24 @@ func validateVMName(name string) error {
 }
 
 // ListVMs lists the host's domains.
-func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) { return s.hv.ListVMs(ctx) }
+func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) {
+	vms, err := s.hv.ListVMs(ctx)
+	if err == nil {
+		s.fillAllAddresses(ctx, vms)
+	}
+	return vms, err
+}
 
 // GetVM reads a domain.
 func (s *Service) GetVM(ctx context.Context, name string) (*api.VM, error) {
 	if err := validateVMName(name); err != nil {
 		return nil, err
 	}
-	return s.hv.GetVM(ctx, name)
+	vm, err := s.hv.GetVM(ctx, name)
+	if err == nil {
+		s.fillAddresses(ctx, vm)
+	}
+	return vm, err
 }
 
 // resolveInterfaces fills the OVS bridge and VLAN of each NIC from the
