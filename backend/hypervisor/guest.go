@@ -159,4 +159,3 @@ func tailFile(dir, path string, max int64) ([]byte, bool, error) {
 	}
 	return b, off > 0, nil
 }
-
