@@ -1,9 +1,9 @@
 package kvm
 
 import (
-	"time"
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 
