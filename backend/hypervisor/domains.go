@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -280,7 +281,7 @@ func (l *Libvirt) prepareSeed(c *libvirt.Connect, name string, spec *api.VMSpec)
 	if err != nil {
 		return "", err
 	}
-	return writeSeedISO(dir, name, spec.CloudInit)
+	return writeSeedISO(dir, name, seedCloudInit(name, spec.CloudInit, spec.Interfaces))
 }
 
 func (l *Libvirt) removeSeed(path string) {
@@ -302,6 +303,15 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 		disks, err := l.resolveDisks(c, spec.Disks)
 		if err != nil {
 			return err
+		}
+		// A generated network-config matches NICs by MAC: pick them now.
+		if _, static := staticNetworkConfig(spec.Interfaces); static {
+			spec.Interfaces = slices.Clone(spec.Interfaces)
+			for i := range spec.Interfaces {
+				if spec.Interfaces[i].MAC == "" {
+					spec.Interfaces[i].MAC = randomMAC()
+				}
+			}
 		}
 		seed, err := l.prepareSeed(c, name, &spec)
 		if err != nil {

@@ -50,6 +50,7 @@ type metaDisk struct {
 type metaIface struct {
 	MAC     string `xml:"mac,attr,omitempty"`
 	Network string `xml:"network,attr"`
+	IPv4    string `xml:"ipv4-address,attr,omitempty"`
 }
 
 // metaCI records cloud-init for read-back. user-data itself is never
@@ -432,7 +433,7 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			ix.VLan = &libvirtxml.DomainInterfaceVLan{Tags: []libvirtxml.DomainInterfaceVLanTag{{ID: uint(ifc.VLAN)}}}
 		}
 		x.Devices.Interfaces = append(x.Devices.Interfaces, ix)
-		m.Interfaces = append(m.Interfaces, metaIface{MAC: strings.ToLower(ifc.MAC), Network: ifc.Network})
+		m.Interfaces = append(m.Interfaces, metaIface{MAC: strings.ToLower(ifc.MAC), Network: ifc.Network, IPv4: ifc.IPv4Address})
 	}
 
 	x.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
@@ -572,10 +573,10 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		s.Disks = append(s.Disks, vd)
 	}
 	if x.Devices != nil {
-		nets := map[string]string{}
+		nets := map[string]metaIface{}
 		for _, mi := range m.Interfaces {
 			if mi.MAC != "" {
-				nets[mi.MAC] = mi.Network
+				nets[mi.MAC] = mi
 			}
 		}
 		for i, ix := range x.Devices.Interfaces {
@@ -596,9 +597,9 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 				vi.Port = ix.Target.Dev
 			}
 			if n, ok := nets[vi.MAC]; ok {
-				vi.Network = n
+				vi.Network, vi.IPv4Address = n.Network, n.IPv4
 			} else if i < len(m.Interfaces) {
-				vi.Network = m.Interfaces[i].Network
+				vi.Network, vi.IPv4Address = m.Interfaces[i].Network, m.Interfaces[i].IPv4
 			}
 			s.Interfaces = append(s.Interfaces, vi)
 		}

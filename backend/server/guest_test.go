@@ -22,7 +22,23 @@ type fakeLeases map[string][]string
 
 func (f fakeLeases) LeasesFor(mac string) []string { return f[mac] }
 
-func guestTestServer(t *testing.T) (*service.Service, http.Handler) {
+// subnetSwitch is the real embedded switch with subnets added to the
+// networks it reads back, as the host keeps them once networks carry one.
+type subnetSwitch struct {
+	service.Switch
+	subnets map[string]api.Subnet
+	dhcpIP  string
+}
+
+func (s subnetSwitch) GetNetwork(ctx context.Context, name string) (*api.Network, error) {
+	n, err := s.Switch.GetNetwork(ctx, name)
+	if sub, ok := s.subnets[name]; ok && err == nil {
+		n.Subnet, n.DHCPServerIP = &sub, s.dhcpIP
+	}
+	return n, err
+}
+
+func guestTestServer(t *testing.T, wrap ...func(service.Switch) service.Switch) (*service.Service, http.Handler) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	hv, err := hypervisor.Open("test:///default", log)
@@ -35,9 +51,13 @@ func guestTestServer(t *testing.T) (*service.Service, http.Handler) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sw.Close() })
+	var ssw service.Switch = sw
+	for _, w := range wrap {
+		ssw = w(ssw)
+	}
 	svc, err := service.New(context.Background(), service.Config{
 		Name: "g", TunnelIP: "10.0.0.1", PoolDir: "/default-pool", LibvirtURI: "test:///default",
-	}, hv, sw, log)
+	}, hv, ssw, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,5 +157,67 @@ func TestVMAddressesFromLeases(t *testing.T) {
 	}
 	if vm := get(); vm.IPv4Address != "" || vm.Interfaces[0].Addresses != nil {
 		t.Fatalf("stopped: %+v", vm)
+	}
+}
+
+func TestVMStaticIPv4Rules(t *testing.T) {
+	svc, _ := guestTestServer(t, func(sw service.Switch) service.Switch {
+		return subnetSwitch{Switch: sw, dhcpIP: "10.20.0.254", subnets: map[string]api.Subnet{
+			"lan": {CIDR: "10.20.0.0/24", Gateway: "10.20.0.1"}, "lan2": {CIDR: "10.20.0.0/24"}}}
+	})
+	ctx := context.Background()
+	for _, n := range []string{"plain", "lan", "lan2"} {
+		if _, err := svc.PutNetwork(ctx, n, api.NetworkSpec{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := func(ifs ...api.VMInterface) api.VMSpec { return api.VMSpec{VCPU: 1, MemoryMiB: 64, Interfaces: ifs} }
+	nic := func(network, ip string) api.VMInterface { return api.VMInterface{Network: network, IPv4Address: ip} }
+	for _, c := range []struct {
+		spec api.VMSpec
+		code string
+		msg  string
+	}{
+		{spec(nic("plain", "10.20.0.5")), api.CodeInvalid, "network plain has no subnet"},
+		{spec(nic("lan", "10.30.0.5")), api.CodeInvalid, "outside the network's subnet 10.20.0.0/24"},
+		{spec(nic("lan", "10.20.0.1")), api.CodeInvalid, "gateway"},
+		{spec(nic("lan", "10.20.0.254")), api.CodeInvalid, "reserved for a host's DHCP server"},
+		{spec(nic("lan", "10.20.0.255")), api.CodeInvalid, "broadcast"},
+		{spec(nic("lan", "10.20.0.5"), nic("lan2", "10.20.0.5")), api.CodeInvalid, "network_interfaces[1]: ipv4_address 10.20.0.5 is already network_interfaces[0]'s"},
+	} {
+		_, _, err := svc.PutVM(ctx, "bad", c.spec, service.VMMeta{})
+		if !api.IsCode(err, c.code) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%+v: got %v, want %s %q", c.spec.Interfaces, err, c.code, c.msg)
+		}
+	}
+	a, _, err := svc.PutVM(ctx, "a", spec(nic("lan", "10.20.0.5")), service.VMMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.DeleteVM(ctx, "a", 0) })
+	if a.Interfaces[0].IPv4Address != "10.20.0.5" {
+		t.Fatalf("read back: %+v", a.Interfaces)
+	}
+	// The same address on the same network: 409 naming the VM that has it.
+	_, _, err = svc.PutVM(ctx, "b", spec(nic("lan", "10.20.0.5")), service.VMMeta{})
+	if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "already used by VM a on network lan") {
+		t.Fatalf("duplicate: %v", err)
+	}
+	// On another network it is another address.
+	if _, _, err = svc.PutVM(ctx, "b", spec(nic("lan2", "10.20.0.5")), service.VMMeta{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.DeleteVM(ctx, "b", 0) })
+	// An update may keep its own address but not take another VM's.
+	b, _ := svc.GetVM(ctx, "b")
+	upd := b.VMSpec
+	upd.Interfaces = []api.VMInterface{{Network: "lan", MAC: b.Interfaces[0].MAC, IPv4Address: "10.20.0.5"}}
+	if _, err = svc.UpdateVM(ctx, "b", upd); !api.IsCode(err, api.CodeConflict) {
+		t.Fatalf("update to a's address: %v", err)
+	}
+	upd.Interfaces[0] = api.VMInterface{Network: "lan2", MAC: b.Interfaces[0].MAC, IPv4Address: "10.20.0.5"}
+	upd.Description = "same address, other change"
+	if _, err = svc.UpdateVM(ctx, "b", upd); err != nil {
+		t.Fatalf("update keeping its own address: %v", err)
 	}
 }

@@ -24,7 +24,8 @@ type LeaseSource interface {
 	LeasesFor(mac string) []string
 }
 
-// SetLeaseSource installs the DHCP lease fallback of VM reads (nil: none).
+// SetLeaseSource installs the DHCP lease fallback of VM reads. Without one,
+// a Service that answers LeasesFor itself (its DHCP servers) is used.
 // Call it before serving requests.
 func (s *Service) SetLeaseSource(ls LeaseSource) { s.leases = ls }
 
@@ -48,10 +49,14 @@ func (s *Service) fillAddresses(ctx context.Context, vm *api.VM) {
 			byMAC, source = m, "agent"
 		}
 	}
-	if source == "" && s.leases != nil && vm.State == api.StateRunning {
+	leases := s.leases
+	if ls, ok := any(s).(LeaseSource); ok && leases == nil {
+		leases = ls // the host's own DHCP server, where it has one
+	}
+	if source == "" && leases != nil && vm.State == api.StateRunning {
 		byMAC = map[string][]string{}
 		for _, n := range vm.Interfaces {
-			if ips := s.leases.LeasesFor(strings.ToLower(n.MAC)); len(ips) > 0 {
+			if ips := leases.LeasesFor(strings.ToLower(n.MAC)); len(ips) > 0 {
 				byMAC[strings.ToLower(n.MAC)] = ips
 				source = "lease"
 			}
