@@ -164,3 +164,34 @@ func TestAccVM_waitForIPTimeout(t *testing.T) {
 		},
 	})
 }
+
+// A static address on a network that exists on the VM's host without a
+// subnet fails the plan; on a network not there yet it is left to apply.
+func TestAccVM_staticIPv4NeedsSubnet(t *testing.T) {
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cl := testAccVMClient(t, c, "host-a")
+	testAccVMPutNetwork(t, cl, "lan")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		Steps: []resource.TestStep{
+			{
+				Config: testAccVMSmallConfig(c, "static-1", `
+  vcpu       = 1
+  memory_mib = 64
+  network_interfaces = [{ network = "lan", ipv4_address = "10.20.0.10" }]
+`),
+				PlanOnly:    true,
+				ExpectError: regexp.MustCompile(`(?s)Network Has No Subnet.*network lan has no subnet on host host-a`),
+			},
+			{
+				Config: testAccVMSmallConfig(c, "static-1", `
+  vcpu       = 1
+  memory_mib = 64
+  network_interfaces = [{ network = "later", ipv4_address = "10.20.0.10" }]
+`),
+				PlanOnly:           true,
+				ExpectNonEmptyPlan: true,
+			},
+		},
+	})
+}

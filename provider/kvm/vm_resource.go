@@ -215,12 +215,20 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Sensitive: true,
 					},
 					"meta_data": schema.StringAttribute{
-						MarkdownDescription: "`meta-data` (instance-id, local-hostname).",
-						Optional:            true,
+						MarkdownDescription: "`meta-data` (instance-id, local-hostname). Default: `instance-id` is the VM's name " +
+							"(with a generated network-config: the name and a hash of that config, so that a changed " +
+							"`ipv4_address` gets a new instance-id and cloud-init applies it at the next boot; with your own " +
+							"meta-data, change its instance-id yourself for that).",
+						Optional: true,
 					},
 					"network_config": schema.StringAttribute{
-						MarkdownDescription: "`network-config` (cloud-init network configuration v1 or v2).",
-						Optional:            true,
+						MarkdownDescription: "`network-config` (cloud-init network configuration v1 or v2). When unset and a " +
+							"network interface has an `ipv4_address`, the host generates one (version 2): each interface matched by " +
+							"MAC and named `eth0`, `eth1`, ... in order; those with an `ipv4_address` get it with the subnet's prefix " +
+							"length, its `dns_servers`, and the first one whose subnet has a `gateway` the default route; the others " +
+							"use DHCP. Without `cloud_init` there is no seed and a static address reaches the guest only as a DHCP " +
+							"reservation (networks with `dhcp = true`).",
+						Optional: true,
 					},
 				},
 			},
@@ -431,6 +439,10 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 		if resp.Diagnostics.HasError() {
 			return
 		}
+	}
+	r.checkStaticIPv4(ctx, plan, state, &resp.Diagnostics)
+	if resp.Diagnostics.HasError() {
+		return
 	}
 	if state != nil && !plan.Name.Equal(state.Name) {
 		return // replaced: everything is new
