@@ -434,10 +434,11 @@ func (l *Libvirt) DeleteVM(ctx context.Context, name string, timeout time.Durati
 	})
 }
 
-// removeSerialLog deletes a deleted domain's serial log and the copies
-// virtlogd rotated (<log>.0, <log>.1, ...), inside the log directory only.
+// removeSerialLog deletes a domain's serial log and the copies virtlogd
+// rotated (<log>.0, <log>.1, ...), when it has one: after the domain was
+// deleted or migrated away (the new host keeps its own).
 func (l *Libvirt) removeSerialLog(x *libvirtxml.Domain) {
-	if l.test || x.Devices == nil {
+	if l.test || x == nil || x.Devices == nil {
 		return
 	}
 	for _, s := range x.Devices.Serials {
