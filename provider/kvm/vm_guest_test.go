@@ -1,6 +1,7 @@
 package kvm
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"testing"
@@ -52,6 +53,14 @@ func TestAccVM_guestAgent(t *testing.T) {
 				Check: testAccCheckVMOnHost(cl, "guest-1", func(vm *api.VM) error {
 					if vm.GuestAgent == nil || !*vm.GuestAgent {
 						return fmt.Errorf("guest_agent on the host: %v", vm.GuestAgent)
+					}
+					// The test driver keeps no serial log: an empty console.
+					con, err := cl.VMConsole(context.Background(), "guest-1", 0)
+					if err != nil || con.VM != "guest-1" || con.Text != "" || con.Truncated {
+						return fmt.Errorf("console: %+v %v", con, err)
+					}
+					if _, err := cl.VMConsole(context.Background(), "nope", 0); !isNotFound(err) {
+						return fmt.Errorf("console of a missing VM: %v", err)
 					}
 					return nil
 				}),
