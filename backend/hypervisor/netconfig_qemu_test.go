@@ -142,7 +142,6 @@ func agentInterfaces(sock string) ([]agentIface, error) {
 	return reply.Return, nil
 }
 
-
 func lastN(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	if len(lines) > n {
