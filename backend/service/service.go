@@ -49,6 +49,9 @@ type Service struct {
 	// is based on and the reservation it records are one step.
 	admission sync.Mutex
 	ledger    admissionLedger
+	// leases is the DHCP fallback of VM addresses (nil: the Service's
+	// own, if it answers LeasesFor).
+	leases LeaseSource
 	ops       *operations
 	// idem remembers POST results by Idempotency-Key so a retried POST
 	// (e.g. a migration whose response was lost) is not acted on twice.
@@ -57,8 +60,6 @@ type Service struct {
 	// host-to-host copies.
 	fetcher *Fetcher
 	fills   volumeFills
-	// leases is the DHCP fallback of VM addresses (nil: none).
-	leases LeaseSource
 }
 
 // New builds a Service and ensures the default pool exists.
