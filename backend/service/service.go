@@ -52,7 +52,7 @@ type Service struct {
 	// leases is the DHCP fallback of VM addresses (nil: the Service's
 	// own, if it answers LeasesFor).
 	leases LeaseSource
-	ops       *operations
+	ops    *operations
 	// idem remembers POST results by Idempotency-Key so a retried POST
 	// (e.g. a migration whose response was lost) is not acted on twice.
 	idem *idempotencyCache
