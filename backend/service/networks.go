@@ -71,8 +71,15 @@ func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkS
 	if spec.Uplink != "" {
 		// Checked before OVSDB is touched: OVS would accept the port and
 		// only log that the device is missing.
-		if _, err := net.InterfaceByName(spec.Uplink); err != nil {
+		ifi, err := net.InterfaceByName(spec.Uplink)
+		if err != nil {
 			return nil, invalid("uplink: host %s has no network interface %q", s.cfg.Name, spec.Uplink)
+		}
+		if addrs, _ := ifi.Addrs(); len(addrs) > 0 {
+			// Open vSwitch takes the interface over: its addresses stop
+			// working (on a real switch; nothing changes on the embedded one).
+			s.log.Warn("uplink interface has addresses of this host; they stop working while it is an uplink",
+				"network", name, "interface", spec.Uplink, "addresses", fmt.Sprint(addrs))
 		}
 	}
 	// Never tunnel to ourselves.
