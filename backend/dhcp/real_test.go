@@ -133,6 +133,9 @@ func (c *testClient) exchange(mac net.HardwareAddr, typ byte, bcast bool, opts m
 
 var errNoReply = errors.New("no reply")
 
+// DHCPResyncForTest is kvm-hostd's resync period (service.DHCPResync).
+const DHCPResyncForTest = 10 * time.Second
+
 // TestRealDHCPServer runs kvm-hostd on a namespace host with its own Open
 // vSwitch (and libvirt's test driver: the reservation comes from a VM
 // defined through kvm-hostd; no guest runs) and talks DHCP to it from an
@@ -279,6 +282,31 @@ func TestRealDHCPServer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.Host("host-d").Log())
 	}
+
+	// The port taken down out of band: the server notices and the next
+	// resync brings it back up and serves again.
+	if _, err := run("ip", "link", "set", port, "down"); err != nil {
+		t.Fatal(err)
+	}
+	downAt := time.Now()
+	err = inNetns(h.Netns, func() error {
+		tc, err := openTestClient("dc0")
+		if err != nil {
+			return err
+		}
+		defer tc.close()
+		if !harness.Wait(ctx, 2*DHCPResyncForTest, func() bool {
+			r, err := tc.exchange(vmMAC, Discover, false, nil, time.Second)
+			return err == nil && r.YIAddr == want
+		}) {
+			return errors.New("no DHCP answer after the port was taken down and the resync passed")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Host("host-d").Log())
+	}
+	t.Logf("serving again %s after the port went down", time.Since(downAt).Round(time.Millisecond))
 
 	// After the VM is deleted, its MAC gets no answer either.
 	if err := cl.DeleteVM(ctx, "dvm", 0); err != nil {

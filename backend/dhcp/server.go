@@ -138,6 +138,12 @@ func (s *Server) Start() error {
 	if s.running {
 		return nil
 	}
+	if s.fd >= 0 {
+		// The previous socket failed (its interface went down or away).
+		<-s.done
+		unix.Close(s.fd)
+		s.fd = -1
+	}
 	ifi, err := net.InterfaceByName(s.cfg.Interface)
 	if err != nil {
 		return fmt.Errorf("%w: %s", ErrNoInterface, s.cfg.Interface)
@@ -201,8 +207,9 @@ func (s *Server) serve(fd, ifindex int, mac net.HardwareAddr, done chan struct{}
 				}
 				continue
 			}
+			// The socket stays open until Close or the next Start.
 			if s.Running() {
-				s.cfg.Log.Warn("dhcp server stopped: receive failed", "interface", s.cfg.Interface, "error", err)
+				s.cfg.Log.Warn("dhcp server stopped: receive failed; restarted at the next resync", "interface", s.cfg.Interface, "error", err)
 				s.mu.Lock()
 				s.running = false
 				s.mu.Unlock()
@@ -225,7 +232,7 @@ func (s *Server) serve(fd, ifindex int, mac net.HardwareAddr, done chan struct{}
 // Close stops serving and closes the socket.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	if !s.running {
+	if s.fd < 0 {
 		s.mu.Unlock()
 		return nil
 	}
