@@ -121,6 +121,33 @@ resource "kvm_network" "lan" {
 				Config: cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
 				Check:  testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-b": "lo"}),
 			},
+			{
+				// Drift on the host that is not read for the sample: host-b's
+				// subnet changed behind Terraform's back shows as well.
+				PreConfig: func() {
+					spec := api.NetworkSpec{VLAN: 100, Subnet: &api.Subnet{CIDR: "10.40.0.0/24", Gateway: "10.40.0.2",
+						DNSServers: []string{"10.40.0.1", "9.9.9.9"}}, DHCP: true, DHCPServerIP: "10.40.0.253", Uplink: "lo"}
+					if _, err := hostClient(t, c, "host-b").PutNetwork(context.Background(), "lan", spec); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config:             cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
+				PlanOnly:           true,
+				ExpectNonEmptyPlan: true,
+			},
+			{
+				Config: cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
+				Check: func(*terraform.State) error {
+					n, err := hostClient(t, c, "host-b").GetNetwork(context.Background(), "lan")
+					if err != nil {
+						return err
+					}
+					if n.Subnet == nil || n.Subnet.Gateway != "10.40.0.1" {
+						return fmt.Errorf("host-b's subnet not repaired: %+v", n.Subnet)
+					}
+					return nil
+				},
+			},
 		},
 	})
 }

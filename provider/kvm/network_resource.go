@@ -596,7 +596,7 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 			}
 			status[h] = networkDrift(res.net, h, hosts, m)
 			if status[h] == statusReady {
-				status[h] = addressingDrift(res.net, m.DHCP.ValueBool(), serverIPs[h], wantUplinks[h])
+				status[h] = addressingDrift(res.net, wantSub, m.DHCP.ValueBool(), serverIPs[h], wantUplinks[h])
 			}
 			if res.net.Uplink != "" {
 				uplinks[h] = res.net.Uplink
@@ -650,8 +650,12 @@ func networkDrift(n *api.Network, host string, hosts []string, m *networkModel) 
 
 // addressingDrift compares one host's DHCP server and uplink with the
 // configuration.
-func addressingDrift(n *api.Network, dhcp bool, serverIP, uplink string) string {
+func addressingDrift(n *api.Network, sub *api.Subnet, dhcp bool, serverIP, uplink string) string {
+	have := n.Subnet
 	switch {
+	case (have == nil) != (sub == nil) || have != nil && (have.CIDR != sub.CIDR || have.Gateway != sub.Gateway ||
+		!slices.Equal(have.DNSServers, sub.DNSServers)):
+		return "subnet differs"
 	case dhcp && !n.DHCP:
 		return "dhcp server port missing"
 	case dhcp && n.DHCPServerIP != serverIP:
