@@ -131,6 +131,44 @@ func (c *testClient) exchange(mac net.HardwareAddr, typ byte, bcast bool, opts m
 	return reply, nil
 }
 
+// send sends a client message from mac (to the broadcast address unless
+// dstMAC/dst are given) and returns every reply to it within wait.
+func (c *testClient) send1(mac net.HardwareAddr, typ byte, ciaddr netip.Addr, dstMAC net.HardwareAddr, dst netip.Addr,
+	opts map[byte][]byte, wait time.Duration) ([]*Message, error) {
+	m := &Message{Op: opRequest, XID: rand.Uint32(), CHAddr: mac, CIAddr: ciaddr, Options: map[byte][]byte{OptMessageType: {typ}}}
+	for k, v := range opts {
+		m.Options[k] = v
+	}
+	src := netip.IPv4Unspecified()
+	if ciaddr.IsValid() {
+		src = ciaddr
+	}
+	if dstMAC == nil {
+		dstMAC, dst = BroadcastMAC, netip.MustParseAddr("255.255.255.255")
+	}
+	frame := EncodeUDP(UDPPacket{SrcMAC: mac, DstMAC: dstMAC, Src: src, Dst: dst, SrcPort: ClientPort, DstPort: ServerPort, Payload: m.Marshal()})
+	if err := c.send(frame); err != nil {
+		return nil, err
+	}
+	var replies []*Message
+	c.await(wait, func(f []byte) bool {
+		p, ok := DecodeUDP(f)
+		if !ok || p.DstPort != ClientPort {
+			return false
+		}
+		if r, err := ParseMessage(p.Payload); err == nil && r.XID == m.XID && r.Op == opReply {
+			replies = append(replies, r)
+		}
+		return false // keep collecting until wait
+	})
+	return replies, nil
+}
+
+func serverOf(m *Message) string {
+	a, _ := m.OptionAddr(OptServerID)
+	return a.String()
+}
+
 var errNoReply = errors.New("no reply")
 
 // DHCPResyncForTest is kvm-hostd's resync period (service.DHCPResync).
@@ -334,6 +372,183 @@ func TestRealDHCPServer(t *testing.T) {
 	}
 	if _, err := run("ip", "link", "show", port); err == nil {
 		t.Fatalf("DHCP port %s still exists after the network was deleted", port)
+	}
+	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestRealDHCPHandover: one DHCP network on two namespace hosts (each with
+// its own Open vSwitch), joined through an uplink on each host cabled to
+// one switch. A VM's NIC is played by a port on host b; the VM itself is
+// defined on host a, then "migrates" to host b (deleted on a, defined on
+// b: the test driver cannot migrate, and the DHCP side only sees where the
+// VM is). Before the move only host a answers, across the uplink; after
+// it, host a stays silent (also to a unicast renewal sent to its server
+// address) and host b answers the broadcast rebind with the same address.
+func TestRealDHCPHandover(t *testing.T) {
+	realstack.Require(t, "ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "nsenter", "ip")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	start := time.Now()
+	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hs.Close(); err != nil {
+			t.Errorf("closing namespace hosts: %v", err)
+		}
+	})
+	const sw = "kvmtup1"
+	root := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	_ = exec.Command("ip", "link", "del", sw).Run() // left by a crashed run
+	root("link", "add", sw, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", sw).Run() })
+	root("link", "set", sw, "up")
+	names := []string{"host-a", "host-b"}
+	ns := map[string]*realstack.NSHost{"host-a": hs.Host("a"), "host-b": hs.Host("b")}
+	opts := harness.Options{Hosts: names, LibvirtURI: "test:///default", ListenIPs: map[string]string{}, ExtraHostArgs: map[string][]string{},
+		Wrap: func(host string, argv []string) *exec.Cmd { return ns[host].Command(argv[0], argv[1:]...) }}
+	for _, hn := range names {
+		h := ns[hn]
+		root("link", "add", "kvmu-"+h.Name, "type", "veth", "peer", "name", "up0", "netns", h.Netns)
+		root("link", "set", "kvmu-"+h.Name, "master", sw)
+		root("link", "set", "kvmu-"+h.Name, "up")
+		if out, err := h.Command("ip", "link", "set", "up0", "up").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", hn, err, out)
+		}
+		opts.ListenIPs[hn] = h.IP
+		opts.ExtraHostArgs[hn] = []string{"--ovsdb", h.OVS.Endpoint}
+	}
+	t.Logf("namespace hosts and uplink cables up after %s", time.Since(start).Round(time.Millisecond))
+	c := harness.Start(t, opts)
+	t.Logf("kvm-hostd up after %s", time.Since(start).Round(time.Millisecond))
+	cls := map[string]*client.Client{}
+	for _, hn := range names {
+		if cls[hn], err = client.New(client.Options{Endpoint: c.Host(hn).URL, Token: c.Token}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const network, vlan = "ho", 30
+	sub := api.Subnet{CIDR: "10.60.0.0/24", Gateway: "10.60.0.1"}
+	serverIPs, err := api.DHCPServerIPs(sub, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hn := range names {
+		if _, err := cls[hn].PutNetwork(ctx, network, api.NetworkSpec{VLAN: vlan, Subnet: &sub, DHCP: true,
+			DHCPServerIP: serverIPs[hn], Uplink: "up0"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("networks up after %s", time.Since(start).Round(time.Millisecond))
+	mac, _ := net.ParseMAC("52:54:00:0a:0b:0c")
+	vm := api.VMSpec{VCPU: 1, MemoryMiB: 64, Interfaces: []api.VMInterface{{Network: network, MAC: mac.String()}}}
+	if _, err := cls["host-a"].PutVM(ctx, "mover", vm); err != nil {
+		t.Fatal(err)
+	}
+	n, err := cls["host-a"].GetNetwork(ctx, network)
+	if err != nil || len(n.Leases) != 1 {
+		t.Fatalf("host-a leases: %v %+v", err, n)
+	}
+	want := netip.MustParseAddr(n.Leases[0].IP)
+
+	// The VM's NIC, on host b.
+	b := ns["host-b"]
+	if _, err := b.OVS.Vsctl("--timeout=30", "add-port", api.BridgeName(network), "dc0", fmt.Sprintf("tag=%d", vlan), "--",
+		"set", "Interface", "dc0", "type=internal", "--",
+		"set", "Port", "dc0", "external_ids:kvm-hostd-owned=true", "external_ids:kvm-network="+network); err != nil {
+		t.Fatal(err)
+	}
+	if !harness.Wait(ctx, 10*time.Second, func() bool {
+		return b.Command("ip", "link", "set", "dc0", "address", mac.String(), "up").Run() == nil
+	}) {
+		t.Fatal("port dc0 did not appear")
+	}
+
+	err = inNetns(b.Netns, func() error {
+		tc, err := openTestClient("dc0")
+		if err != nil {
+			return err
+		}
+		defer tc.close()
+		// Before the move: host a answers across the uplink, host b not.
+		var offers []*Message
+		if !harness.Wait(ctx, 20*time.Second, func() bool {
+			offers, err = tc.send1(mac, Discover, netip.Addr{}, nil, netip.Addr{}, nil, 2*time.Second)
+			return err == nil && len(offers) > 0
+		}) {
+			return fmt.Errorf("no offer before the move (%v)", err)
+		}
+		t.Logf("first offer after %s", time.Since(start).Round(time.Millisecond))
+		if len(offers) != 1 || serverOf(offers[0]) != serverIPs["host-a"] || offers[0].YIAddr != want {
+			return fmt.Errorf("before the move: %d offers, first from %s of %s; want one from host-a (%s) of %s",
+				len(offers), serverOf(offers[0]), offers[0].YIAddr, serverIPs["host-a"], want)
+		}
+		t.Logf("before the move: offer of %s from host-a's server %s, across the uplink", want, serverIPs["host-a"])
+		aMAC := net.HardwareAddr(nil)
+		if err := tc.send(EncodeARP(BroadcastMAC, ARP{Op: ARPRequest, SenderMAC: mac, SenderIP: want,
+			TargetIP: netip.MustParseAddr(serverIPs["host-a"])})); err != nil {
+			return err
+		}
+		tc.await(3*time.Second, func(f []byte) bool {
+			a, ok := DecodeARP(f)
+			if ok && a.Op == ARPReply && a.SenderIP.String() == serverIPs["host-a"] {
+				aMAC = a.SenderMAC
+				return true
+			}
+			return false
+		})
+		if aMAC == nil {
+			return fmt.Errorf("no ARP reply for host-a's server %s", serverIPs["host-a"])
+		}
+
+		// The move.
+		if err := cls["host-a"].DeleteVM(ctx, "mover", 0); err != nil {
+			return err
+		}
+		if _, err := cls["host-b"].PutVM(ctx, "mover", vm); err != nil {
+			return err
+		}
+		moved := time.Now()
+		// A renewal unicast to the old server goes unanswered ...
+		if !harness.Wait(ctx, 20*time.Second, func() bool {
+			r, err := tc.send1(mac, Request, want, aMAC, netip.MustParseAddr(serverIPs["host-a"]), nil, 2*time.Second)
+			return err == nil && len(r) == 0
+		}) {
+			return errors.New("host-a still answers the renewal after the VM left it")
+		}
+		// ... and the broadcast rebind is answered by host b, same address.
+		var acks []*Message
+		if !harness.Wait(ctx, 20*time.Second, func() bool {
+			acks, err = tc.send1(mac, Request, want, nil, netip.Addr{}, nil, 2*time.Second)
+			return err == nil && len(acks) > 0
+		}) {
+			return fmt.Errorf("no answer to the rebind after the move (%v)", err)
+		}
+		if len(acks) != 1 || acks[0].Type() != Ack || serverOf(acks[0]) != serverIPs["host-b"] || acks[0].YIAddr != want {
+			return fmt.Errorf("after the move: %d replies, first type %d from %s of %s; want one ACK from host-b (%s) of %s",
+				len(acks), acks[0].Type(), serverOf(acks[0]), acks[0].YIAddr, serverIPs["host-b"], want)
+		}
+		t.Logf("after the move: renewal to host-a unanswered, rebind ACKed by host-b's server %s with %s, %s after the move",
+			serverIPs["host-b"], want, time.Since(moved).Round(time.Millisecond))
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v\nhost-a:\n%s\nhost-b:\n%s", err, c.Host("host-a").Log(), c.Host("host-b").Log())
+	}
+	if err := cls["host-b"].DeleteVM(ctx, "mover", 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, hn := range names {
+		if err := cls[hn].DeleteNetwork(ctx, network); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
 }
