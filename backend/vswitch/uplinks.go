@@ -77,6 +77,16 @@ func (s *OVS) convergeUplink(ctx context.Context, t *txn, network, iface string,
 		return
 	}
 	physExt := map[string]string{keyOwned: "true", keyRole: roleUplink, keyUplink: iface}
+	// The interface may be a port of nothing but its uplink bridge (not,
+	// say, another network's bridge or a tunnel of ours).
+	if p := s.getPort(ctx, iface); p != nil && (p.ExternalIDs[keyRole] != roleUplink || p.ExternalIDs[keyUplink] != iface) {
+		where := "a bridge"
+		if byPort, err := s.portBridges(ctx); err == nil && byPort[p.UUID] != nil {
+			where = "bridge " + byPort[p.UUID].Name
+		}
+		t.add(nil, api.Errorf(api.CodeConflict, "uplink %s is already a port of %s; an uplink must be an interface no bridge uses", iface, where))
+		return
+	}
 	ub, err := s.loadBridge(ctx, ubName)
 	if err != nil {
 		t.add(nil, err)

@@ -2,6 +2,7 @@ package vswitch
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ovn-kubernetes/libovsdb/model"
@@ -216,5 +217,22 @@ func TestEmbeddedUplinkForeignPort(t *testing.T) {
 	}
 	if after := rowCounts(t, s); after["Bridge"] != before["Bridge"] || after["Port"] != before["Port"] {
 		t.Fatalf("rows changed on a refused uplink: %v -> %v", before, after)
+	}
+}
+
+// TestEmbeddedUplinkOwnPort: another network's own bridge port is no
+// uplink; the attempt is refused and that network keeps its port.
+func TestEmbeddedUplinkOwnPort(t *testing.T) {
+	s := openEmbedded(t)
+	ctx := tctx(t)
+	if _, err := s.EnsureNetwork(ctx, "other", api.NetworkSpec{VLAN: 3}, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.EnsureNetwork(ctx, "up", api.NetworkSpec{VLAN: 5, Uplink: api.BridgeName("other")}, "")
+	if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "already a port of bridge "+api.BridgeName("other")) {
+		t.Fatalf("want conflict naming the bridge, got %v", err)
+	}
+	if p := s.getPort(ctx, api.BridgeName("other")); p == nil {
+		t.Fatal("the other network lost its port")
 	}
 }
