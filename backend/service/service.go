@@ -60,6 +60,8 @@ type Service struct {
 	// host-to-host copies.
 	fetcher *Fetcher
 	fills   volumeFills
+	// dhcp holds the DHCP servers of this host's networks (see dhcp.go).
+	dhcp dhcpServers
 }
 
 // New builds a Service and ensures the default pool exists.
