@@ -59,6 +59,13 @@ type Server struct {
 	dns      []netip.Addr
 	bindings atomic.Pointer[map[string]netip.Addr]
 
+	// leased records, per MAC, the address this server last acknowledged
+	// and when that lease ends: what a guest has actually taken, as
+	// opposed to what it is offered. In memory only: after a restart a
+	// guest shows up again at its next renewal.
+	leaseMu sync.Mutex
+	leased  map[string]lease
+
 	mu      sync.Mutex
 	fd      int
 	mac     net.HardwareAddr
@@ -118,6 +125,44 @@ func (s *Server) Bindings() map[string]netip.Addr { return maps.Clone(*s.binding
 func (s *Server) binding(mac net.HardwareAddr) (netip.Addr, bool) {
 	ip, ok := (*s.bindings.Load())[mac.String()]
 	return ip, ok
+}
+
+type lease struct {
+	ip    netip.Addr
+	until time.Time
+}
+
+// Leased returns the address mac holds by a lease this server acknowledged
+// and that has not ended, if that is still its reservation.
+func (s *Server) Leased(mac net.HardwareAddr) (netip.Addr, bool) {
+	s.leaseMu.Lock()
+	l, ok := s.leased[mac.String()]
+	s.leaseMu.Unlock()
+	if !ok || time.Now().After(l.until) {
+		return netip.Addr{}, false
+	}
+	if ip, ok := s.binding(mac); !ok || ip != l.ip {
+		return netip.Addr{}, false
+	}
+	return l.ip, true
+}
+
+func (s *Server) setLeased(mac net.HardwareAddr, ip netip.Addr) {
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	if s.leased == nil {
+		s.leased = map[string]lease{}
+	}
+	if !ip.IsValid() {
+		delete(s.leased, mac.String())
+		return
+	}
+	for k, l := range s.leased { // keep the map bounded by live leases
+		if time.Now().After(l.until) {
+			delete(s.leased, k)
+		}
+	}
+	s.leased[mac.String()] = lease{ip: ip, until: time.Now().Add(s.cfg.LeaseTime)}
 }
 
 // Running reports whether the socket is open and served.
@@ -291,15 +336,18 @@ func (s *Server) handle(frame []byte, mac net.HardwareAddr) [][]byte {
 		}
 		if want != ip {
 			reply = s.reply(req, Nak, netip.Addr{})
+			s.setLeased(req.CHAddr, netip.Addr{})
 			log.Info("dhcp nak", "requested", want, "reserved", ip)
 		} else {
 			reply = s.reply(req, Ack, ip)
+			s.setLeased(req.CHAddr, ip)
 			log.Info("dhcp ack", "ip", ip)
 		}
 	case Inform:
 		reply = s.reply(req, Ack, netip.Addr{})
 	case Release:
 		log.Info("dhcp release (the reservation stays)", "ip", req.CIAddr)
+		s.setLeased(req.CHAddr, netip.Addr{})
 		return nil
 	case Decline:
 		log.Warn("dhcp decline: the guest found its reserved address in use", "ip", ip)

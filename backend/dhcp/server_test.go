@@ -175,3 +175,36 @@ func TestMessageRoundTrip(t *testing.T) {
 		t.Fatal("parsed a truncated message")
 	}
 }
+
+// TestLeasedFollowsAcks: only an address the server acknowledged counts as
+// leased (what VM reads report as a lease-sourced address); an offer does
+// not, a NAK, a RELEASE or a changed reservation end it.
+func TestLeasedFollowsAcks(t *testing.T) {
+	s := testServer(t)
+	ip := netip.MustParseAddr("10.9.0.17")
+	request := clientFrame(vmMAC, Request, map[byte][]byte{
+		OptRequestedIP: addrBytes(ip), OptServerID: addrBytes(netip.MustParseAddr("10.9.0.254")),
+	}, netip.Addr{})
+	s.Handle(clientFrame(vmMAC, Discover, nil, netip.Addr{}), serverMAC)
+	if got, ok := s.Leased(vmMAC); ok {
+		t.Fatalf("leased %s after an offer only", got)
+	}
+	s.Handle(request, serverMAC)
+	if got, ok := s.Leased(vmMAC); !ok || got != ip {
+		t.Fatalf("after the ACK: %s %v, want %s", got, ok, ip)
+	}
+	s.Handle(clientFrame(vmMAC, Release, nil, ip), serverMAC)
+	if _, ok := s.Leased(vmMAC); ok {
+		t.Fatal("still leased after RELEASE")
+	}
+	s.Handle(request, serverMAC)
+	s.Handle(clientFrame(vmMAC, Request, map[byte][]byte{OptRequestedIP: addrBytes(netip.MustParseAddr("10.9.0.99"))}, netip.Addr{}), serverMAC)
+	if _, ok := s.Leased(vmMAC); ok {
+		t.Fatal("still leased after a NAK")
+	}
+	s.Handle(request, serverMAC)
+	s.SetBindings(map[string]netip.Addr{vmMAC.String(): netip.MustParseAddr("10.9.0.18")})
+	if _, ok := s.Leased(vmMAC); ok {
+		t.Fatal("a lease of an address that is no longer the reservation is reported")
+	}
+}

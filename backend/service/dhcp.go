@@ -304,8 +304,11 @@ func (s *Service) withLeases(ctx context.Context, nets ...*api.Network) error {
 	return nil
 }
 
-// LeasesFor returns the IPv4 addresses this host's DHCP servers hand out
-// to mac (any network), from the last resync; empty when none.
+// LeasesFor returns the IPv4 addresses this host's DHCP servers have
+// leased to mac (any network): acknowledged, not ended, and still its
+// reservation. An address merely reserved is not reported: the guest may
+// not have taken it. Empty when none (also right after kvm-hostd restarts
+// or a VM migrated here, until the guest renews or rebinds here).
 func (s *Service) LeasesFor(mac string) []string {
 	hw, err := net.ParseMAC(strings.TrimSpace(mac))
 	if err != nil {
@@ -315,7 +318,7 @@ func (s *Service) LeasesFor(mac string) []string {
 	defer s.dhcp.mu.Unlock()
 	var out []string
 	for _, name := range sortedKeys(s.dhcp.servers) {
-		if ip, ok := s.dhcp.servers[name].srv.Bindings()[hw.String()]; ok {
+		if ip, ok := s.dhcp.servers[name].srv.Leased(hw); ok {
 			out = append(out, ip.String())
 		}
 	}
