@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -280,7 +281,7 @@ func (l *Libvirt) prepareSeed(c *libvirt.Connect, name string, spec *api.VMSpec)
 	if err != nil {
 		return "", err
 	}
-	return writeSeedISO(dir, name, spec.CloudInit)
+	return writeSeedISO(dir, name, seedCloudInit(name, spec.CloudInit, spec.Interfaces))
 }
 
 func (l *Libvirt) removeSeed(path string) {
@@ -302,6 +303,15 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 		disks, err := l.resolveDisks(c, spec.Disks)
 		if err != nil {
 			return err
+		}
+		// A generated network-config matches NICs by MAC: pick them now.
+		if _, static := staticNetworkConfig(spec.Interfaces); static {
+			spec.Interfaces = slices.Clone(spec.Interfaces)
+			for i := range spec.Interfaces {
+				if spec.Interfaces[i].MAC == "" {
+					spec.Interfaces[i].MAC = randomMAC()
+				}
+			}
 		}
 		seed, err := l.prepareSeed(c, name, &spec)
 		if err != nil {
@@ -419,8 +429,32 @@ func (l *Libvirt) DeleteVM(ctx context.Context, name string, timeout time.Durati
 			return wrap(err, "undefine %s", name)
 		}
 		l.removeSeed(metaOf(x).SeedISO)
+		l.removeSerialLog(x)
 		return nil
 	})
+}
+
+// removeSerialLog deletes a domain's serial log and the copies virtlogd
+// rotated (<log>.0, <log>.1, ...), when it has one: after the domain was
+// deleted or migrated away (the new host keeps its own).
+func (l *Libvirt) removeSerialLog(x *libvirtxml.Domain) {
+	if l.test || x == nil || x.Devices == nil {
+		return
+	}
+	for _, s := range x.Devices.Serials {
+		if s.Log == nil || s.Log.File != serialLogPath(x.Name) {
+			continue
+		}
+		for i := -1; i < 10; i++ {
+			p := s.Log.File
+			if i >= 0 {
+				p = fmt.Sprintf("%s.%d", p, i)
+			}
+			if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+				l.log.Warn("remove serial log", "path", p, "err", err)
+			}
+		}
+	}
 }
 
 // UpdateVM converges a domain on spec: live where libvirt can (memory
@@ -612,6 +646,23 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 			}
 		}
 		dev.Interfaces = append(dev.Interfaces, i)
+	}
+	// The agent channel: kept as libvirt completed it (socket path,
+	// address) while wanted, added or dropped otherwise; other channels stay.
+	dev.Channels = nil
+	if cur.Devices != nil {
+		for _, c := range cur.Devices.Channels {
+			if c.Target == nil || c.Target.VirtIO == nil || c.Target.VirtIO.Name != guestAgentChannel {
+				dev.Channels = append(dev.Channels, c)
+			}
+		}
+	}
+	if wc := agentChannelOf(want); wc != nil {
+		if oc := agentChannelOf(cur); oc != nil {
+			dev.Channels = append(dev.Channels, *oc)
+		} else {
+			dev.Channels = append(dev.Channels, *wc)
+		}
 	}
 	for _, wc := range want.Devices.Controllers {
 		found := false

@@ -50,6 +50,7 @@ type metaDisk struct {
 type metaIface struct {
 	MAC     string `xml:"mac,attr,omitempty"`
 	Network string `xml:"network,attr"`
+	IPv4    string `xml:"ipv4-address,attr,omitempty"`
 }
 
 // metaCI records cloud-init for read-back. user-data itself is never
@@ -432,15 +433,19 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			ix.VLan = &libvirtxml.DomainInterfaceVLan{Tags: []libvirtxml.DomainInterfaceVLanTag{{ID: uint(ifc.VLAN)}}}
 		}
 		x.Devices.Interfaces = append(x.Devices.Interfaces, ix)
-		m.Interfaces = append(m.Interfaces, metaIface{MAC: strings.ToLower(ifc.MAC), Network: ifc.Network})
+		m.Interfaces = append(m.Interfaces, metaIface{MAC: strings.ToLower(ifc.MAC), Network: ifc.Network, IPv4: ifc.IPv4Address})
 	}
 
 	x.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
+	if spec.GuestAgentEnabled() {
+		x.Devices.Channels = append(x.Devices.Channels, agentChannel())
+	}
 	if p.virtType != "test" {
-		// A serial console for `virsh console`; there is no <graphics>.
+		// A serial console for `virsh console`, logged for
+		// GET /v1/vms/{name}/console; there is no <graphics>.
 		port := uint(0)
 		x.Devices.Serials = []libvirtxml.DomainSerial{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
-			Target: &libvirtxml.DomainSerialTarget{Port: &port}}}
+			Target: &libvirtxml.DomainSerialTarget{Port: &port}, Log: serialLog(p.name)}}
 		x.Devices.Consoles = []libvirtxml.DomainConsole{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 			Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}}}
 	}
@@ -463,6 +468,39 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 		return nil, err
 	}
 	return x, nil
+}
+
+// guestAgentChannel is the virtio-serial port name qemu-guest-agent opens.
+const guestAgentChannel = "org.qemu.guest_agent.0"
+
+// agentChannel is the qemu-guest-agent channel: a unix socket whose path
+// libvirt picks (it then also talks to the agent itself).
+func agentChannel() libvirtxml.DomainChannel {
+	return libvirtxml.DomainChannel{
+		Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Mode: "bind"}},
+		Target: &libvirtxml.DomainChannelTarget{VirtIO: &libvirtxml.DomainChannelTargetVirtIO{Name: guestAgentChannel}},
+	}
+}
+
+// agentChannelOf finds the qemu-guest-agent channel of a domain, or nil.
+func agentChannelOf(x *libvirtxml.Domain) *libvirtxml.DomainChannel {
+	if x == nil || x.Devices == nil {
+		return nil
+	}
+	for i := range x.Devices.Channels {
+		c := &x.Devices.Channels[i]
+		if c.Target != nil && c.Target.VirtIO != nil && c.Target.VirtIO.Name == guestAgentChannel {
+			return c
+		}
+	}
+	return nil
+}
+
+// agentConnected reports whether the live domain's agent channel is
+// connected: libvirt sets state='connected' once the guest opened it.
+func agentConnected(live *libvirtxml.Domain) bool {
+	c := agentChannelOf(live)
+	return c != nil && c.Target.VirtIO.State == "connected"
 }
 
 func orOne(v int64) int64 {
@@ -535,10 +573,10 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		s.Disks = append(s.Disks, vd)
 	}
 	if x.Devices != nil {
-		nets := map[string]string{}
+		nets := map[string]metaIface{}
 		for _, mi := range m.Interfaces {
 			if mi.MAC != "" {
-				nets[mi.MAC] = mi.Network
+				nets[mi.MAC] = mi
 			}
 		}
 		for i, ix := range x.Devices.Interfaces {
@@ -559,9 +597,9 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 				vi.Port = ix.Target.Dev
 			}
 			if n, ok := nets[vi.MAC]; ok {
-				vi.Network = n
+				vi.Network, vi.IPv4Address = n.Network, n.IPv4
 			} else if i < len(m.Interfaces) {
-				vi.Network = m.Interfaces[i].Network
+				vi.Network, vi.IPv4Address = m.Interfaces[i].Network, m.Interfaces[i].IPv4
 			}
 			s.Interfaces = append(s.Interfaces, vi)
 		}
@@ -580,5 +618,7 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		}
 	}
 	s.ShutdownTimeoutSec = m.ShutdownTimeout
+	agent := agentChannelOf(x) != nil
+	s.GuestAgent = &agent
 	return s, service.VMMeta{Owner: m.Owner, RequestID: m.RequestID}
 }

@@ -53,6 +53,7 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	var migrated []migratedDisk
 	var seed string
+	var def *libvirtxml.Domain
 	err := l.doOnce(ctx, func(c *libvirt.Connect) error {
 		d, err := c.LookupDomainByName(name)
 		if err != nil {
@@ -64,6 +65,7 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		if err != nil {
 			return wrap(err, "read domain %s", name)
 		}
+		def = x
 		active, err := d.IsActive()
 		if err != nil {
 			return wrap(err, "state of %s", name)
@@ -209,8 +211,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		return err
 	}
 	// The domain now lives on the target with its own copies of the disks
-	// and of the seed.
+	// and of the seed, and its own serial log.
 	l.removeSeed(seed)
+	l.removeSerialLog(def)
 	for _, m := range migrated {
 		if err := l.deleteVolumeByPath(ctx, m.path); err != nil {
 			l.log.Warn("migrated: could not delete the source copy of a disk", "vm", name, "path", m.path, "err", err)

@@ -170,6 +170,8 @@ func TestTestDriverVMRoundTrip(t *testing.T) {
 	}
 	want := spec
 	want.UUID = vm.UUID
+	agent := true
+	want.GuestAgent = &agent
 	want.Disks = []api.VMDisk{{Pool: "default", Volume: d1, Bus: "virtio", Target: "vda"}, {Pool: "default", Volume: d2, Bus: "sata", Target: "sda"}}
 	want.Interfaces = append([]api.VMInterface(nil), spec.Interfaces...)
 	want.Interfaces[1].MAC = got.Interfaces[1].MAC
@@ -391,5 +393,75 @@ func stopVM(t *testing.T, l *Libvirt, name string) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// domainOf returns the persistent definition of a domain.
+func domainOf(t *testing.T, l *Libvirt, name string) *libvirtxml.Domain {
+	t.Helper()
+	var x *libvirtxml.Domain
+	err := l.withDomain(context.Background(), name, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+		var err error
+		x, err = domXML(d, libvirt.DOMAIN_XML_INACTIVE)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func TestTestDriverGuestAgent(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t)
+	zero := int64(0)
+	off, on := false, true
+
+	// Default: the channel is there and reads back as guest_agent = true.
+	name := uniq("vm")
+	spec := api.VMSpec{VCPU: 1, MemoryMiB: 64, Running: true, ShutdownTimeoutSec: &zero}
+	vm, err := l.CreateVM(ctx, name, spec, service.VMMeta{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.DeleteVM(ctx, name, 0) })
+	if vm.GuestAgent == nil || !*vm.GuestAgent {
+		t.Fatalf("guest_agent default: %v", vm.GuestAgent)
+	}
+	c := agentChannelOf(domainOf(t, l, name))
+	if c == nil || c.Source == nil || c.Source.UNIX == nil {
+		t.Fatalf("no unix agent channel in %+v", domainOf(t, l, name).Devices.Channels)
+	}
+
+	// Turning it off redefines the domain with one restart, and back on.
+	spec.GuestAgent = &off
+	restarted, err := l.UpdateVM(ctx, name, spec)
+	if err != nil || !restarted {
+		t.Fatalf("guest_agent off: restarted=%v err=%v", restarted, err)
+	}
+	if vm, _ = l.GetVM(ctx, name); vm.GuestAgent == nil || *vm.GuestAgent || agentChannelOf(domainOf(t, l, name)) != nil {
+		t.Fatalf("after off: %v", vm.GuestAgent)
+	}
+	spec.GuestAgent = &on
+	if restarted, err = l.UpdateVM(ctx, name, spec); err != nil || !restarted {
+		t.Fatalf("guest_agent on: restarted=%v err=%v", restarted, err)
+	}
+	if vm, _ = l.GetVM(ctx, name); !*vm.GuestAgent || agentChannelOf(domainOf(t, l, name)) == nil {
+		t.Fatalf("after on: %v", vm.GuestAgent)
+	}
+	// An unchanged guest_agent is no restart.
+	spec.Description = "x"
+	if restarted, err = l.UpdateVM(ctx, name, spec); err != nil || restarted {
+		t.Fatalf("unchanged: restarted=%v err=%v", restarted, err)
+	}
+
+	// A domain defined before guest_agent existed has no channel: false.
+	old := uniq("old")
+	if _, err := l.CreateVM(ctx, old, api.VMSpec{VCPU: 1, MemoryMiB: 64, GuestAgent: &off}, service.VMMeta{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.DeleteVM(ctx, old, 0) })
+	if vm, _ = l.GetVM(ctx, old); vm.GuestAgent == nil || *vm.GuestAgent {
+		t.Fatalf("domain without channel: %v", vm.GuestAgent)
 	}
 }

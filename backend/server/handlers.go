@@ -177,6 +177,36 @@ func (s *Server) getVM(r *http.Request) (int, any, error) {
 	return http.StatusOK, vm, err
 }
 
+// vmConsole answers the tail of a VM's serial log: text/plain (the log
+// itself; X-Console-Truncated says whether older output was cut off), or
+// api.Console as JSON when the client accepts application/json but not
+// text/plain.
+func (s *Server) vmConsole(r *http.Request) (int, any, error) {
+	var max int64
+	if v := r.URL.Query().Get("bytes"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return 0, nil, api.Errorf(api.CodeInvalid, "bytes must be a positive integer")
+		}
+		max = n
+	}
+	c, err := s.svc.Console(r.Context(), r.PathValue("name"), max)
+	if err != nil {
+		return 0, nil, err
+	}
+	accept := r.Header.Get("Accept")
+	if strings.Contains(accept, "application/json") && !strings.Contains(accept, "text/plain") {
+		return http.StatusOK, c, nil
+	}
+	return 0, streamResponse(func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Console-Truncated", strconv.FormatBool(c.Truncated))
+		w.Header().Set("Content-Length", strconv.Itoa(len(c.Text)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, c.Text)
+	}), nil
+}
+
 func (s *Server) putVM(r *http.Request) (int, any, error) {
 	var spec api.VMSpec
 	if err := decode(r, &spec); err != nil {

@@ -99,6 +99,7 @@ func (s *Server) routes() {
 	v1("PATCH /vms/{name}", s.patchVM)
 	v1("DELETE /vms/{name}", s.deleteVM)
 	v1("POST /vms/{name}/migrate", s.migrateVM)
+	v1("GET /vms/{name}/console", s.vmConsole) // text/plain unless JSON is asked for
 
 	v1("GET /reservations", s.listReservations)
 	v1("PUT /reservations/{vm}", s.putReservation)
@@ -155,10 +156,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// isContentRead is a read of a volume's bytes: audited like a write, since
-// it copies a whole disk off the host.
+// isContentRead is a read of a volume's bytes or a VM's serial console:
+// audited like a write, since it copies a whole disk off the host or what
+// a guest printed (which may include secrets).
 func isContentRead(r *http.Request) bool {
-	return r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/content")
+	return r.Method == http.MethodGet && (strings.HasSuffix(r.URL.Path, "/content") ||
+		strings.HasPrefix(r.URL.Path, "/"+api.Version+"/vms/") && strings.HasSuffix(r.URL.Path, "/console"))
 }
 
 func isMutating(m string) bool {

@@ -109,6 +109,13 @@ type Hypervisor interface {
 
 	ListVMs(ctx context.Context) ([]api.VM, error)
 	GetVM(ctx context.Context, name string) (*api.VM, error)
+	// GuestAddresses asks a running domain's guest agent for its NICs'
+	// addresses, by lower-case MAC; nil without a connected agent. It
+	// returns when ctx ends.
+	GuestAddresses(ctx context.Context, name string) (map[string][]string, error)
+	// ConsoleLog returns the last max bytes of the domain's serial log and
+	// whether older output was cut off; empty when the domain has none.
+	ConsoleLog(ctx context.Context, name string, max int64) ([]byte, bool, error)
 	// CreateVM defines the domain (and starts it if spec.Running). Disks
 	// reference volumes by pool/name; Interfaces come with Bridge and VLAN
 	// resolved by the service.

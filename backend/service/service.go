@@ -57,6 +57,8 @@ type Service struct {
 	// host-to-host copies.
 	fetcher *Fetcher
 	fills   volumeFills
+	// leases is the DHCP fallback of VM addresses (nil: none).
+	leases LeaseSource
 }
 
 // New builds a Service and ensures the default pool exists.

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -22,14 +23,24 @@ func validateVMName(name string) error {
 }
 
 // ListVMs lists the host's domains.
-func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) { return s.hv.ListVMs(ctx) }
+func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) {
+	vms, err := s.hv.ListVMs(ctx)
+	if err == nil {
+		s.fillAllAddresses(ctx, vms)
+	}
+	return vms, err
+}
 
 // GetVM reads a domain.
 func (s *Service) GetVM(ctx context.Context, name string) (*api.VM, error) {
 	if err := validateVMName(name); err != nil {
 		return nil, err
 	}
-	return s.hv.GetVM(ctx, name)
+	vm, err := s.hv.GetVM(ctx, name)
+	if err == nil {
+		s.fillAddresses(ctx, vm)
+	}
+	return vm, err
 }
 
 // resolveInterfaces fills the OVS bridge and VLAN of each NIC from the
@@ -48,6 +59,58 @@ func (s *Service) resolveInterfaces(ctx context.Context, spec *api.VMSpec) error
 			return err
 		}
 		n.Bridge, n.VLAN = net.Bridge, net.VLAN
+		n.Subnet = nil
+		if n.IPv4Address == "" {
+			continue
+		}
+		if net.Subnet == nil || net.Subnet.CIDR == "" {
+			return invalid("network_interfaces[%d]: network %s has no subnet; ipv4_address needs one", i, n.Network)
+		}
+		if err := api.ValidateStaticIPv4(*net.Subnet, n.IPv4Address, net.DHCPServerIP); err != nil {
+			return invalid("network_interfaces[%d]: %s (network %s)", i, err, n.Network)
+		}
+		for j := range i {
+			if spec.Interfaces[j].IPv4Address == n.IPv4Address {
+				return invalid("network_interfaces[%d]: ipv4_address %s is already network_interfaces[%d]'s", i, n.IPv4Address, j)
+			}
+		}
+		sub := *net.Subnet
+		n.Subnet = &sub
+	}
+	return nil
+}
+
+// hasStaticIPv4 reports whether any NIC of spec has a static address.
+func hasStaticIPv4(spec api.VMSpec) bool {
+	return slices.ContainsFunc(spec.Interfaces, func(n api.VMInterface) bool { return n.IPv4Address != "" })
+}
+
+// checkStaticIPv4 refuses a static address another VM of this host already
+// has on the same network. The caller holds the "ipv4" lock through the
+// define, so two VMs cannot both pass for one address.
+func (s *Service) checkStaticIPv4(ctx context.Context, vm string, spec api.VMSpec) error {
+	if !hasStaticIPv4(spec) {
+		return nil
+	}
+	vms, err := s.hv.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for i, n := range spec.Interfaces {
+		if n.IPv4Address == "" {
+			continue
+		}
+		for _, other := range vms {
+			if other.Name == vm {
+				continue
+			}
+			for _, o := range other.Interfaces {
+				if o.Network == n.Network && o.IPv4Address == n.IPv4Address {
+					return conflict("network_interfaces[%d]: ipv4_address %s is already used by VM %s on network %s on host %s",
+						i, n.IPv4Address, other.Name, n.Network, s.cfg.Name)
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -142,6 +205,14 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	if err := s.resolveInterfaces(ctx, &spec); err != nil {
 		return nil, false, err
 	}
+	unlockIP := func() {}
+	if hasStaticIPv4(spec) {
+		unlockIP = sync.OnceFunc(s.locks.Lock("ipv4"))
+		defer unlockIP()
+		if err := s.checkStaticIPv4(ctx, name, spec); err != nil {
+			return nil, false, err
+		}
+	}
 	unclaim, err := s.claimDisks(name, spec, nil)
 	if err != nil {
 		return nil, false, err
@@ -161,6 +232,7 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	defined.Running = false
 	crashpoint(CrashVMCreate)
 	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
+	unlockIP() // defined: the address shows as used from now on
 	s.release(r)
 	unclaim() // defined: the disks show as attached from now on
 	if err != nil {
@@ -207,6 +279,8 @@ func vmSpecDiff(want, have api.VMSpec) string {
 		return "description"
 	case !maps.Equal(want.Tags, have.Tags) && (len(want.Tags) > 0 || len(have.Tags) > 0):
 		return "tags"
+	case want.GuestAgentEnabled() != have.GuestAgentEnabled():
+		return "guest_agent"
 	}
 	for i := range want.Disks {
 		if want.Disks[i].Pool != have.Disks[i].Pool || want.Disks[i].Volume != have.Disks[i].Volume {
@@ -215,7 +289,7 @@ func vmSpecDiff(want, have api.VMSpec) string {
 	}
 	for i := range want.Interfaces {
 		w, h := want.Interfaces[i], have.Interfaces[i]
-		if w.Network != h.Network || (w.MAC != "" && !strings.EqualFold(w.MAC, h.MAC)) {
+		if w.Network != h.Network || (w.MAC != "" && !strings.EqualFold(w.MAC, h.MAC)) || w.IPv4Address != h.IPv4Address {
 			return fmt.Sprintf("network_interfaces[%d]", i)
 		}
 	}
@@ -240,6 +314,14 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err := s.resolveInterfaces(ctx, &spec); err != nil {
 		return nil, err
 	}
+	unlockIP := func() {}
+	if hasStaticIPv4(spec) {
+		unlockIP = sync.OnceFunc(s.locks.Lock("ipv4"))
+		defer unlockIP()
+		if err := s.checkStaticIPv4(ctx, name, spec); err != nil {
+			return nil, err
+		}
+	}
 	unclaim, err := s.claimDisks(name, spec, &cur.VMSpec)
 	if err != nil {
 		return nil, err
@@ -256,6 +338,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	}
 	delaypoint(DelayVMUpdateAdmitted)
 	restarted, err := s.hv.UpdateVM(ctx, name, spec)
+	unlockIP()
 	s.release(r)
 	unclaim()
 	if err != nil {

@@ -251,6 +251,9 @@ type VMInterface struct {
 	// Addresses are the IPs the guest reports on this NIC (guest agent,
 	// else the host's DHCP leases); read back only, empty when none.
 	Addresses []string `json:"addresses,omitempty"`
+	// Subnet is the network's subnet, resolved by kvm-hostd for a NIC with
+	// an IPv4Address (to render its network-config); never on the wire.
+	Subnet *Subnet `json:"-"`
 }
 
 // CloudInit is turned into a NoCloud seed ISO by the host.

@@ -6,7 +6,7 @@ import (
 )
 
 // HardwareChanges names the attributes (vcpu, max_memory_mib, cpu, disks,
-// network_interfaces, cloud_init) in which going from cur to want changes
+// network_interfaces, cloud_init, guest_agent) in which going from cur to want changes
 // what the guest sees as hardware: a running VM takes those only with a
 // restart. cur is the VM as it is; in want, an empty pool, bus or NIC model
 // means the default, max_memory_mib 0 means memory_mib, and an interface
@@ -36,6 +36,11 @@ func HardwareChanges(cur, want VMSpec) []string {
 	// content in an existing seed is read at the next boot.
 	if (cur.CloudInit == nil) != (want.CloudInit == nil) {
 		out = append(out, "cloud_init")
+	}
+	// The agent channel is a virtio-serial device: redefined and taken
+	// at the next boot, like the other devices.
+	if cur.GuestAgentEnabled() != want.GuestAgentEnabled() {
+		out = append(out, "guest_agent")
 	}
 	slices.Sort(out)
 	return out

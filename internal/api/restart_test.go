@@ -39,6 +39,8 @@ func TestHardwareChanges(t *testing.T) {
 			s.Interfaces = []VMInterface{{Network: "n", MAC: "52:54:00:00:00:01", Bridge: "kvm-n", VLAN: 5}}
 		}, []string{"network_interfaces"}},
 		{"cloud-init added", func(s *VMSpec) { s.CloudInit = &CloudInit{UserData: "x"} }, []string{"cloud_init"}},
+		{"guest agent off", func(s *VMSpec) { off := false; s.GuestAgent = &off }, []string{"guest_agent"}},
+		{"guest agent explicitly on (the default)", func(s *VMSpec) { on := true; s.GuestAgent = &on }, nil},
 		{"several", func(s *VMSpec) { s.VCPU = 4; s.CPU = &CPU{Sockets: 2, Cores: 2} }, []string{"cpu", "vcpu"}},
 	} {
 		want := live

@@ -117,6 +117,18 @@ func (c *Client) GetVM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, err
 }
 
+// VMConsole reads the tail of a VM's serial log, at most maxBytes (0: the
+// host's default, 64 KiB).
+func (c *Client) VMConsole(ctx context.Context, name string, maxBytes int64) (*api.Console, error) {
+	var q url.Values
+	if maxBytes > 0 {
+		q = url.Values{"bytes": {strconv.FormatInt(maxBytes, 10)}}
+	}
+	var v api.Console
+	_, err := c.do(ctx, http.MethodGet, vmPath(name)+"/console", q, nil, &v)
+	return &v, err
+}
+
 // PutVM creates a domain (idempotent by name; a different spec is a 409).
 func (c *Client) PutVM(ctx context.Context, name string, spec api.VMSpec) (*api.VM, error) {
 	var v api.VM

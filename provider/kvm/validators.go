@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 
@@ -127,4 +128,23 @@ func diskIDFormat(summary, hint string) validator.String {
 			return nil
 		},
 	}
+}
+
+// waitDuration checks a positive Go duration such as "5m" or "90s".
+func waitDuration() validator.String {
+	return stringCheck{
+		desc: `must be a positive duration like "90s" or "5m"`,
+		check: func(s string) error {
+			d, err := time.ParseDuration(s)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("%q must be a positive duration like \"90s\" or \"5m\"", s)
+			}
+			return nil
+		},
+	}
+}
+
+// ipv4Address checks a dotted-quad IPv4 address without prefix length.
+func ipv4Address() validator.String {
+	return stringCheck{desc: "must be an IPv4 address like 10.0.0.10", check: api.ValidateIPv4Syntax}
 }

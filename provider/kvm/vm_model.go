@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework/attr"
@@ -20,6 +21,7 @@ const (
 	vmDefaultMigration       = api.DefaultMigrationMode
 	vmDefaultBus             = api.DefaultBus
 	vmDefaultNICModel        = api.DefaultNICModel
+	vmDefaultWaitForIP       = 5 * time.Minute
 )
 
 // vmModel is the Terraform state of a kvm_vm.
@@ -41,7 +43,14 @@ type vmModel struct {
 	ShutdownTimeout   types.Int64    `tfsdk:"shutdown_timeout"`
 	Migration         types.String   `tfsdk:"migration"`
 	State             types.String   `tfsdk:"state"`
+	GuestAgent        types.Bool     `tfsdk:"guest_agent"`
+	WaitForIP         types.Object   `tfsdk:"wait_for_ip"`
+	IPv4Address       types.String   `tfsdk:"ipv4_address"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
+}
+
+type vmWaitForIPModel struct {
+	Timeout types.String `tfsdk:"timeout"`
 }
 
 type vmCPUModel struct {
@@ -58,9 +67,11 @@ type vmDiskModel struct {
 }
 
 type vmNICModel struct {
-	Network types.String `tfsdk:"network"`
-	MAC     types.String `tfsdk:"mac"`
-	Model   types.String `tfsdk:"model"`
+	Network     types.String `tfsdk:"network"`
+	MAC         types.String `tfsdk:"mac"`
+	Model       types.String `tfsdk:"model"`
+	IPv4Address types.String `tfsdk:"ipv4_address"`
+	Addresses   types.List   `tfsdk:"addresses"`
 }
 
 type vmCloudInitModel struct {
@@ -74,8 +85,10 @@ var (
 		"mode": types.StringType, "sockets": types.Int64Type, "cores": types.Int64Type, "threads": types.Int64Type,
 		"pinning": types.ListType{ElemType: types.StringType},
 	}
-	vmDiskAttrTypes      = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType}
-	vmNICAttrTypes       = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType}
+	vmDiskAttrTypes = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType}
+	vmNICAttrTypes  = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
+		"ipv4_address": types.StringType, "addresses": types.ListType{ElemType: types.StringType}}
+	vmWaitForIPAttrTypes = map[string]attr.Type{"timeout": types.StringType}
 	vmCloudInitAttrTypes = map[string]attr.Type{"user_data": types.StringType, "meta_data": types.StringType, "network_config": types.StringType}
 )
 
@@ -121,6 +134,22 @@ func (m *vmModel) nicsOf(ctx context.Context) ([]vmNICModel, diag.Diagnostics) {
 	var out []vmNICModel
 	diags := m.NetworkInterfaces.ElementsAs(ctx, &out, false)
 	return out, diags
+}
+
+// waitForIPOf returns the wait_for_ip timeout, and false when the VM does
+// not wait.
+func (m *vmModel) waitForIPOf(ctx context.Context) (time.Duration, bool) {
+	if m.WaitForIP.IsNull() || m.WaitForIP.IsUnknown() {
+		return 0, false
+	}
+	var w vmWaitForIPModel
+	if d := m.WaitForIP.As(ctx, &w, basetypes.ObjectAsOptions{UnhandledUnknownAsEmpty: true}); d.HasError() {
+		return 0, false
+	}
+	if t, err := time.ParseDuration(knownString(w.Timeout)); err == nil && t > 0 {
+		return t, true
+	}
+	return vmDefaultWaitForIP, true
 }
 
 func (m *vmModel) cloudInitOf(ctx context.Context) (*vmCloudInitModel, diag.Diagnostics) {
@@ -187,8 +216,11 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 		if model == "" {
 			model = vmDefaultNICModel
 		}
-		spec.Interfaces = append(spec.Interfaces, api.VMInterface{Network: knownString(n.Network), MAC: knownString(n.MAC), Model: model})
+		spec.Interfaces = append(spec.Interfaces, api.VMInterface{Network: knownString(n.Network), MAC: knownString(n.MAC), Model: model,
+			IPv4Address: knownString(n.IPv4Address)})
 	}
+	agent := m.GuestAgent.IsNull() || m.GuestAgent.IsUnknown() || m.GuestAgent.ValueBool()
+	spec.GuestAgent = &agent
 
 	ci, d := m.cloudInitOf(ctx)
 	diags.Append(d...)
@@ -270,6 +302,12 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		State:        types.StringValue(vm.State),
 		Migration:    prior.Migration,
 		Timeouts:     prior.Timeouts,
+		GuestAgent:   types.BoolValue(vm.GuestAgentEnabled()),
+		WaitForIP:    prior.WaitForIP,
+		IPv4Address:  stringOrNull(vm.IPv4Address, types.StringNull()),
+	}
+	if m.WaitForIP.IsNull() || m.WaitForIP.IsUnknown() {
+		m.WaitForIP = types.ObjectNull(vmWaitForIPAttrTypes)
 	}
 	if m.Migration.IsNull() || m.Migration.IsUnknown() {
 		m.Migration = types.StringValue(vmDefaultMigration)
@@ -345,7 +383,18 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 			if model == "" {
 				model = vmDefaultNICModel
 			}
-			nics = append(nics, vmNICModel{Network: types.StringValue(n.Network), MAC: mac, Model: types.StringValue(model)})
+			var priorIP types.String
+			if i < len(priorNICs) {
+				priorIP = priorNICs[i].IPv4Address
+			}
+			addrs := n.Addresses
+			if addrs == nil {
+				addrs = []string{}
+			}
+			al, d := types.ListValueFrom(ctx, types.StringType, addrs)
+			diags.Append(d...)
+			nics = append(nics, vmNICModel{Network: types.StringValue(n.Network), MAC: mac, Model: types.StringValue(model),
+				IPv4Address: stringOrNull(n.IPv4Address, priorIP), Addresses: al})
 		}
 		l, d := types.ListValueFrom(ctx, nicType, nics)
 		diags.Append(d...)

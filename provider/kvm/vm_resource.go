@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework-validators/mapvalidator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/attr"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -61,6 +63,9 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"(memory within `max_memory_mib`, `running`, `autostart`, `description`, `tags`) are applied live; others are " +
 			"applied with one graceful restart, which the plan announces with a \"VM Will Restart\" warning. The VM is only " +
 			"destroyed and re-created when `name` changes (or `host` changes with `migration = \"replace\"`).\n\n" +
+			"The guest's serial console is logged on its host (`/var/log/libvirt/qemu/<name>-serial.log`, kept across " +
+			"restarts, rotated by virtlogd, deleted with the VM; on a new host after a migration it starts empty): " +
+			"kvm-hostd's `GET /v1/vms/{name}/console` returns its tail, and a `wait_for_ip` that times out quotes it.\n\n" +
 			"Import with `<host>/<name>`.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
@@ -175,6 +180,26 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Default:    stringdefault.StaticString(vmDefaultNICModel),
 						Validators: []validator.String{stringvalidator.OneOf(api.NICModels...)},
 					},
+					"ipv4_address": schema.StringAttribute{
+						MarkdownDescription: "Static IPv4 address (no prefix length) inside the network's `subnet.cidr`, e.g. " +
+							"`10.20.0.10`; not the network's gateway, its network or broadcast address, or a host's DHCP server " +
+							"address, and not used by another VM on the same network. The host delivers it to the guest through a " +
+							"generated cloud-init network-config (when `cloud_init` is set without `network_config`; see " +
+							"`cloud_init`) and, on a network with `dhcp = true`, as a DHCP reservation. A change takes effect " +
+							"at the guest's next boot. Checked at plan time against the network and the other VMs of every " +
+							"configured host that can be reached; two new VMs in one apply are only caught by the host at apply, " +
+							"and only when they land on the same host.",
+						Optional:   true,
+						Validators: []validator.String{ipv4Address()},
+					},
+					"addresses": schema.ListAttribute{
+						MarkdownDescription: "The IPv4 and IPv6 addresses the guest reports on this interface, in its order, without " +
+							"loopback: from its qemu-guest-agent (`guest_agent`), else from the host's DHCP leases. Empty while the " +
+							"guest reports none (stopped, still booting, no agent). Updated on every refresh; such changes are not " +
+							"a diff.",
+						Computed:    true,
+						ElementType: types.StringType,
+					},
 				}},
 			},
 			"cloud_init": schema.SingleNestedAttribute{
@@ -190,12 +215,20 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Sensitive: true,
 					},
 					"meta_data": schema.StringAttribute{
-						MarkdownDescription: "`meta-data` (instance-id, local-hostname).",
-						Optional:            true,
+						MarkdownDescription: "`meta-data` (instance-id, local-hostname). Default: `instance-id` is the VM's name " +
+							"(with a generated network-config: the name and a hash of that config, so that a changed " +
+							"`ipv4_address` gets a new instance-id and cloud-init applies it at the next boot; with your own " +
+							"meta-data, change its instance-id yourself for that).",
+						Optional: true,
 					},
 					"network_config": schema.StringAttribute{
-						MarkdownDescription: "`network-config` (cloud-init network configuration v1 or v2).",
-						Optional:            true,
+						MarkdownDescription: "`network-config` (cloud-init network configuration v1 or v2). When unset and a " +
+							"network interface has an `ipv4_address`, the host generates one (version 2): each interface matched by " +
+							"MAC and named `eth0`, `eth1`, ... in order; those with an `ipv4_address` get it with the subnet's prefix " +
+							"length, its `dns_servers`, and the first one whose subnet has a `gateway` the default route; the others " +
+							"use DHCP. Without `cloud_init` there is no seed and a static address reaches the guest only as a DHCP " +
+							"reservation (networks with `dhcp = true`).",
+						Optional: true,
 					},
 				},
 			},
@@ -242,6 +275,34 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"state": schema.StringAttribute{
 				MarkdownDescription: "The domain state libvirt reports: `running`, `shutoff`, `paused`, `crashed` or `other`.",
 				Computed:            true,
+			},
+			"guest_agent": schema.BoolAttribute{
+				MarkdownDescription: "Whether the VM gets the qemu-guest-agent channel (a virtio-serial port " +
+					"`org.qemu.guest_agent.0`), through which the host reads the guest's addresses (`ipv4_address`, " +
+					"`network_interfaces[*].addresses`); the guest must run qemu-guest-agent. Default `true`. Changing it " +
+					"restarts a running VM. VMs created by provider versions without it have no channel and read back `false`, " +
+					"so the first plan after an upgrade adds it (one restart).",
+				Optional: true, Computed: true,
+				Default: booldefault.StaticBool(true),
+			},
+			"wait_for_ip": schema.SingleNestedAttribute{
+				MarkdownDescription: "Makes create and update (never plan or refresh) wait, once the VM runs, until every network " +
+					"interface reports an IPv4 address, so that `ipv4_address` and `addresses` are known to what depends on the " +
+					"VM. Needs `guest_agent = true`. On timeout the apply fails naming the interfaces without an address and " +
+					"quoting the end of the VM's serial console.",
+				Optional: true,
+				Attributes: map[string]schema.Attribute{
+					"timeout": schema.StringAttribute{
+						MarkdownDescription: "How long to wait, as a duration like `\"90s\"` or `\"5m\"`. Default `\"5m\"`.",
+						Optional:            true,
+						Validators:          []validator.String{waitDuration()},
+					},
+				},
+			},
+			"ipv4_address": schema.StringAttribute{
+				MarkdownDescription: "The first non-loopback IPv4 address the guest reports on its first network interface " +
+					"(see `network_interfaces[*].addresses`); null while it reports none.",
+				Computed: true,
 			},
 		},
 		Blocks: map[string]schema.Block{
@@ -295,6 +356,25 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 				resp.Diagnostics.AddAttributeError(path.Root("cpu").AtName("pinning"), "Invalid CPU Pinning", err.Error()+".")
 			}
 		}
+	}
+
+	if !cfg.WaitForIP.IsNull() && !cfg.GuestAgent.IsNull() && !cfg.GuestAgent.IsUnknown() && !cfg.GuestAgent.ValueBool() {
+		resp.Diagnostics.AddAttributeError(path.Root("wait_for_ip"), "wait_for_ip Needs the Guest Agent",
+			"wait_for_ip reads the guest's addresses through its qemu-guest-agent: set guest_agent = true (the default) or remove wait_for_ip.")
+	}
+	nics, d := cfg.nicsOf(ctx)
+	resp.Diagnostics.Append(d...)
+	seenIP := map[string]int{}
+	for i, n := range nics {
+		ip := knownString(n.IPv4Address)
+		if ip == "" || api.ValidateIPv4Syntax(ip) != nil {
+			continue
+		}
+		if j, dup := seenIP[ip]; dup {
+			resp.Diagnostics.AddAttributeError(path.Root("network_interfaces").AtListIndex(i).AtName("ipv4_address"), "Duplicate IPv4 Address",
+				fmt.Sprintf("%s is already the ipv4_address of network_interfaces[%d].", ip, j))
+		}
+		seenIP[ip] = i
 	}
 
 	disks, d := cfg.disksOf(ctx)
@@ -360,9 +440,16 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 			return
 		}
 	}
+	r.checkStaticIPv4(ctx, plan, state, &resp.Diagnostics)
+	if resp.Diagnostics.HasError() {
+		return
+	}
 	if state != nil && !plan.Name.Equal(state.Name) {
 		return // replaced: everything is new
 	}
+	// Whether anything is planned to change at all: an empty plan must
+	// stay empty.
+	changing := state == nil || !req.Plan.Raw.Equal(req.State.Raw)
 
 	// max_memory_mib defaults to memory_mib, which is what the host stores.
 	if cfg.MaxMemoryMiB.IsNull() && plan.MaxMemoryMiB.IsUnknown() && !plan.MemoryMiB.IsUnknown() {
@@ -409,6 +496,26 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 		l, d := types.ListValueFrom(ctx, types.ObjectType{AttrTypes: vmNICAttrTypes}, nics)
 		resp.Diagnostics.Append(d...)
 		plan.NetworkInterfaces = l
+		// What the guest reports changes outside Terraform (refresh picks
+		// it up); an update leaves it known, as it is, unless the update
+		// changes what the guest sees on its NICs or waits for addresses.
+		keep := state != nil && !vmAddressesChange(ctx, *state, plan)
+		for i := range nics {
+			switch {
+			case !changing:
+			case keep && i < len(prior) && !prior[i].Addresses.IsNull() && !prior[i].Addresses.IsUnknown():
+				nics[i].Addresses = prior[i].Addresses
+			default:
+				nics[i].Addresses = types.ListUnknown(types.StringType)
+			}
+		}
+		l, d = types.ListValueFrom(ctx, types.ObjectType{AttrTypes: vmNICAttrTypes}, nics)
+		resp.Diagnostics.Append(d...)
+		plan.NetworkInterfaces = l
+	}
+
+	if changing && state != nil && plan.IPv4Address.IsUnknown() && !vmAddressesChange(ctx, *state, plan) {
+		plan.IPv4Address = state.IPv4Address
 	}
 
 	if state != nil {
@@ -426,6 +533,29 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 		}
 	}
 	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
+}
+
+// vmAddressesChange reports whether an update may change the addresses a
+// guest reports, so the plan shows them as known after apply: the NICs
+// change, the VM starts, stops or restarts, moves, or waits for addresses.
+func vmAddressesChange(ctx context.Context, state, plan vmModel) bool {
+	if _, wait := plan.waitForIPOf(ctx); wait || !plan.WaitForIP.IsNull() {
+		return true
+	}
+	if !plan.Running.Equal(state.Running) || !plan.Host.Equal(state.Host) || plan.NetworkInterfaces.IsUnknown() {
+		return true
+	}
+	pn, _ := plan.nicsOf(ctx)
+	sn, _ := state.nicsOf(ctx)
+	if len(pn) != len(sn) {
+		return true
+	}
+	for i := range pn {
+		if !pn[i].Network.Equal(sn[i].Network) || !pn[i].MAC.Equal(sn[i].MAC) || !pn[i].IPv4Address.Equal(sn[i].IPv4Address) {
+			return true
+		}
+	}
+	return len(vmRestartAttributes(ctx, state, plan)) > 0
 }
 
 // vmRestartAttributes names the planned changes a running domain cannot
@@ -484,6 +614,16 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	if err != nil {
 		addAPIError(&resp.Diagnostics, "Unable to Read VM After Create", what, err)
 		return
+	}
+	if wait, ok := plan.waitForIPOf(ctx); ok && vm.Running {
+		if vm = waitForIP(ctx, h, name, wait, &resp.Diagnostics); vm == nil {
+			// The VM exists: keep it in state (Terraform taints it).
+			if s, d := vmFromAPIOrPlan(ctx, plan, h); s != nil {
+				resp.Diagnostics.Append(d...)
+				resp.Diagnostics.Append(resp.State.Set(ctx, s)...)
+			}
+			return
+		}
 	}
 	state, d := vmFromAPI(ctx, plan, h.Name, vm)
 	resp.Diagnostics.Append(d...)
@@ -571,9 +711,146 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	if vm.Restarted {
 		tflog.Info(ctx, "VM was restarted to apply the change", map[string]any{"host": h.Name, "name": name})
 	}
+	// A PATCH answer carries no guest addresses: known planned ones stay as
+	// they are (refresh updates them); unknown ones are read now, after
+	// waiting for them if asked to.
+	if wait, ok := plan.waitForIPOf(ctx); ok && vm.Running {
+		if vm = waitForIP(ctx, h, name, wait, &resp.Diagnostics); vm == nil {
+			return
+		}
+	} else if plannedAddressesUnknown(ctx, plan) {
+		if got, err := h.Client.GetVM(ctx, name); err == nil {
+			vm = got
+		}
+	}
 	state, d := vmFromAPI(ctx, plan, h.Name, vm)
 	resp.Diagnostics.Append(d...)
+	keepPlannedAddresses(ctx, plan, &state, &resp.Diagnostics)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
+}
+
+// plannedAddressesUnknown reports whether the plan leaves any guest address
+// to be known after apply.
+func plannedAddressesUnknown(ctx context.Context, plan vmModel) bool {
+	if plan.IPv4Address.IsUnknown() || plan.NetworkInterfaces.IsUnknown() {
+		return true
+	}
+	nics, _ := plan.nicsOf(ctx)
+	for _, n := range nics {
+		if n.Addresses.IsUnknown() {
+			return true
+		}
+	}
+	return false
+}
+
+// keepPlannedAddresses puts the addresses the plan knows into state: the
+// plan promised them.
+func keepPlannedAddresses(ctx context.Context, plan vmModel, state *vmModel, diags *diag.Diagnostics) {
+	if !plan.IPv4Address.IsUnknown() {
+		state.IPv4Address = plan.IPv4Address
+	}
+	pn, _ := plan.nicsOf(ctx)
+	sn, _ := state.nicsOf(ctx)
+	if len(pn) != len(sn) {
+		return
+	}
+	changed := false
+	for i := range sn {
+		if !pn[i].Addresses.IsUnknown() && !pn[i].Addresses.IsNull() && !pn[i].Addresses.Equal(sn[i].Addresses) {
+			sn[i].Addresses, changed = pn[i].Addresses, true
+		}
+	}
+	if changed {
+		l, d := types.ListValueFrom(ctx, types.ObjectType{AttrTypes: vmNICAttrTypes}, sn)
+		diags.Append(d...)
+		state.NetworkInterfaces = l
+	}
+}
+
+// vmFromAPIOrPlan reads a VM back for the state after a failed wait.
+func vmFromAPIOrPlan(ctx context.Context, plan vmModel, h *FleetHost) (*vmModel, diag.Diagnostics) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	vm, err := h.Client.GetVM(cctx, plan.Name.ValueString())
+	if err != nil {
+		return nil, nil
+	}
+	s, d := vmFromAPI(ctx, plan, h.Name, vm)
+	return &s, d
+}
+
+// waitForIP polls the VM until every NIC reports an IPv4 address and
+// returns it then; on timeout it adds an error naming the NICs without one
+// and quoting the end of the serial console, and returns nil.
+func waitForIP(ctx context.Context, h *FleetHost, name string, timeout time.Duration, diags *diag.Diagnostics) *api.VM {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	var last *api.VM
+	delay := time.Second
+	for {
+		vm, err := h.Client.GetVM(wctx, name)
+		if err == nil {
+			last = vm
+			if missing := nicsWithoutIPv4(vm); len(missing) == 0 {
+				tflog.Info(ctx, "VM reports IPv4 addresses", map[string]any{"host": h.Name, "name": name,
+					"after": time.Since(start).Round(time.Second).String(), "ipv4_address": vm.IPv4Address})
+				return vm
+			}
+		} else if wctx.Err() == nil && !hostUnreachable(err) && !isNotFound(err) {
+			addAPIError(diags, "Unable to Read VM While Waiting for IP", fmt.Sprintf("VM %s on host %s", name, h.Name), err)
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			var missing []string
+			if last != nil {
+				missing = nicsWithoutIPv4(last)
+			}
+			msg := fmt.Sprintf("VM %s on host %s: after %s, %s reported no IPv4 address (wait_for_ip). Is qemu-guest-agent "+
+				"running in the guest and does the network hand out addresses (DHCP, or a static ipv4_address)?",
+				name, h.Name, timeout, strings.Join(missing, ", "))
+			if missing == nil {
+				msg = fmt.Sprintf("VM %s on host %s could not be read within wait_for_ip's %s.", name, h.Name, timeout)
+			}
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			if c, err := h.Client.VMConsole(cctx, name, 16<<10); err == nil && strings.TrimSpace(c.Text) != "" {
+				msg += "\n\nLast lines of the serial console:\n" + lastLines(c.Text, 20)
+			}
+			ccancel()
+			diags.AddError("Timed Out Waiting for IP", msg)
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// nicsWithoutIPv4 names the NICs of vm that report no IPv4 address.
+func nicsWithoutIPv4(vm *api.VM) []string {
+	var out []string
+	for i, n := range vm.Interfaces {
+		has := false
+		for _, a := range n.Addresses {
+			if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() && !ip.IsLoopback() {
+				has = true
+			}
+		}
+		if !has {
+			out = append(out, fmt.Sprintf("network_interfaces[%d] (network %s, MAC %s)", i, n.Network, n.MAC))
+		}
+	}
+	return out
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

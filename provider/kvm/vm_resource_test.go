@@ -496,6 +496,7 @@ func TestVMRestartAttributes(t *testing.T) {
 	nic := func(network string) attr.Value {
 		return types.ObjectValueMust(vmNICAttrTypes, map[string]attr.Value{
 			"network": types.StringValue(network), "mac": types.StringValue("52:54:00:00:00:0" + network[len(network)-1:]), "model": types.StringValue("virtio"),
+			"ipv4_address": types.StringNull(), "addresses": types.ListNull(types.StringType),
 		})
 	}
 	nics := func(vs ...attr.Value) types.List {
@@ -538,6 +539,12 @@ func TestVMRestartAttributes(t *testing.T) {
 	}
 	if got := vmRestartAttributes(ctx, withDisk, withDisk); len(got) != 0 {
 		t.Errorf("same disk: restart for %v, want none", got)
+	}
+	// guest_agent adds or removes a device: one restart, by the host's rule.
+	noAgent := base
+	noAgent.GuestAgent = types.BoolValue(false)
+	if got := vmRestartAttributes(ctx, base, noAgent); strings.Join(got, ",") != "guest_agent" {
+		t.Errorf("guest_agent off: restart for %v, want guest_agent", got)
 	}
 	unknownCPU := base
 	unknownCPU.CPU = types.ObjectUnknown(vmCPUAttrTypes)

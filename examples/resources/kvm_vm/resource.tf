@@ -36,8 +36,16 @@ resource "kvm_vm" "web" {
   ]
 
   network_interfaces = [
+    # ipv4_address = "10.20.0.10" would give this NIC a static address
+    # inside the network's subnet (delivered through cloud-init).
     { network = kvm_network.lan.name },
   ]
+
+  # The guest runs qemu-guest-agent (guest_agent defaults to true): wait until
+  # every NIC reports an IPv4 address, so ipv4_address is known after apply.
+  wait_for_ip = {
+    timeout = "5m"
+  }
 
   cloud_init = {
     meta_data = "instance-id: web-1\nlocal-hostname: web-1\n"
@@ -60,4 +68,8 @@ resource "kvm_vm" "web" {
 
 output "web_mac" {
   value = kvm_vm.web.network_interfaces[0].mac
+}
+
+output "web_ip" {
+  value = kvm_vm.web.ipv4_address
 }
