@@ -146,6 +146,21 @@ func guestQEMUStart(h *realstack.NSHost, domain string) (time.Time, error) {
 	return last, nil
 }
 
+// guestConsole is the tail of a domain's serial console log on the
+// namespace host h (kvm-hostd logs the serial port through virtlogd), for
+// error messages.
+func guestConsole(h *realstack.NSHost, domain string) string {
+	b, err := os.ReadFile(filepath.Join(h.StateDir, "log", "qemu", domain+"-serial.log"))
+	if err != nil {
+		return fmt.Sprintf("(no serial log of %s on %s: %v)", domain, h.Name, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	return fmt.Sprintf("last serial console lines of %s on %s:\n%s", domain, h.Name, strings.Join(lines, "\n"))
+}
+
 // guestUptime is the guest's /proc/uptime in seconds.
 func guestUptime(c *ssh.Client) (float64, error) {
 	out, err := guestRun(c, "cat /proc/uptime", 20*time.Second)

@@ -369,9 +369,9 @@ func TestAccGuestReal(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		for _, err := range errs {
+		for i, err := range errs {
 			if err != nil {
-				return fmt.Errorf("%w\n%s", err, realNetDiag(hostsNet))
+				return fmt.Errorf("%w\n%s\n%s", err, guestConsole(byHost[vms[i].host], vms[i].name), realNetDiag(hostsNet))
 			}
 		}
 		for _, g := range vms {
@@ -446,6 +446,7 @@ func TestAccGuestReal(t *testing.T) {
 	}
 	var cur move
 	var downtimes []time.Duration
+	var checkMove func(to string) error
 	beginMove := func(to string) func() {
 		return func() {
 			cl, err := sshTo(vm1)
@@ -465,37 +466,43 @@ func TestAccGuestReal(t *testing.T) {
 		}
 	}
 	endMove := func(to string) resource.TestCheckFunc {
-		return func(*terraform.State) error {
-			took := time.Since(cur.started)
-			res := cur.pinger.Stop()
-			from := vm1.host
-			vm1.host = to
-			down := time.Duration(res.Lost) * 100 * time.Millisecond
-			downtimes = append(downtimes, down)
-			t.Logf("move %d (%s -> %s): apply %s; ping every 100 ms: %s => downtime %s",
-				len(downtimes), from, to, took.Round(100*time.Millisecond), res, down)
-			// The SSH session opened before the move still works.
-			out, err := guestRun(cur.session, "cat /proc/uptime; ip -4 -o addr show dev eth0", time.Minute)
-			if err != nil {
-				return fmt.Errorf("SSH session opened before the move: %w", err)
-			}
-			lines := strings.Split(strings.TrimSpace(out), "\n")
-			up, _ := strconv.ParseFloat(strings.Fields(lines[0])[0], 64)
-			if up <= cur.uptime {
-				return fmt.Errorf("guest uptime %.1f s after the move, %.1f s before: it rebooted", up, cur.uptime)
-			}
-			if len(lines) < 2 || !strings.Contains(lines[1], "inet "+vm1.ip+"/24") {
-				return fmt.Errorf("address after the move: %q", out)
-			}
-			if res.Lost > 0 && res.Lost == res.Sent {
-				return fmt.Errorf("no ping answered during the move: %s", res)
-			}
-			t.Logf("after move %d: same SSH session answers, uptime %.1f -> %.1f s, address %s kept", len(downtimes), cur.uptime, up, vm1.ip)
-			if err := pingFrom(vm2, vm1); err != nil {
-				return fmt.Errorf("vm2 -> vm1 after the move: %w", err)
+		return func(st *terraform.State) error {
+			if err := checkMove(to); err != nil {
+				return fmt.Errorf("%w\n%s", err, guestConsole(byHost[to], vm1.name))
 			}
 			return nil
 		}
+	}
+	checkMove = func(to string) error {
+		took := time.Since(cur.started)
+		res := cur.pinger.Stop()
+		from := vm1.host
+		vm1.host = to
+		down := time.Duration(res.Lost) * 100 * time.Millisecond
+		downtimes = append(downtimes, down)
+		t.Logf("move %d (%s -> %s): apply %s; ping every 100 ms: %s => downtime %s",
+			len(downtimes), from, to, took.Round(100*time.Millisecond), res, down)
+		// The SSH session opened before the move still works.
+		out, err := guestRun(cur.session, "cat /proc/uptime; ip -4 -o addr show dev eth0", time.Minute)
+		if err != nil {
+			return fmt.Errorf("SSH session opened before the move: %w", err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		up, _ := strconv.ParseFloat(strings.Fields(lines[0])[0], 64)
+		if up <= cur.uptime {
+			return fmt.Errorf("guest uptime %.1f s after the move, %.1f s before: it rebooted", up, cur.uptime)
+		}
+		if len(lines) < 2 || !strings.Contains(lines[1], "inet "+vm1.ip+"/24") {
+			return fmt.Errorf("address after the move: %q", out)
+		}
+		if res.Lost > 0 && res.Lost == res.Sent {
+			return fmt.Errorf("no ping answered during the move: %s", res)
+		}
+		t.Logf("after move %d: same SSH session answers, uptime %.1f -> %.1f s, address %s kept", len(downtimes), cur.uptime, up, vm1.ip)
+		if err := pingFrom(vm2, vm1); err != nil {
+			return fmt.Errorf("vm2 -> vm1 after the move: %w", err)
+		}
+		return nil
 	}
 	moveStep := func(to string) resource.TestStep {
 		return resource.TestStep{
@@ -609,7 +616,14 @@ func TestAccGuestReal(t *testing.T) {
 		}
 	}
 	var revertAt time.Time
+	var checkRevert func() error
 	checkReverted := func(*terraform.State) error {
+		if err := checkRevert(); err != nil {
+			return fmt.Errorf("%w\n%s", err, guestConsole(byHost[lastHost], vm1.name))
+		}
+		return nil
+	}
+	checkRevert = func() error {
 		// The guest's memory is the snapshot's: its TCP state no longer
 		// matches the session's.
 		dropSSH(vm1)
