@@ -172,6 +172,29 @@ func TestAccVM_waitForIPTimeout(t *testing.T) {
 			},
 		},
 	})
+	// On update too; the change itself is applied and recorded, and the
+	// next apply without wait_for_ip converges with an empty plan after.
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{
+			{Config: testAccVMGuestConfig(c, "")},
+			{
+				Config: testAccVMGuestConfig(c, `  description = "waited"
+  wait_for_ip = { timeout = "2s" }`),
+				ExpectError: regexp.MustCompile(`Timed Out Waiting for IP`),
+			},
+			{
+				Config: testAccVMGuestConfig(c, `  description = "waited"`),
+				Check: testAccCheckVMOnHost(cl, "guest-1", func(vm *api.VM) error {
+					if vm.Description != "waited" {
+						return fmt.Errorf("description %q", vm.Description)
+					}
+					return nil
+				}),
+			},
+		},
+	})
 }
 
 // A static address on a network that exists on the VM's host without a

@@ -716,6 +716,13 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	// waiting for them if asked to.
 	if wait, ok := plan.waitForIPOf(ctx); ok && vm.Running {
 		if vm = waitForIP(ctx, h, name, wait, &resp.Diagnostics); vm == nil {
+			// The change was applied: record the VM as it is.
+			if s, d := vmFromAPIOrPlan(ctx, plan, h); s != nil {
+				resp.Diagnostics.Append(d...)
+				resp.Diagnostics.Append(resp.State.Set(ctx, s)...)
+			} else {
+				resp.Diagnostics.Append(resp.State.Set(ctx, &prior)...)
+			}
 			return
 		}
 	} else if plannedAddressesUnknown(ctx, plan) {
