@@ -106,6 +106,9 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		return err
 	}
 	m.svc = svc
+	// DHCP servers of the networks found in OVSDB, kept in step with the
+	// VMs until Close.
+	svc.StartDHCP(ctx)
 	handler := server.New(svc, server.Options{Token: token, ReadToken: readOnly, Audit: m.audit, Log: m.Log})
 	m.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: 64 << 10}
@@ -207,6 +210,9 @@ func (m *Main) Shutdown(ctx context.Context) error {
 
 // Close releases libvirt, OVSDB and the audit log.
 func (m *Main) Close() {
+	if m.svc != nil {
+		m.svc.StopDHCP()
+	}
 	if m.sw != nil {
 		_ = m.sw.Close()
 		m.sw = nil

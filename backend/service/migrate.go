@@ -33,6 +33,7 @@ func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		return s.ops.start("migrate", "vm/"+name, func(ctx context.Context, progress func(float64)) error {
 			unlock := s.locks.Lock("vm/" + name)
 			defer unlock()
+			defer s.dhcpChanged() // stop serving it here once it has moved
 			if err := s.hv.MigrateVM(ctx, name, req, crashingProgress(progress, CrashMigrateStarted)); err != nil {
 				return fmt.Errorf("migrating VM %s from %s to %s: %w", name, s.cfg.Name, req.TargetHost, err)
 			}

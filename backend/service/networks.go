@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 
@@ -22,7 +23,18 @@ func (s *Service) ListNetworks(ctx context.Context) ([]api.Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sw.ListNetworks(ctx)
+	nets, err := sw.ListNetworks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ptrs := make([]*api.Network, len(nets))
+	for i := range nets {
+		ptrs[i] = &nets[i]
+	}
+	if err := s.withLeases(ctx, ptrs...); err != nil {
+		return nil, err
+	}
+	return nets, nil
 }
 
 // GetNetwork reads a network.
@@ -34,7 +46,14 @@ func (s *Service) GetNetwork(ctx context.Context, name string) (*api.Network, er
 	if err != nil {
 		return nil, err
 	}
-	return sw.GetNetwork(ctx, name)
+	n, err := sw.GetNetwork(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.withLeases(ctx, n); err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 // PutNetwork creates or converges a network's bridge and tunnels.
@@ -49,6 +68,20 @@ func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkS
 	if spec.Overlay != "" && len(spec.Peers) > 0 && s.cfg.TunnelIP == "" {
 		return nil, invalid("host %s has no tunnel IP (--tunnel-ip), so it cannot join overlay network %s", s.cfg.Name, name)
 	}
+	if spec.Uplink != "" {
+		// Checked before OVSDB is touched: OVS would accept the port and
+		// only log that the device is missing.
+		ifi, err := net.InterfaceByName(spec.Uplink)
+		if err != nil {
+			return nil, invalid("uplink: host %s has no network interface %q", s.cfg.Name, spec.Uplink)
+		}
+		if addrs, _ := ifi.Addrs(); len(addrs) > 0 {
+			// Open vSwitch takes the interface over: its addresses stop
+			// working (on a real switch; nothing changes on the embedded one).
+			s.log.Warn("uplink interface has addresses of this host; they stop working while it is an uplink",
+				"network", name, "interface", spec.Uplink, "addresses", fmt.Sprint(addrs))
+		}
+	}
 	// Never tunnel to ourselves.
 	spec.Peers = slices.DeleteFunc(slices.Clone(spec.Peers), func(p api.NetworkPeer) bool { return p.Host == s.cfg.Name })
 	unlock := s.locks.Lock("network/" + name)
@@ -58,6 +91,10 @@ func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkS
 		return nil, err
 	}
 	if err := s.retagVMs(ctx, name, spec.VLAN); err != nil {
+		return nil, err
+	}
+	s.dhcpChanged()
+	if err := s.withLeases(ctx, n); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -122,5 +159,7 @@ func (s *Service) DeleteNetwork(ctx context.Context, name string) error {
 	if len(users) > 0 {
 		return conflict("network %s is used by VM(s) %s on host %s", name, strings.Join(users, ", "), s.cfg.Name)
 	}
+	s.stopDHCPServer(name)
+	defer s.dhcpChanged()
 	return sw.DeleteNetwork(ctx, name)
 }

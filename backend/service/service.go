@@ -59,6 +59,8 @@ type Service struct {
 	fills   volumeFills
 	// leases is the DHCP fallback of VM addresses (nil: none).
 	leases LeaseSource
+	// dhcp holds the DHCP servers of this host's networks (see dhcp.go).
+	dhcp dhcpServers
 }
 
 // New builds a Service and ensures the default pool exists.

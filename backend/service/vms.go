@@ -173,6 +173,7 @@ func vmMemory(spec api.VMSpec) int64 { return api.VMMemoryMiB(spec) }
 // returned as is (a retried create), one with a different spec is a
 // conflict: PUT never silently changes a VM.
 func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta VMMeta) (vm *api.VM, created bool, err error) {
+	defer s.dhcpChanged() // the host's DHCP reservations follow its VMs
 	if err := validateVMName(name); err != nil {
 		return nil, false, err
 	}
@@ -299,6 +300,7 @@ func vmSpecDiff(want, have api.VMSpec) string {
 // UpdateVM converges a domain to spec: live where libvirt can, otherwise
 // with one graceful restart that the response reports.
 func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*api.VM, error) {
+	defer s.dhcpChanged() // the host's DHCP reservations follow its VMs
 	if err := validateVMName(name); err != nil {
 		return nil, err
 	}
@@ -364,6 +366,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 
 // DeleteVM stops and undefines a domain; its volumes stay.
 func (s *Service) DeleteVM(ctx context.Context, name string, shutdownTimeout time.Duration) error {
+	defer s.dhcpChanged() // the host's DHCP reservations follow its VMs
 	if err := validateVMName(name); err != nil {
 		return err
 	}

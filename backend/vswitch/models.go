@@ -44,6 +44,7 @@ type Port struct {
 	Name        string            `ovsdb:"name"`
 	Interfaces  []string          `ovsdb:"interfaces"`
 	Tag         *int              `ovsdb:"tag"`
+	Trunks      []int             `ovsdb:"trunks"`
 	ExternalIDs map[string]string `ovsdb:"external_ids"`
 }
 

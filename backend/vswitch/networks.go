@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/ovn-kubernetes/libovsdb/client"
 	"github.com/ovn-kubernetes/libovsdb/model"
@@ -108,7 +109,60 @@ func bridgeExternalIDs(name string, spec api.NetworkSpec) map[string]string {
 	if spec.MTU > 0 {
 		ext[keyMTU] = strconv.FormatInt(spec.MTU, 10)
 	}
+	if sn := spec.Subnet; sn != nil {
+		ext[keySubnet] = sn.CIDR
+		if sn.Gateway != "" {
+			ext[keyGateway] = sn.Gateway
+		}
+		if len(sn.DNSServers) > 0 {
+			ext[keyDNS] = strings.Join(sn.DNSServers, ",")
+		}
+	}
+	if spec.DHCP {
+		ext[keyDHCPIP] = spec.DHCPServerIP
+	}
+	if spec.Uplink != "" {
+		ext[keyUplink] = spec.Uplink
+	}
 	return ext
+}
+
+// roleWant is a port a network's bridge needs besides its own internal
+// port, VM ports and tunnels: the DHCP server's port and the patch port
+// towards the uplink bridge.
+type roleWant struct {
+	port  Port
+	iface Interface
+}
+
+// uplinkTrunks is what a patch port between a network bridge and its uplink
+// bridge carries: only the network's VLAN, or for a network without vlan
+// only untagged frames (OVS puts those in VLAN 0, and a trunk port whose
+// trunks are [0] carries VLAN 0 alone; an empty trunks would carry all).
+func uplinkTrunks(vlan int64) []int { return []int{int(vlan)} }
+
+func desiredRolePorts(name string, spec api.NetworkSpec) map[string]roleWant {
+	want := map[string]roleWant{}
+	if spec.DHCP {
+		pn := api.DHCPPortName(name)
+		ext := map[string]string{keyOwned: "true", keyNetwork: name, keyRole: roleDHCP}
+		// Tagged like a VM port, so the server sees exactly the VMs' VLAN.
+		// The port never gets an IP address: the host stays unreachable
+		// from VM networks; the server speaks through a raw socket.
+		want[pn] = roleWant{
+			port:  Port{Name: pn, Tag: intPtr(spec.VLAN), ExternalIDs: ext},
+			iface: Interface{Name: pn, Type: "internal", ExternalIDs: ext},
+		}
+	}
+	if spec.Uplink != "" {
+		pn, peer := api.UplinkPatchNames(name)
+		ext := map[string]string{keyOwned: "true", keyNetwork: name, keyRole: roleUplinkPatch, keyUplink: spec.Uplink}
+		want[pn] = roleWant{
+			port:  Port{Name: pn, Trunks: uplinkTrunks(spec.VLAN), ExternalIDs: ext},
+			iface: Interface{Name: pn, Type: "patch", Options: map[string]string{"peer": peer}, ExternalIDs: ext},
+		}
+	}
+	return want
 }
 
 // tunnelWant is the desired tunnel interface towards one peer.
@@ -160,6 +214,7 @@ func (s *OVS) EnsureNetwork(ctx context.Context, name string, spec api.NetworkSp
 	created := st == nil
 	if created {
 		s.createBridge(ctx, t, brName, name, ext, spec, tunnels)
+		s.convergeUplink(ctx, t, name, spec.Uplink, spec.VLAN)
 	} else {
 		if !owned(st.br.ExternalIDs) {
 			return nil, api.Errorf(api.CodeConflict, "bridge %s exists and is not managed by kvm-hostd", brName)
@@ -168,6 +223,7 @@ func (s *OVS) EnsureNetwork(ctx context.Context, name string, spec api.NetworkSp
 			return nil, api.Errorf(api.CodeConflict, "bridge %s belongs to network %q", brName, n)
 		}
 		s.convergeBridge(ctx, t, st, name, ext, spec, tunnels)
+		s.convergeUplink(ctx, t, name, spec.Uplink, spec.VLAN)
 	}
 	if _, err := t.commit(ctx); err != nil {
 		return nil, err
@@ -197,6 +253,10 @@ func (s *OVS) createBridge(ctx context.Context, t *txn, brName, name string, ext
 			Port{Name: pn, ExternalIDs: w.ext},
 			Interface{Name: pn, Type: w.typ, Options: w.options, ExternalIDs: w.ext},
 		))
+	}
+	roles := desiredRolePorts(name, spec)
+	for _, pn := range slices.Sorted(maps.Keys(roles)) {
+		ports = append(ports, t.insertPort(ctx, roles[pn].port, roles[pn].iface))
 	}
 	dp := s.bridgeDatapath()
 	br := &Bridge{UUID: t.name("bridge"), Name: brName, DatapathType: dp, Ports: ports, ExternalIDs: ext}
@@ -251,9 +311,28 @@ func (s *OVS) convergeBridge(ctx context.Context, t *txn, st *bridgeState, name 
 		}
 	}
 
+	roles := desiredRolePorts(name, spec)
 	for _, p := range st.ports {
 		i := p.iface()
 		if !owned(p.port.ExternalIDs) || p.port.Name == br.Name {
+			continue
+		}
+		if p.port.ExternalIDs[keyRole] != "" {
+			w, ok := roles[p.port.Name]
+			switch {
+			case !ok || i == nil:
+				t.deletePort(p)
+				del = append(del, p.port.UUID)
+			default:
+				if !eqIntPtr(p.port.Tag, w.port.Tag) || !slices.Equal(p.port.Trunks, w.port.Trunks) || !maps.Equal(p.port.ExternalIDs, w.port.ExternalIDs) {
+					u := &Port{UUID: p.port.UUID, Tag: w.port.Tag, Trunks: w.port.Trunks, ExternalIDs: w.port.ExternalIDs}
+					t.add(s.client.Where(u).Update(u, &u.Tag, &u.Trunks, &u.ExternalIDs))
+				}
+				if i.Type != w.iface.Type || !maps.Equal(i.Options, w.iface.Options) || !maps.Equal(i.ExternalIDs, w.iface.ExternalIDs) {
+					u := &Interface{UUID: i.UUID, Type: w.iface.Type, Options: w.iface.Options, ExternalIDs: w.iface.ExternalIDs}
+					t.add(s.client.Where(u).Update(u, &u.Type, &u.Options, &u.ExternalIDs))
+				}
+			}
 			continue
 		}
 		if i != nil && isTunnelType(i.Type) || p.port.ExternalIDs[keyPeer] != "" {
@@ -291,6 +370,12 @@ func (s *OVS) convergeBridge(ctx context.Context, t *txn, st *bridgeState, name 
 			Interface{Name: pn, Type: w.typ, Options: w.options, ExternalIDs: w.ext},
 		))
 	}
+	for _, pn := range slices.Sorted(maps.Keys(roles)) {
+		if p := st.port(pn); p != nil && p.iface() != nil && !slices.Contains(del, p.port.UUID) {
+			continue
+		}
+		add = append(add, t.insertPort(ctx, roles[pn].port, roles[pn].iface))
+	}
 	t.bridgePorts(br, add, del)
 }
 
@@ -308,11 +393,11 @@ func (s *OVS) getNetwork(ctx context.Context, name string) (*api.Network, error)
 	if st == nil || !owned(st.br.ExternalIDs) || st.br.ExternalIDs[keyNetwork] != name {
 		return nil, errNotFound("network %q not found", name)
 	}
-	n := readNetwork(st)
+	n := s.readNetwork(ctx, st)
 	return &n, nil
 }
 
-func readNetwork(st *bridgeState) api.Network {
+func (s *OVS) readNetwork(ctx context.Context, st *bridgeState) api.Network {
 	ext := st.br.ExternalIDs
 	n := api.Network{
 		Name:         ext[keyNetwork],
@@ -325,9 +410,26 @@ func readNetwork(st *bridgeState) api.Network {
 	}
 	n.VLAN, _ = strconv.ParseInt(ext[keyVLAN], 10, 64)
 	n.VNI, _ = strconv.ParseInt(ext[keyVNI], 10, 64)
+	if ext[keySubnet] != "" {
+		n.Subnet = &api.Subnet{CIDR: ext[keySubnet], Gateway: ext[keyGateway]}
+		if ext[keyDNS] != "" {
+			n.Subnet.DNSServers = strings.Split(ext[keyDNS], ",")
+		}
+	}
 	for _, p := range st.ports {
 		i := p.iface()
 		switch {
+		case p.port.ExternalIDs[keyRole] == roleDHCP:
+			// DHCP is on when its port is there (a deleted port is drift).
+			if ext[keyDHCPIP] != "" && i != nil && i.Type == "internal" {
+				n.DHCP, n.DHCPServerIP = true, ext[keyDHCPIP]
+			}
+		case p.port.ExternalIDs[keyRole] == roleUplinkPatch:
+			// The uplink is there when the whole path is: this patch port,
+			// its peer on the uplink bridge and the interface itself.
+			if i != nil && i.Type == "patch" && s.uplinkComplete(ctx, p.port.ExternalIDs[keyUplink], i.Options["peer"]) {
+				n.Uplink = p.port.ExternalIDs[keyUplink]
+			}
 		case p.port.Name == st.br.Name:
 			// The realized MTU, so an out-of-band change shows as drift.
 			if ext[keyMTU] != "" && i != nil && i.MTURequest != nil {
@@ -360,7 +462,7 @@ func (s *OVS) ListNetworks(ctx context.Context) ([]api.Network, error) {
 	}
 	out := make([]api.Network, 0, len(brs))
 	for _, b := range brs {
-		out = append(out, readNetwork(s.bridgeState(ctx, b)))
+		out = append(out, s.readNetwork(ctx, s.bridgeState(ctx, b)))
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
 	return out, nil
@@ -387,14 +489,8 @@ func (s *OVS) DeleteNetwork(ctx context.Context, name string) error {
 		}
 		t.deletePort(p)
 	}
-	root, err := s.root(ctx)
-	if err != nil {
-		return err
-	}
-	t.add(s.client.Where(root).Mutate(root, model.Mutation{
-		Field: &root.Bridges, Mutator: ovsdb.MutateOperationDelete, Value: []string{st.br.UUID},
-	}))
-	t.add(s.client.Where(&Bridge{UUID: st.br.UUID}).Delete())
+	s.convergeUplink(ctx, t, name, "", 0)
+	t.deleteBridge(ctx, &st.br)
 	if _, err := t.commit(ctx); err != nil {
 		return err
 	}

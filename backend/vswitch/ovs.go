@@ -53,6 +53,21 @@ const (
 	keyMAC     = "attached-mac"
 	keyIfaceID = "iface-id"
 	keyIndex   = "kvm-iface-index"
+	// subnet, DHCP and uplink of a network (on its bridge)
+	keySubnet  = "kvm-subnet"
+	keyGateway = "kvm-gateway"
+	keyDNS     = "kvm-dns"
+	keyDHCPIP  = "kvm-dhcp-server-ip"
+	keyUplink  = "kvm-uplink"
+	// keyRole marks the ports a network needs besides VM ports and tunnels
+	keyRole = "kvm-role"
+)
+
+// Values of keyRole.
+const (
+	roleDHCP        = "dhcp"         // the DHCP server's internal port
+	roleUplinkPatch = "uplink-patch" // a patch port towards/from an uplink bridge
+	roleUplink      = "uplink"       // the host interface on an uplink bridge
 )
 
 // Option tunes Open.

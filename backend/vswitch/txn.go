@@ -16,6 +16,21 @@ type txn struct {
 	ops []ovsdb.Operation
 	err error
 	n   int // named-uuid counter
+	// deleted holds the uuids of rows this transaction already deletes, so
+	// none is deleted twice (the embedded server mishandles that).
+	deleted map[string]bool
+}
+
+// del queues the deletion of one row, once.
+func (t *txn) del(uuid string, m model.Model) {
+	if t.deleted[uuid] {
+		return
+	}
+	if t.deleted == nil {
+		t.deleted = map[string]bool{}
+	}
+	t.deleted[uuid] = true
+	t.add(t.s.client.Where(m).Delete())
 }
 
 func (t *txn) add(ops []ovsdb.Operation, err error) {
@@ -51,9 +66,9 @@ func (t *txn) dropOrphans(ctx context.Context, name string) {
 			t.add(nil, api.Errorf(api.CodeConflict, "port %s exists and is not managed by kvm-hostd", name))
 			return
 		}
-		t.add(t.s.client.Where(p).Delete())
+		t.del(p.UUID, &Port{UUID: p.UUID})
 		for _, iu := range p.Interfaces {
-			t.add(t.s.client.Where(&Interface{UUID: iu}).Delete())
+			t.del(iu, &Interface{UUID: iu})
 		}
 		return
 	}
@@ -63,16 +78,16 @@ func (t *txn) dropOrphans(ctx context.Context, name string) {
 			t.add(nil, api.Errorf(api.CodeConflict, "interface %s exists and is not managed by kvm-hostd", name))
 			return
 		}
-		t.add(t.s.client.Where(i).Delete())
+		t.del(i.UUID, &Interface{UUID: i.UUID})
 	}
 }
 
 // deletePort queues deletion of a port row and its interfaces; the caller
 // removes the reference from the bridge.
 func (t *txn) deletePort(p *portState) {
-	t.add(t.s.client.Where(&Port{UUID: p.port.UUID}).Delete())
+	t.del(p.port.UUID, &Port{UUID: p.port.UUID})
 	for _, iu := range p.port.Interfaces {
-		t.add(t.s.client.Where(&Interface{UUID: iu}).Delete())
+		t.del(iu, &Interface{UUID: iu})
 	}
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"regexp"
 )
 
@@ -27,4 +28,42 @@ func BridgeName(network string) string {
 func TunnelPortName(network, peerHost string) string {
 	sum := sha256.Sum256([]byte(network + "\x00" + peerHost))
 	return "kt-" + hex.EncodeToString(sum[:])[:maxIfName-3]
+}
+
+// DHCPPortName is the OVS internal port a host's DHCP server for network
+// listens on; stable for the network and within IFNAMSIZ.
+func DHCPPortName(network string) string {
+	sum := sha256.Sum256([]byte("dhcp\x00" + network))
+	return "kd-" + hex.EncodeToString(sum[:])[:maxIfName-3]
+}
+
+// UplinkBridgeName is the OVS bridge that holds host interface iface as
+// its uplink, shared by every network using that interface: "kvu-<iface>"
+// when that fits an interface name, else "kvu-" plus a hash.
+func UplinkBridgeName(iface string) string {
+	if b := "kvu-" + iface; len(b) <= maxIfName && plainIfName.MatchString(iface) {
+		return b
+	}
+	sum := sha256.Sum256([]byte(iface))
+	return "kvu-" + hex.EncodeToString(sum[:])[:maxIfName-4]
+}
+
+// UplinkPatchNames are the two ends of the OVS patch-port pair joining
+// network's bridge (bridgeSide) to its uplink bridge (uplinkSide).
+func UplinkPatchNames(network string) (bridgeSide, uplinkSide string) {
+	sum := sha256.Sum256([]byte("uplink\x00" + network))
+	h := hex.EncodeToString(sum[:])[:maxIfName-4]
+	return "kpn-" + h, "kpu-" + h
+}
+
+var ifNamePattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+
+// ValidateInterfaceName checks a host network interface name the way the
+// kernel does (at most 15 bytes, no '/', ':' or whitespace), restricted to
+// the characters interface names use in practice.
+func ValidateInterfaceName(name string) error {
+	if name == "" || len(name) > maxIfName || !ifNamePattern.MatchString(name) {
+		return fmt.Errorf("interface name %q is not valid: 1 to %d letters, digits, '_', '-' or '.' (such as eth1 or bond0.10)", name, maxIfName)
+	}
+	return nil
 }

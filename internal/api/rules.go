@@ -429,6 +429,31 @@ func ValidateNetworkSpec(name string, spec NetworkSpec) error {
 			return invalidf("peers[%d]: tunnel_ip %q of host %s is not an IP address", i, p.TunnelIP, p.Host)
 		}
 	}
+	return validateNetworkAddressing(spec)
+}
+
+// validateNetworkAddressing checks subnet, DHCP and uplink.
+func validateNetworkAddressing(spec NetworkSpec) error {
+	if err := ValidateSubnet(spec.Subnet); err != nil {
+		return invalidf("%s", err)
+	}
+	switch {
+	case spec.DHCP && spec.Subnet == nil:
+		return invalidf("dhcp needs a subnet")
+	case spec.DHCP && spec.DHCPServerIP == "":
+		return invalidf("dhcp needs dhcp_server_ip, this host's server identifier (see DHCPServerIP: the top addresses of the subnet, one per host)")
+	case !spec.DHCP && spec.DHCPServerIP != "":
+		return invalidf("dhcp_server_ip is only meaningful with dhcp")
+	case spec.DHCP:
+		if err := ValidateStaticIPv4(*spec.Subnet, spec.DHCPServerIP); err != nil {
+			return invalidf("dhcp_server_ip: %s", strings.TrimPrefix(err.Error(), "ipv4_address "))
+		}
+	}
+	if spec.Uplink != "" {
+		if err := ValidateInterfaceName(spec.Uplink); err != nil {
+			return invalidf("uplink: %s", err)
+		}
+	}
 	return nil
 }
 

@@ -13,15 +13,18 @@ import (
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
+	"github.com/hashicorp/terraform-plugin-framework-validators/mapvalidator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/booldefault"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
+	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
 	"github.com/hashicorp/terraform-plugin-log/tflog"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -56,9 +59,78 @@ type networkModel struct {
 	Overlay    types.String   `tfsdk:"overlay"`
 	VNI        types.Int64    `tfsdk:"vni"`
 	MTU        types.Int64    `tfsdk:"mtu"`
+	Subnet     types.Object   `tfsdk:"subnet"`
+	DHCP       types.Bool     `tfsdk:"dhcp"`
+	Uplinks    types.Map      `tfsdk:"uplinks"`
 	Bridge     types.String   `tfsdk:"bridge"`
 	HostStatus types.Map      `tfsdk:"host_status"`
 	Timeouts   timeouts.Value `tfsdk:"timeouts"`
+}
+
+// subnetModel is kvm_network.subnet.
+type subnetModel struct {
+	CIDR       types.String `tfsdk:"cidr"`
+	Gateway    types.String `tfsdk:"gateway"`
+	DNSServers types.List   `tfsdk:"dns_servers"`
+}
+
+var subnetAttrTypes = map[string]attr.Type{
+	"cidr":        types.StringType,
+	"gateway":     types.StringType,
+	"dns_servers": types.ListType{ElemType: types.StringType},
+}
+
+// subnet returns the configured subnet, nil when unset; ok is false while
+// any part of it is unknown.
+func (m *networkModel) subnet(ctx context.Context) (sub *api.Subnet, ok bool) {
+	if m.Subnet.IsUnknown() {
+		return nil, false
+	}
+	if m.Subnet.IsNull() {
+		return nil, true
+	}
+	var sm subnetModel
+	if diags := m.Subnet.As(ctx, &sm, basetypes.ObjectAsOptions{}); diags.HasError() {
+		return nil, false
+	}
+	if sm.CIDR.IsUnknown() || sm.Gateway.IsUnknown() || sm.DNSServers.IsUnknown() {
+		return nil, false
+	}
+	sub = &api.Subnet{CIDR: sm.CIDR.ValueString(), Gateway: sm.Gateway.ValueString()}
+	if !sm.DNSServers.IsNull() {
+		for _, e := range sm.DNSServers.Elements() {
+			sv, known := e.(types.String)
+			if !known || sv.IsUnknown() {
+				return nil, false
+			}
+			sub.DNSServers = append(sub.DNSServers, sv.ValueString())
+		}
+	}
+	return sub, true
+}
+
+// subnetValue is the Terraform value of a host's subnet.
+func subnetValue(sub *api.Subnet) types.Object {
+	if sub == nil {
+		return types.ObjectNull(subnetAttrTypes)
+	}
+	dns := types.ListNull(types.StringType)
+	if len(sub.DNSServers) > 0 {
+		dns, _ = types.ListValueFrom(context.Background(), types.StringType, sub.DNSServers)
+	}
+	v, _ := types.ObjectValue(subnetAttrTypes, map[string]attr.Value{
+		"cidr": types.StringValue(sub.CIDR), "gateway": optString(sub.Gateway), "dns_servers": dns,
+	})
+	return v
+}
+
+// uplinks returns the configured uplinks (host -> interface).
+func (m *networkModel) uplinks(ctx context.Context) map[string]string {
+	out := map[string]string{}
+	if !m.Uplinks.IsNull() && !m.Uplinks.IsUnknown() {
+		m.Uplinks.ElementsAs(ctx, &out, false)
+	}
+	return out
 }
 
 func (r *NetworkResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
@@ -102,6 +174,39 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 				Optional: true, MarkdownDescription: "MTU of the bridge (576–9216). Leave room for the overlay header (50 bytes for VXLAN).",
 				Validators: []validator.Int64{int64validator.Between(api.MinMTU, api.MaxMTU)},
 			},
+			"subnet": schema.SingleNestedAttribute{
+				Optional: true,
+				MarkdownDescription: "The IPv4 subnet of the network. kvm-hostd does not route it: the `gateway` is a router the " +
+					"network reaches (through an `uplink`, for example). VM interfaces' static `ipv4_address` must lie in it, and " +
+					"`dhcp` hands out addresses from it. Changing it applies in place.",
+				Attributes: map[string]schema.Attribute{
+					"cidr": schema.StringAttribute{
+						Required: true, MarkdownDescription: "IPv4 network in CIDR notation, /8 to /30, without host bits (for example `10.10.0.0/24`).",
+					},
+					"gateway": schema.StringAttribute{
+						Optional: true, MarkdownDescription: "Default gateway handed to guests: a host address of `cidr`.",
+					},
+					"dns_servers": schema.ListAttribute{
+						Optional: true, ElementType: types.StringType,
+						MarkdownDescription: "DNS servers handed to guests (IPv4 addresses, at most 8).",
+					},
+				},
+			},
+			"dhcp": schema.BoolAttribute{
+				Optional: true, Computed: true, Default: booldefault.StaticBool(false),
+				MarkdownDescription: "Serve DHCP on the network (requires `subnet`). Each host answers only its own VMs: a NIC's " +
+					"static `ipv4_address`, else a stable address derived from its MAC. Each host's server uses one address at the " +
+					"top of the subnet (the highest for the first host in name order, the next one down for the second, skipping " +
+					"the `gateway`); those addresses are reserved. When a VM migrates, its new host serves it.",
+			},
+			"uplinks": schema.MapAttribute{
+				Optional: true, ElementType: types.StringType,
+				MarkdownDescription: "Host interface that connects the network to the outside, per host name (for example " +
+					"`{ host-a = \"eth1\" }`). The interface becomes a trunk shared by every network using it on that host; a " +
+					"network with `vlan` sends and receives its frames tagged with it, a network without `vlan` untagged ones only. " +
+					"Removing an entry disconnects that host and releases the interface once no network uses it.",
+				Validators: []validator.Map{mapvalidator.ValueStringsAre(interfaceNameValidator{})},
+			},
 			"bridge": schema.StringAttribute{
 				Computed: true, MarkdownDescription: "Name of the OVS bridge on every host (derived from the name).",
 				PlanModifiers: []planmodifier.String{stringplanmodifier.UseStateForUnknown()},
@@ -119,7 +224,56 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 }
 
 func (r *NetworkResource) ConfigValidators(context.Context) []resource.ConfigValidator {
-	return []resource.ConfigValidator{networkOverlayValidator{}}
+	return []resource.ConfigValidator{networkOverlayValidator{}, networkSubnetValidator{}}
+}
+
+// networkSubnetValidator checks the subnet and that dhcp has one.
+type networkSubnetValidator struct{}
+
+func (networkSubnetValidator) Description(context.Context) string {
+	return "subnet must be a valid IPv4 subnet, and dhcp needs it"
+}
+func (v networkSubnetValidator) MarkdownDescription(ctx context.Context) string {
+	return v.Description(ctx)
+}
+
+func (networkSubnetValidator) ValidateResource(ctx context.Context, req resource.ValidateConfigRequest, resp *resource.ValidateConfigResponse) {
+	var m networkModel
+	resp.Diagnostics.Append(req.Config.GetAttribute(ctx, path.Root("subnet"), &m.Subnet)...)
+	resp.Diagnostics.Append(req.Config.GetAttribute(ctx, path.Root("dhcp"), &m.DHCP)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	sub, known := m.subnet(ctx)
+	if !known {
+		return
+	}
+	if err := api.ValidateSubnet(sub); err != nil {
+		resp.Diagnostics.AddAttributeError(path.Root("subnet"), "Invalid Subnet", err.Error())
+		return
+	}
+	if m.DHCP.ValueBool() && sub == nil {
+		resp.Diagnostics.AddAttributeError(path.Root("dhcp"), "DHCP Without Subnet", "dhcp = true needs a subnet to hand out addresses from.")
+	}
+}
+
+// interfaceNameValidator checks host interface names (api.ValidateInterfaceName).
+type interfaceNameValidator struct{}
+
+func (interfaceNameValidator) Description(context.Context) string {
+	return "a host network interface name"
+}
+func (v interfaceNameValidator) MarkdownDescription(ctx context.Context) string {
+	return v.Description(ctx)
+}
+
+func (interfaceNameValidator) ValidateString(_ context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
+		return
+	}
+	if err := api.ValidateInterfaceName(req.ConfigValue.ValueString()); err != nil {
+		resp.Diagnostics.AddAttributeError(req.Path, "Invalid Interface Name", err.Error())
+	}
 }
 
 // networkOverlayValidator: overlay and vni go together.
@@ -191,6 +345,24 @@ func (r *NetworkResource) ModifyPlan(ctx context.Context, req resource.ModifyPla
 		if len(hosts) == 0 {
 			resp.Diagnostics.AddAttributeError(path.Root("hosts"), "No Hosts", "a network must span at least one host")
 			return
+		}
+		var strays []string
+		for h := range plan.uplinks(ctx) {
+			if !slices.Contains(hosts, h) {
+				strays = append(strays, h)
+			}
+		}
+		if len(strays) > 0 {
+			slices.Sort(strays)
+			resp.Diagnostics.AddAttributeError(path.Root("uplinks"), "Uplink Host Not In Network",
+				fmt.Sprintf("uplinks names %s, which the network does not span (hosts: %s)", strings.Join(strays, ", "), strings.Join(hosts, ", ")))
+			return
+		}
+		if sub, known := plan.subnet(ctx); known && sub != nil && plan.DHCP.ValueBool() {
+			if _, err := api.DHCPServerIPs(*sub, hosts); err != nil {
+				resp.Diagnostics.AddAttributeError(path.Root("subnet"), "Subnet Too Small For DHCP", err.Error())
+				return
+			}
 		}
 		status := map[string]string{}
 		for _, h := range hosts {
@@ -283,7 +455,8 @@ func describeHostErrors(action string, hosts []string, errs map[string]error) st
 	return msg
 }
 
-// ensure realizes the network on every host of the plan.
+// ensure realizes the network on every host of the plan. Each host gets
+// its own uplink and DHCP server address.
 func (r *NetworkResource) ensure(ctx context.Context, plan *networkModel) (map[string]error, error) {
 	hosts := plan.hostNames(ctx)
 	spec := plan.spec()
@@ -292,13 +465,25 @@ func (r *NetworkResource) ensure(ctx context.Context, plan *networkModel) (map[s
 		return nil, err
 	}
 	spec.Peers = peers
+	spec.Subnet, _ = plan.subnet(ctx)
+	spec.DHCP = plan.DHCP.ValueBool()
+	var serverIPs map[string]string
+	if spec.DHCP && spec.Subnet != nil {
+		if serverIPs, err = api.DHCPServerIPs(*spec.Subnet, hosts); err != nil {
+			return nil, err
+		}
+	}
+	uplinks := plan.uplinks(ctx)
 	name := plan.Name.ValueString()
 	return forEachHost(hosts, func(h string) error {
 		fh, err := r.fleet.Host(h)
 		if err != nil {
 			return err
 		}
-		_, err = fh.Client.PutNetwork(ctx, name, spec)
+		hs := spec
+		hs.Uplink = uplinks[h]
+		hs.DHCPServerIP = serverIPs[h]
+		_, err = fh.Client.PutNetwork(ctx, name, hs)
 		return err
 	}), nil
 }
@@ -371,6 +556,13 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 	status := map[string]string{}
 	var present []string
 	var sample *api.Network
+	wantSub, _ := m.subnet(ctx)
+	var serverIPs map[string]string
+	if m.DHCP.ValueBool() && wantSub != nil {
+		serverIPs, _ = api.DHCPServerIPs(*wantSub, hosts)
+	}
+	wantUplinks := m.uplinks(ctx)
+	uplinks := map[string]string{}
 	for i, h := range hosts {
 		res := results[i]
 		switch {
@@ -388,6 +580,9 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 			}
 			unread[h] = res.err
 			present = append(present, h)
+			if u := wantUplinks[h]; u != "" {
+				uplinks[h] = u
+			}
 			if s, ok := prior[h]; ok {
 				status[h] = s
 			} else {
@@ -400,6 +595,12 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 				sample = res.net
 			}
 			status[h] = networkDrift(res.net, h, hosts, m)
+			if status[h] == statusReady {
+				status[h] = addressingDrift(res.net, m.DHCP.ValueBool(), serverIPs[h], wantUplinks[h])
+			}
+			if res.net.Uplink != "" {
+				uplinks[h] = res.net.Uplink
+			}
 		}
 	}
 	if sample != nil {
@@ -408,6 +609,16 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 		m.Overlay = optString(sample.Overlay)
 		m.VNI = optInt64(sample.VNI)
 		m.MTU = optInt64(sample.MTU)
+		m.Subnet = subnetValue(sample.Subnet)
+		m.DHCP = types.BoolValue(sample.DHCP)
+	}
+	if len(uplinks) > 0 || (!m.Uplinks.IsNull() && !m.Uplinks.IsUnknown()) {
+		m.Uplinks, _ = types.MapValueFrom(ctx, types.StringType, uplinks)
+	} else {
+		m.Uplinks = types.MapNull(types.StringType)
+	}
+	if m.DHCP.IsNull() || m.DHCP.IsUnknown() {
+		m.DHCP = types.BoolValue(false)
 	}
 	m.ID = types.StringValue(name)
 	m.Hosts, _ = types.SetValueFrom(ctx, types.StringType, present)
@@ -433,6 +644,22 @@ func networkDrift(n *api.Network, host string, hosts []string, m *networkModel) 
 	}
 	if len(missing) > 0 {
 		return "tunnels missing to " + strings.Join(missing, ", ")
+	}
+	return statusReady
+}
+
+// addressingDrift compares one host's DHCP server and uplink with the
+// configuration.
+func addressingDrift(n *api.Network, dhcp bool, serverIP, uplink string) string {
+	switch {
+	case dhcp && !n.DHCP:
+		return "dhcp server port missing"
+	case dhcp && n.DHCPServerIP != serverIP:
+		return fmt.Sprintf("dhcp server address %s, want %s", n.DHCPServerIP, serverIP)
+	case n.Uplink != uplink && uplink != "":
+		return "uplink " + uplink + " not connected"
+	case n.Uplink != uplink:
+		return "uplink " + n.Uplink + " still connected"
 	}
 	return statusReady
 }
@@ -550,12 +777,16 @@ func (r *NetworkResource) ImportState(ctx context.Context, req resource.ImportSt
 		resp.Diagnostics.AddError("Invalid Import ID", fmt.Sprintf("kvm_network import ID is the network name: %s", err))
 		return
 	}
-	m := networkModel{Name: types.StringValue(req.ID), HostStatus: types.MapNull(types.StringType)}
+	m := networkModel{Name: types.StringValue(req.ID), HostStatus: types.MapNull(types.StringType),
+		Subnet: types.ObjectNull(subnetAttrTypes), DHCP: types.BoolValue(false), Uplinks: types.MapNull(types.StringType)}
 	m.Hosts, _ = types.SetValueFrom(ctx, types.StringType, r.fleet.Names())
 	if found, _ := r.readInto(ctx, &m, true); !found {
 		resp.Diagnostics.AddError("Cannot Import Network", fmt.Sprintf("network %q exists on none of the configured hosts (%s)", req.ID, strings.Join(r.fleet.Names(), ", ")))
 		return
 	}
+	// Again, now that subnet, dhcp and uplinks are known, so host_status
+	// compares each host with them rather than with nothing.
+	r.readInto(ctx, &m, true)
 	m.Timeouts = timeouts.Value{Object: types.ObjectNull(map[string]attr.Type{
 		"create": types.StringType, "read": types.StringType, "update": types.StringType, "delete": types.StringType,
 	})}

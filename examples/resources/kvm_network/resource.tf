@@ -13,3 +13,21 @@ resource "kvm_network" "tenant" {
   vni     = 4242
   mtu     = 1450
 }
+
+# A VLAN that reaches the physical network: each host's eth1 is a trunk to
+# the top-of-rack switch (several VLAN networks can share it). The hosts
+# serve DHCP to their own VMs; the router at 10.100.0.1 is on the switch.
+resource "kvm_network" "servers" {
+  name = "servers"
+  vlan = 200
+  subnet = {
+    cidr        = "10.100.0.0/24"
+    gateway     = "10.100.0.1"
+    dns_servers = ["10.100.0.1"]
+  }
+  dhcp = true
+  uplinks = {
+    host-a = "eth1"
+    host-b = "eth1"
+  }
+}

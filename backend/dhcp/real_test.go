@@ -1,0 +1,339 @@
+package dhcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
+)
+
+// inNetns runs fn on an OS thread in network namespace netns; the thread
+// is never unlocked, so it exits with its goroutine.
+func inNetns(netns string, fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open(filepath.Join("/run/netns", netns))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- fmt.Errorf("setns %s: %w", netns, err)
+			return
+		}
+		done <- fn()
+	}()
+	return <-done
+}
+
+// testClient is a minimal DHCP client: a raw socket on one interface,
+// sending as any MAC.
+type testClient struct {
+	fd      int
+	ifindex int
+}
+
+func openTestClient(iface string) (*testClient, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	tv := unix.Timeval{Usec: 200000}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return &testClient{fd: fd, ifindex: ifi.Index}, nil
+}
+
+func (c *testClient) close() { unix.Close(c.fd) }
+
+func (c *testClient) send(frame []byte) error {
+	to := &unix.SockaddrLinklayer{Ifindex: c.ifindex, Halen: 6, Protocol: htons(unix.ETH_P_ALL)}
+	copy(to.Addr[:], frame[:6])
+	return unix.Sendto(c.fd, frame, 0, to)
+}
+
+// await reads frames until match accepts one or wait passes.
+func (c *testClient) await(wait time.Duration, match func([]byte) bool) bool {
+	buf := make([]byte, 65536)
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		n, from, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			continue
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		if match(buf[:n]) {
+			return true
+		}
+	}
+	return false
+}
+
+// exchange sends a client message from mac and waits for the server's
+// reply to it (same xid).
+func (c *testClient) exchange(mac net.HardwareAddr, typ byte, bcast bool, opts map[byte][]byte, wait time.Duration) (*Message, error) {
+	m := &Message{Op: opRequest, XID: rand.Uint32(), CHAddr: mac, Options: map[byte][]byte{OptMessageType: {typ}}}
+	if bcast {
+		m.Flags = flagBcast
+	}
+	for k, v := range opts {
+		m.Options[k] = v
+	}
+	frame := EncodeUDP(UDPPacket{SrcMAC: mac, DstMAC: BroadcastMAC, Src: netip.IPv4Unspecified(),
+		Dst: netip.MustParseAddr("255.255.255.255"), SrcPort: ClientPort, DstPort: ServerPort, Payload: m.Marshal()})
+	if err := c.send(frame); err != nil {
+		return nil, err
+	}
+	var reply *Message
+	c.await(wait, func(f []byte) bool {
+		p, ok := DecodeUDP(f)
+		if !ok || p.DstPort != ClientPort {
+			return false
+		}
+		r, err := ParseMessage(p.Payload)
+		if err != nil || r.XID != m.XID || r.Op != opReply {
+			return false
+		}
+		reply = r
+		return true
+	})
+	if reply == nil {
+		return nil, errNoReply
+	}
+	return reply, nil
+}
+
+var errNoReply = errors.New("no reply")
+
+// DHCPResyncForTest is kvm-hostd's resync period (service.DHCPResync).
+const DHCPResyncForTest = 10 * time.Second
+
+// TestRealDHCPServer runs kvm-hostd on a namespace host with its own Open
+// vSwitch (and libvirt's test driver: the reservation comes from a VM
+// defined through kvm-hostd; no guest runs) and talks DHCP to it from an
+// OVS port on the network, the way a VM's NIC would.
+func TestRealDHCPServer(t *testing.T) {
+	realstack.Require(t, "ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "nsenter", "ip")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	start := time.Now()
+	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"d"}, OVS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hs.Close(); err != nil {
+			t.Errorf("closing namespace hosts: %v", err)
+		}
+	})
+	h := hs.Host("d")
+	run := func(name string, args ...string) (string, error) {
+		out, err := h.Command(name, args...).CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return string(out), nil
+	}
+	c := harness.Start(t, harness.Options{
+		Hosts:         []string{"host-d"},
+		LibvirtURI:    "test:///default",
+		ListenIPs:     map[string]string{"host-d": h.IP},
+		ExtraHostArgs: map[string][]string{"host-d": {"--ovsdb", h.OVS.Endpoint}},
+		Wrap:          func(_ string, argv []string) *exec.Cmd { return h.Command(argv[0], argv[1:]...) },
+	})
+	cl, err := client.New(client.Options{Endpoint: c.Host("host-d").URL, Token: c.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const network, vlan = "dh", 10
+	serverIP := netip.MustParseAddr("10.50.0.254")
+	spec := api.NetworkSpec{VLAN: vlan, DHCP: true, DHCPServerIP: serverIP.String(),
+		Subnet: &api.Subnet{CIDR: "10.50.0.0/24", Gateway: "10.50.0.1", DNSServers: []string{"10.50.0.1", "10.50.0.2"}}}
+	if _, err := cl.PutNetwork(ctx, network, spec); err != nil {
+		t.Fatal(err)
+	}
+	port := api.DHCPPortName(network)
+	// The server is up: its port exists as an interface, is up, and has
+	// no address at all (no IPv4, and IPv6 is off, so no link-local).
+	if !harness.Wait(ctx, 20*time.Second, func() bool { return strings.Contains(c.Host("host-d").Log(), "dhcp server started") }) {
+		t.Fatalf("the DHCP server did not start:\n%s", c.Host("host-d").Log())
+	}
+	if out, err := run("ip", "-o", "addr", "show", "dev", port); err != nil || strings.Contains(out, "inet") {
+		t.Fatalf("the DHCP port %s has an address (%v):\n%s", port, err, out)
+	}
+	t.Logf("DHCP server up on %s after %s", port, time.Since(start).Round(time.Millisecond))
+
+	// A VM on the network gives this host a reservation.
+	vmMAC, _ := net.ParseMAC("52:54:00:d0:0d:01")
+	strayMAC, _ := net.ParseMAC("52:54:00:d0:0d:02")
+	if _, err := cl.PutVM(ctx, "dvm", api.VMSpec{VCPU: 1, MemoryMiB: 64, Running: false,
+		Interfaces: []api.VMInterface{{Network: network, MAC: vmMAC.String()}}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := cl.GetNetwork(ctx, network)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Leases) != 1 || n.Leases[0].MAC != vmMAC.String() {
+		t.Fatalf("leases %+v, want one for %s", n.Leases, vmMAC)
+	}
+	want := netip.MustParseAddr(n.Leases[0].IP)
+
+	// The "NIC": an OVS internal port on the bridge, tagged like a VM's.
+	if _, err := h.OVS.Vsctl("--timeout=30", "add-port", api.BridgeName(network), "dc0", fmt.Sprintf("tag=%d", vlan), "--",
+		"set", "Interface", "dc0", "type=internal", "--",
+		"set", "Port", "dc0", "external_ids:kvm-hostd-owned=true", "external_ids:kvm-network="+network); err != nil {
+		t.Fatal(err)
+	}
+	if !harness.Wait(ctx, 10*time.Second, func() bool {
+		_, err := run("ip", "link", "set", "dc0", "address", vmMAC.String(), "up")
+		return err == nil
+	}) {
+		t.Fatal("port dc0 did not appear")
+	}
+
+	err = inNetns(h.Netns, func() error {
+		tc, err := openTestClient("dc0")
+		if err != nil {
+			return err
+		}
+		defer tc.close()
+		// The server may still be picking up the VM (resync on change).
+		var offer *Message
+		if !harness.Wait(ctx, 15*time.Second, func() bool {
+			offer, err = tc.exchange(vmMAC, Discover, false, nil, time.Second)
+			return err == nil
+		}) {
+			return fmt.Errorf("DISCOVER from the VM's MAC: %v", err)
+		}
+		if offer.Type() != Offer || offer.YIAddr != want {
+			return fmt.Errorf("offer: type %d address %s, want OFFER of %s", offer.Type(), offer.YIAddr, want)
+		}
+		mask, _ := offer.OptionAddr(OptSubnetMask)
+		router, _ := offer.OptionAddr(OptRouter)
+		sid, _ := offer.OptionAddr(OptServerID)
+		lease, _ := offer.OptionUint32(OptLeaseTime)
+		dns := offer.OptionAddrs(OptDNS)
+		if mask.String() != "255.255.255.0" || router.String() != "10.50.0.1" || sid != serverIP || lease != 3600 ||
+			!slices.Equal(dns, []netip.Addr{netip.MustParseAddr("10.50.0.1"), netip.MustParseAddr("10.50.0.2")}) {
+			return fmt.Errorf("offer options: mask %s router %s server %s lease %d dns %v", mask, router, sid, lease, dns)
+		}
+		ack, err := tc.exchange(vmMAC, Request, false, map[byte][]byte{
+			OptRequestedIP: addrBytes(want), OptServerID: addrBytes(serverIP)}, 3*time.Second)
+		if err != nil || ack.Type() != Ack || ack.YIAddr != want {
+			return fmt.Errorf("REQUEST: %v %+v", err, ack)
+		}
+		t.Logf("DISCOVER/OFFER/REQUEST/ACK: %s got %s (mask %s, router %s, dns %v, server %s)", vmMAC, want, mask, router, dns, sid)
+		nak, err := tc.exchange(vmMAC, Request, true, map[byte][]byte{OptRequestedIP: addrBytes(netip.MustParseAddr("10.50.0.77"))}, 3*time.Second)
+		if err != nil || nak.Type() != Nak {
+			return fmt.Errorf("REQUEST for an address that is not the VM's: %v %+v, want NAK", err, nak)
+		}
+
+		// ARP for the server's address is answered by the server's port.
+		srvPort, err := net.InterfaceByName(port)
+		if err != nil {
+			return err
+		}
+		if err := tc.send(EncodeARP(BroadcastMAC, ARP{Op: ARPRequest, SenderMAC: vmMAC, SenderIP: want, TargetIP: serverIP})); err != nil {
+			return err
+		}
+		if !tc.await(3*time.Second, func(f []byte) bool {
+			a, ok := DecodeARP(f)
+			return ok && a.Op == ARPReply && a.SenderIP == serverIP && a.SenderMAC.String() == srvPort.HardwareAddr.String()
+		}) {
+			return fmt.Errorf("no ARP reply for %s from %s", serverIP, srvPort.HardwareAddr)
+		}
+
+		// A MAC with no VM here gets no answer (broadcast: it would see one).
+		if r, err := tc.exchange(strayMAC, Discover, true, nil, 3*time.Second); !errors.Is(err, errNoReply) {
+			return fmt.Errorf("a MAC without a VM got an answer: %+v %v", r, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Host("host-d").Log())
+	}
+
+	// The port taken down out of band: the server notices and the next
+	// resync brings it back up and serves again.
+	if _, err := run("ip", "link", "set", port, "down"); err != nil {
+		t.Fatal(err)
+	}
+	downAt := time.Now()
+	err = inNetns(h.Netns, func() error {
+		tc, err := openTestClient("dc0")
+		if err != nil {
+			return err
+		}
+		defer tc.close()
+		if !harness.Wait(ctx, 2*DHCPResyncForTest, func() bool {
+			r, err := tc.exchange(vmMAC, Discover, false, nil, time.Second)
+			return err == nil && r.YIAddr == want
+		}) {
+			return errors.New("no DHCP answer after the port was taken down and the resync passed")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Host("host-d").Log())
+	}
+	t.Logf("serving again %s after the port went down", time.Since(downAt).Round(time.Millisecond))
+
+	// After the VM is deleted, its MAC gets no answer either.
+	if err := cl.DeleteVM(ctx, "dvm", 0); err != nil {
+		t.Fatal(err)
+	}
+	err = inNetns(h.Netns, func() error {
+		tc, err := openTestClient("dc0")
+		if err != nil {
+			return err
+		}
+		defer tc.close()
+		if !harness.Wait(ctx, 15*time.Second, func() bool {
+			_, err := tc.exchange(vmMAC, Discover, true, nil, 2*time.Second)
+			return errors.Is(err, errNoReply)
+		}) {
+			return errors.New("the deleted VM's MAC is still answered")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.DeleteNetwork(ctx, network); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run("ip", "link", "show", port); err == nil {
+		t.Fatalf("DHCP port %s still exists after the network was deleted", port)
+	}
+	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
+}
