@@ -34,6 +34,7 @@ const (
 	guestNetwork  = "glan"
 	guestVNI      = 5020
 	guestMTU      = 1450 // 1500 on the underlay, less the VXLAN header
+	guestSubnet   = "10.20.0.0/24"
 	guestProbeIP  = "10.20.0.250"
 	guestBaseMiB  = 2048 // the image's virtual size
 	guestGrownMiB = 2304
@@ -45,6 +46,8 @@ const (
 )
 
 // guestVM is one guest of the test: its static address and where it runs.
+// The guests keep the default MTU (the generated network-config sets
+// none): the probe port's MTU (guestMTU) makes TCP to it fit the tunnel.
 type guestVM struct {
 	name, hostname, mac, ip, file string
 	host                          string // kvm-hostd host it runs on now
@@ -78,22 +81,6 @@ func (g *guestVM) metaData() string {
 	return fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", g.name, g.hostname)
 }
 
-// networkConfig is a cloud-init network-config v1: the NIC, matched by
-// its MAC, is named eth0 and gets the static address and the overlay MTU
-// (Debian's cloud-init renders it for ifupdown).
-func (g *guestVM) networkConfig() string {
-	return fmt.Sprintf(`version: 1
-config:
-  - type: physical
-    name: eth0
-    mac_address: "%s"
-    mtu: %d
-    subnets:
-      - type: static
-        address: %s/24
-`, g.mac, guestMTU, g.ip)
-}
-
 // guestConfig is what a step applies.
 type guestConfig struct {
 	vm1Host     string
@@ -118,6 +105,7 @@ resource "kvm_network" "lan" {
   overlay = "vxlan"
   vni     = %d
   mtu     = %d
+  subnet  = { cidr = %q }
 }
 
 # The guest image on both hosts, fetched by each host from the test's
@@ -135,7 +123,7 @@ resource "kvm_disk" "base_b" {
   format     = "qcow2"
   source_url = %q
 }
-`, c.vm1Host, guestNetwork, guestVNI, guestMTU, c.imageURL, c.imageURL)
+`, c.vm1Host, guestNetwork, guestVNI, guestMTU, guestSubnet, c.imageURL, c.imageURL)
 
 	extra := ""
 	if c.vm1RootMiB > 0 {
@@ -171,16 +159,20 @@ resource "kvm_vm" %q {
   shutdown_timeout = 0
   disks            = [{ disk_id = kvm_disk.%s_root.id }]
   network_interfaces = [{
-    network = kvm_network.lan.name
-    mac     = %q
+    network      = kvm_network.lan.name
+    mac          = %q
+    ipv4_address = %q
   }]
+  # The static address reaches the guest through the network-config the
+  # host generates from ipv4_address.
   cloud_init = {
-    user_data      = %q
-    meta_data      = %q
-    network_config = %q
+    user_data = %q
+    meta_data = %q
   }
+  # Create and update wait until the guest agent reports the address.
+  wait_for_ip = { timeout = "12m" }
 }
-`, g.name, g.name, host, g.name, g.mac, g.userData(key), g.metaData(), g.networkConfig())
+`, g.name, g.name, host, g.name, g.mac, g.ip, g.userData(key), g.metaData())
 	}
 	if c.snapshot {
 		trigger := ""
@@ -348,9 +340,21 @@ func TestAccGuestReal(t *testing.T) {
 
 	// Step 1: both guests boot; everything cloud-init was given is read
 	// back from inside.
-	checkBoot := func(*terraform.State) error {
+	checkBoot := func(st *terraform.State) error {
 		applied := time.Now()
 		t.Logf("step 1 (create): applied %s after the test started", applied.Sub(start).Round(time.Second))
+		// wait_for_ip: the apply returned once the guest agents reported
+		// the addresses, which are in state.
+		for _, g := range vms {
+			qs, err := guestQEMUStart(byHost[g.host], g.name)
+			if err != nil {
+				return err
+			}
+			if err := guestAddressesInState(st, g); err != nil {
+				return err
+			}
+			t.Logf("%s: boot to IP: wait_for_ip returned with %s in state %s after QEMU started", g.name, g.ip, applied.Sub(qs).Round(100*time.Millisecond))
+		}
 		if err := realNetEndpoint(probe, api.BridgeName(guestNetwork), guestNetwork, guestProbeIP+"/24"); err != nil {
 			return err
 		}
@@ -514,6 +518,7 @@ func TestAccGuestReal(t *testing.T) {
 			}},
 			ConfigStateChecks: []statecheck.StateCheck{
 				statecheck.ExpectKnownValue("kvm_vm.vm1", tfjsonpath.New("host"), knownvalue.StringExact(to)),
+				statecheck.ExpectKnownValue("kvm_vm.vm1", tfjsonpath.New("ipv4_address"), knownvalue.StringExact(vm1.ip)),
 			},
 			Check: endMove(to),
 		}
@@ -653,7 +658,12 @@ func TestAccGuestReal(t *testing.T) {
 				statecheck.ExpectKnownValue("kvm_disk.vm1_root", tfjsonpath.New("size_mib"), knownvalue.Int64Exact(guestBaseMiB)),
 				statecheck.ExpectKnownValue("kvm_vm.vm1", tfjsonpath.New("state"), knownvalue.StringExact(api.StateRunning)),
 				statecheck.ExpectKnownValue("kvm_vm.vm2", tfjsonpath.New("state"), knownvalue.StringExact(api.StateRunning)),
+				statecheck.ExpectKnownValue("kvm_vm.vm1", tfjsonpath.New("ipv4_address"), knownvalue.StringExact(vm1.ip)),
+				statecheck.ExpectKnownValue("kvm_vm.vm2", tfjsonpath.New("ipv4_address"), knownvalue.StringExact(vm2.ip)),
 			},
+			ConfigPlanChecks: resource.ConfigPlanChecks{PostApplyPostRefresh: []plancheck.PlanCheck{
+				plancheck.ExpectEmptyPlan(),
+			}},
 			Check: checkBoot,
 		},
 		{
@@ -748,4 +758,25 @@ func waitGuest(ctx context.Context, t *testing.T, host, probe *realstack.NSHost,
 	}
 	t.Logf("%s: boot to SSH (key login, cloud-init finished) %s after QEMU started", g.name, time.Since(qemuStart).Round(100*time.Millisecond))
 	return nil
+}
+
+// guestAddressesInState checks that the guest's static address is among
+// network_interfaces[0].addresses in state.
+func guestAddressesInState(st *terraform.State, g *guestVM) error {
+	rs, ok := st.RootModule().Resources["kvm_vm."+g.name]
+	if !ok {
+		return fmt.Errorf("kvm_vm.%s not in state", g.name)
+	}
+	a := rs.Primary.Attributes
+	n, _ := strconv.Atoi(a["network_interfaces.0.addresses.#"])
+	var got []string
+	for i := 0; i < n; i++ {
+		got = append(got, a[fmt.Sprintf("network_interfaces.0.addresses.%d", i)])
+	}
+	for _, addr := range got {
+		if addr == g.ip {
+			return nil
+		}
+	}
+	return fmt.Errorf("kvm_vm.%s: network_interfaces[0].addresses = %v, want %s among them", g.name, got, g.ip)
 }
