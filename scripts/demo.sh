@@ -148,7 +148,7 @@ if [[ "$mode" == real ]]; then
 	ip addr replace "${address%.*}.1/24" dev "$probe_port"
 	ip link set "$probe_port" up
 	echo
-	echo "== waiting for the guest to boot and answer SSH on $address"
+	echo "== the guest agent reported $address (wait_for_ip); waiting until it answers SSH"
 	ssh_cmd=(ssh -i "$work/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
 		-o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR "debian@$address")
 	boot_start=$(date +%s)
@@ -184,6 +184,7 @@ else
 fi
 echo
 echo "== terraform destroy"
+start=$(date +%s.%N)
 if [[ -n "${probe_port:-}" ]]; then
 	ovs-vsctl --db="$ovsdb" --timeout=10 --if-exists del-port "$probe_port"
 	probe_port=""
@@ -193,4 +194,5 @@ if ! "$tf" destroy -auto-approve -input=false -no-color >"$work/destroy.txt" 2>&
 	exit 1
 fi
 grep -E '^Destroy complete' "$work/destroy.txt"
+printf 'destroy took %.1f s\n' "$(echo "$(date +%s.%N) - $start" | bc)"
 DEMO_DESTROYED=1

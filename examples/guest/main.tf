@@ -1,8 +1,10 @@
 # What `make demo-real` applies: a VM you can log into. The host fetches the
-# guest image (scripts/guest-image.sh: Debian 12 with cloud-init) from
-# image_url; the VM boots from a linked clone of it, and cloud-init gives it
-# a hostname, the SSH key for user "debian" and a static address on the
-# network. The host comes from KVM_HOSTS and the token from KVM_TOKEN.
+# guest image (scripts/guest-image.sh: Debian 12 with cloud-init and
+# qemu-guest-agent) from image_url; the VM boots from a linked clone of it,
+# and cloud-init gives it a hostname, the SSH key for user "debian" and its
+# static ipv4_address (through the network-config the host generates). The
+# apply waits until the guest agent reports the address. The host comes from
+# KVM_HOSTS and the token from KVM_TOKEN.
 terraform {
   required_providers {
     kvm = { source = "kvmfleet/kvm" }
@@ -27,15 +29,22 @@ variable "ssh_public_key" {
   type        = string
 }
 
-variable "address" {
-  description = "The guest's static IPv4 address, with its prefix length."
+variable "subnet" {
+  description = "The network's IPv4 subnet."
   type        = string
-  default     = "10.30.0.10/24"
+  default     = "10.30.0.0/24"
+}
+
+variable "address" {
+  description = "The guest's static IPv4 address, in subnet."
+  type        = string
+  default     = "10.30.0.10"
 }
 
 resource "kvm_network" "lan" {
-  name  = "guest-lan"
-  hosts = [var.host]
+  name   = "guest-lan"
+  hosts  = [var.host]
+  subnet = { cidr = var.subnet }
 }
 
 resource "kvm_disk" "image" {
@@ -62,12 +71,16 @@ resource "kvm_vm" "guest" {
   memory_mib = 512
   disks      = [{ disk_id = kvm_disk.root.id }]
   network_interfaces = [{
-    network = kvm_network.lan.name
-    mac     = local.mac
+    network      = kvm_network.lan.name
+    mac          = local.mac
+    ipv4_address = var.address
   }]
+  # Create returns once the guest agent reports the address (a TCG boot
+  # takes a minute or two).
+  wait_for_ip = { timeout = "10m" }
   cloud_init = {
-    meta_data      = "instance-id: demo-guest\nlocal-hostname: demo-guest\n"
-    user_data      = <<-EOT
+    meta_data = "instance-id: demo-guest\nlocal-hostname: demo-guest\n"
+    user_data = <<-EOT
       #cloud-config
       users:
         - name: debian
@@ -80,16 +93,6 @@ resource "kvm_vm" "guest" {
         # Open vSwitch datapath forwards them as they are (ethtool -K eth0
         # tx off, without ethtool).
         - [python3, -c, "import ctypes,fcntl,socket,struct; v=ctypes.create_string_buffer(struct.pack('II',0x17,0)); fcntl.ioctl(socket.socket(),0x8946,struct.pack('16sP',b'eth0',ctypes.addressof(v))+bytes(16))"]
-    EOT
-    network_config = <<-EOT
-      version: 1
-      config:
-        - type: physical
-          name: eth0
-          mac_address: "${local.mac}"
-          subnets:
-            - type: static
-              address: ${var.address}
     EOT
   }
 }
@@ -106,7 +109,7 @@ output "vm" {
 
 output "address" {
   description = "The guest's address: ssh debian@<address> with the key's private half."
-  value       = split("/", var.address)[0]
+  value       = kvm_vm.guest.ipv4_address
 }
 
 output "bridge" {

@@ -405,7 +405,7 @@ func TestAccGuestReal(t *testing.T) {
 				return err
 			}
 			t.Logf("%s: logged in as %s with the generated key; hostname %s; /etc/kvm-proof %q; %s",
-				g.name, strings.TrimSpace(whoami), strings.TrimSpace(host), strings.TrimSpace(file), strings.Join(strings.Fields(addr), " "))
+				g.name, strings.TrimSpace(whoami), strings.TrimSpace(host), strings.TrimSpace(file), strings.Join(strings.Fields(strings.ReplaceAll(addr, `\`, "")), " "))
 		}
 		// VM to VM across the tunnel (vm1 on host-a, vm2 on host-b).
 		for _, dir := range [][2]*guestVM{{vm1, vm2}, {vm2, vm1}} {
