@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -88,6 +89,7 @@ type guestConfig struct {
 	writeBps    int  // vm1's root iotune.write_bytes_sec; 0: none
 	snapshot    bool // a memory snapshot of vm1
 	revert      string
+	vm2Stopped  bool // vm2 running = false, with time for a graceful shutdown
 	imageURL    string
 	providerHCL string
 }
@@ -150,13 +152,19 @@ resource "kvm_disk" "vm2_root" {
 		if i > 0 {
 			host = strconv.Quote(g.host)
 		}
+		// Destroy powers the guests off at once; the last step stops vm2
+		// the way a user would, through an ACPI shutdown.
+		power := "shutdown_timeout = 0"
+		if i > 0 && c.vm2Stopped {
+			power = "shutdown_timeout = 120\n  running          = false"
+		}
 		fmt.Fprintf(&b, `
 resource "kvm_vm" %q {
   name             = %q
   host             = %s
   vcpu             = 1
   memory_mib       = 384
-  shutdown_timeout = 0
+  %s
   disks            = [{ disk_id = kvm_disk.%s_root.id }]
   network_interfaces = [{
     network      = kvm_network.lan.name
@@ -172,7 +180,7 @@ resource "kvm_vm" %q {
   # Create and update wait until the guest agent reports the address.
   wait_for_ip = { timeout = "12m" }
 }
-`, g.name, g.name, host, g.name, g.mac, g.ip, g.userData(key), g.metaData())
+`, g.name, g.name, host, power, g.name, g.mac, g.ip, g.userData(key), g.metaData())
 	}
 	if c.snapshot {
 		trigger := ""
@@ -713,6 +721,36 @@ func TestAccGuestReal(t *testing.T) {
 			Check: checkReverted,
 		},
 	)
+	// The guest image shuts down cleanly on kvm-hostd's ACPI shutdown
+	// (the kernel's last console line is "reboot: Power down"), well
+	// within shutdown_timeout.
+	var stopAt time.Time
+	checkStopped := func(*terraform.State) error {
+		took := time.Since(stopAt)
+		log, err := os.ReadFile(filepath.Join(hs.Host("b").StateDir, "log", "qemu", vm2.name+"-serial.log"))
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(log), "reboot: Power down") {
+			return fmt.Errorf("vm2 stopped in %s without shutting down itself (no \"reboot: Power down\" on its console): it ignored the ACPI power button\n%s",
+				took.Round(100*time.Millisecond), guestConsole(hs.Host("b"), vm2.name))
+		}
+		if took > time.Minute {
+			return fmt.Errorf("the graceful stop of vm2 took %s", took.Round(100*time.Millisecond))
+		}
+		t.Logf("vm2: ACPI shutdown to powered off in %s (apply)", took.Round(100*time.Millisecond))
+		return nil
+	}
+	steps = append(steps, resource.TestStep{
+		PreConfig: func() { stopAt = time.Now() },
+		Config: hcl(func(c *guestConfig) {
+			c.vm1Host, c.vm1RootMiB, c.writeBps, c.snapshot, c.revert, c.vm2Stopped = lastHost, guestGrownMiB, guestWriteBps, true, "1", true
+		}),
+		ConfigStateChecks: []statecheck.StateCheck{
+			statecheck.ExpectKnownValue("kvm_vm.vm2", tfjsonpath.New("state"), knownvalue.StringExact(api.StateShutoff)),
+		},
+		Check: checkStopped,
+	})
 	// While developing: KVM_GUEST_TEST_STEPS=n runs only the first n steps
 	// (ignored on CI, where every step runs).
 	if n, err := strconv.Atoi(os.Getenv("KVM_GUEST_TEST_STEPS")); err == nil && n > 0 && n < len(steps) && !realstack.CI() {
