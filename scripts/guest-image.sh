@@ -25,9 +25,10 @@ suite=bookworm
 disk_mib=2048 # virtual size; the qcow2 holds only what is written
 esp_mib=64
 # Everything the guest needs; the package list is part of this script and so of
-# the cache key.
+# the cache key. dbus lets systemd-logind run, which turns the ACPI power
+# button (kvm-hostd's graceful shutdown) into a clean poweroff.
 packages=(
-	linux-image-amd64 systemd-sysv udev
+	linux-image-amd64 systemd-sysv udev dbus
 	cloud-init qemu-guest-agent openssh-server
 	ifupdown isc-dhcp-client iproute2 iputils-ping netbase
 	e2fsprogs cloud-guest-utils procps zstd

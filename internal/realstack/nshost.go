@@ -24,6 +24,7 @@ const (
 	DefaultHostStateRoot = "/var/tmp/kvm-realstack/hosts"
 	hostNetnsPrefix      = "kvmt-"
 	hostsLockFile        = "/run/kvm-realstack-hosts.lock"
+	ovsRunDir            = "/run/openvswitch" // ovs-vsctl's default
 )
 
 // libvirtDirs are the directories each host gets a private copy of, bind-mounted
@@ -189,6 +190,16 @@ func NewHostNamespaces(ctx context.Context, opts HostsOptions) (hs *NSHosts, err
 			h.OVS, err = startOVS(ctx, filepath.Join(h.StateDir, "ovs"), h.CommandContext)
 			if err != nil {
 				return hs, fmt.Errorf("realstack: host %s: %w", h.Name, err)
+			}
+			// libvirtd plugs a VM's <virtualport type='openvswitch'/> NIC with
+			// a plain ovs-vsctl, i.e. into the OVS on the default socket
+			// (/run/openvswitch/db.sock): inside the host that must be the
+			// host's own OVS, not the machine's.
+			if err := os.MkdirAll(ovsRunDir, 0o755); err != nil {
+				return hs, fmt.Errorf("realstack: %w", err)
+			}
+			if out, err := h.CommandContext(ctx, "mount", "--bind", h.OVS.Dir, ovsRunDir).CombinedOutput(); err != nil {
+				return hs, fmt.Errorf("realstack: host %s: mount its OVS at %s: %v: %s", h.Name, ovsRunDir, err, out)
 			}
 		}
 	}

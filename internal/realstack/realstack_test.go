@@ -153,6 +153,12 @@ func TestHostNamespaces(t *testing.T) {
 		if err := h.OVS.AddNetdevBridge("br-test"); err != nil {
 			t.Errorf("host %s: %v", h.Name, err)
 		}
+		// A plain ovs-vsctl on the host (as libvirtd plugs a VM's NIC)
+		// reaches the host's own OVS, which has the bridge.
+		out, err = h.Command("ovs-vsctl", "--timeout=10", "br-exists", "br-test").CombinedOutput()
+		if err != nil {
+			t.Errorf("host %s: ovs-vsctl on the default socket does not see the host's bridge: %v: %s", h.Name, err, out)
+		}
 	}
 	// Hosts reach each other across the bridge (as migration needs).
 	if out, err := a.Command("virsh", "-c", b.URI, "uri").CombinedOutput(); err != nil {
