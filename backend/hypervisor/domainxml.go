@@ -426,6 +426,18 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 		if ifc.MAC != "" {
 			ix.MAC = &libvirtxml.DomainInterfaceMAC{Address: strings.ToLower(ifc.MAC)}
 		}
+		if ifc.MTU > 0 {
+			// libvirt sets the tap's MTU and virtio announces it, so
+			// the guest needs no network-config for it.
+			ix.MTU = &libvirtxml.DomainInterfaceMTU{Size: uint(ifc.MTU)}
+		}
+		if ifc.NoChecksumOffload && model == "virtio" {
+			// Not offered checksum offload, the guest completes every
+			// checksum itself; otherwise OVS's userspace datapath
+			// passes partially checksummed frames on and every TCP
+			// segment between VMs is dropped (ping still works).
+			ix.Driver = &libvirtxml.DomainInterfaceDriver{Host: &libvirtxml.DomainInterfaceDriverHost{CSum: "off"}}
+		}
 		if ifc.VLAN > 0 {
 			if ifc.VLAN > 4094 {
 				return nil, api.Errorf(api.CodeInvalid, "vlan %d out of range", ifc.VLAN)

@@ -133,3 +133,40 @@ func TestStartFailureNamesProbe(t *testing.T) {
 		t.Errorf("note: %s", note)
 	}
 }
+
+// TestBuildDomainNICFromNetwork: a NIC carries its network's MTU, and on a
+// userspace-datapath bridge a virtio NIC offers the guest no checksum
+// offload (OVS's netdev datapath forwards partially checksummed frames as
+// they are, and TCP between VMs fails).
+func TestBuildDomainNICFromNetwork(t *testing.T) {
+	spec := api.VMSpec{VCPU: 1, MemoryMiB: 64, Interfaces: []api.VMInterface{
+		{Network: "overlay", Bridge: "kvbr-a", MTU: 1450, NoChecksumOffload: true},
+		{Network: "kernel", Bridge: "kvbr-b"},
+		{Network: "e1000", Bridge: "kvbr-c", Model: "e1000", NoChecksumOffload: true},
+	}}
+	x, err := buildDomain(&spec, domainParams{name: "vm", virtType: "qemu", meta: &instanceMeta{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := x.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back libvirtxml.Domain
+	if err := back.Unmarshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	ifs := back.Devices.Interfaces
+	if len(ifs) != 3 {
+		t.Fatalf("%d interfaces", len(ifs))
+	}
+	if ifs[0].MTU == nil || ifs[0].MTU.Size != 1450 || ifs[0].Driver == nil || ifs[0].Driver.Host == nil || ifs[0].Driver.Host.CSum != "off" {
+		t.Errorf("overlay NIC: mtu %+v driver %+v, want 1450 and host csum off", ifs[0].MTU, ifs[0].Driver)
+	}
+	if ifs[1].MTU != nil || ifs[1].Driver != nil {
+		t.Errorf("kernel-datapath NIC: mtu %+v driver %+v, want neither", ifs[1].MTU, ifs[1].Driver)
+	}
+	if ifs[2].Driver != nil {
+		t.Errorf("e1000 NIC got a virtio driver setting: %+v", ifs[2].Driver)
+	}
+}

@@ -59,6 +59,7 @@ func (s *Service) resolveInterfaces(ctx context.Context, spec *api.VMSpec) error
 			return err
 		}
 		n.Bridge, n.VLAN = net.Bridge, net.VLAN
+		n.MTU, n.NoChecksumOffload = net.MTU, net.DatapathType == "netdev"
 		n.Subnet = nil
 		if n.IPv4Address == "" {
 			continue

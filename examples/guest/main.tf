@@ -88,11 +88,6 @@ resource "kvm_vm" "guest" {
           lock_passwd: true
           ssh_authorized_keys:
             - ${var.ssh_public_key}
-      bootcmd:
-        # No partially checksummed frames from the guest: a userspace
-        # Open vSwitch datapath forwards them as they are (ethtool -K eth0
-        # tx off, without ethtool).
-        - [python3, -c, "import ctypes,fcntl,socket,struct; v=ctypes.create_string_buffer(struct.pack('II',0x17,0)); fcntl.ioctl(socket.socket(),0x8946,struct.pack('16sP',b'eth0',ctypes.addressof(v))+bytes(16))"]
     EOT
   }
 }

@@ -254,6 +254,13 @@ type VMInterface struct {
 	// Subnet is the network's subnet, resolved by kvm-hostd for a NIC with
 	// an IPv4Address (to render its network-config); never on the wire.
 	Subnet *Subnet `json:"-"`
+	// MTU is the network's MTU, resolved by kvm-hostd: the NIC announces
+	// it to the guest (virtio), so guests on an overlay fit its tunnels.
+	MTU int64 `json:"-"`
+	// NoChecksumOffload is set by kvm-hostd when the network's bridge uses
+	// Open vSwitch's userspace datapath, which forwards frames from the
+	// tap as they are: a guest must then checksum its own packets.
+	NoChecksumOffload bool `json:"-"`
 }
 
 // CloudInit is turned into a NoCloud seed ISO by the host.
