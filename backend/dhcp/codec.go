@@ -25,6 +25,7 @@ const (
 	OptSubnetMask  byte = 1
 	OptRouter      byte = 3
 	OptDNS         byte = 6
+	OptMTU         byte = 26
 	OptBroadcast   byte = 28
 	OptRequestedIP byte = 50
 	OptLeaseTime   byte = 51

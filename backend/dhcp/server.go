@@ -15,6 +15,7 @@
 package dhcp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,7 +48,10 @@ type Config struct {
 	ServerIP  netip.Addr
 	Subnet    api.Subnet
 	LeaseTime time.Duration
-	Log       *slog.Logger
+	// MTU, when set, is sent as the interface MTU option: guests whose NIC
+	// does not announce it (non-virtio models) fit an overlay's tunnels.
+	MTU int64
+	Log *slog.Logger
 }
 
 // Server answers DHCP and ARP on one interface.
@@ -376,6 +380,9 @@ func (s *Server) reply(req *Message, typ byte, yiaddr netip.Addr) *Message {
 	}
 	if len(s.dns) > 0 {
 		m.Options[OptDNS] = addrBytes(s.dns...)
+	}
+	if s.cfg.MTU >= 68 && s.cfg.MTU <= 65535 {
+		m.Options[OptMTU] = binary.BigEndian.AppendUint16(nil, uint16(s.cfg.MTU))
 	}
 	if req.Type() == Inform {
 		m.CIAddr = req.CIAddr

@@ -20,6 +20,7 @@ func testServer(t *testing.T) *Server {
 	s, err := New(Config{
 		Interface: "kd-test", ServerIP: netip.MustParseAddr("10.9.0.254"),
 		Subnet: api.Subnet{CIDR: "10.9.0.0/24", Gateway: "10.9.0.1", DNSServers: []string{"10.9.0.1", "9.9.9.9"}},
+		MTU:    1450,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +80,9 @@ func TestHandleDiscoverRequest(t *testing.T) {
 	if mask.String() != "255.255.255.0" || router.String() != "10.9.0.1" || sid.String() != "10.9.0.254" ||
 		lease != 3600 || t1 != 1800 || t2 != 3150 {
 		t.Fatalf("options: mask %s router %s server %s lease %d t1 %d t2 %d", mask, router, sid, lease, t1, t2)
+	}
+	if mtu := offer.Options[OptMTU]; len(mtu) != 2 || int(mtu[0])<<8|int(mtu[1]) != 1450 {
+		t.Fatalf("interface MTU option %v, want 1450", mtu)
 	}
 	if dns := offer.OptionAddrs(OptDNS); !slices.Equal(dns, []netip.Addr{netip.MustParseAddr("10.9.0.1"), netip.MustParseAddr("9.9.9.9")}) {
 		t.Fatalf("dns %v", dns)

@@ -227,7 +227,7 @@ func (s *Service) syncDHCP(ctx context.Context) (pending bool) {
 		}
 	}
 	for name, n := range want {
-		cfg := dhcp.Config{Interface: api.DHCPPortName(name), Subnet: *n.Subnet, Log: s.log.With("network", name)}
+		cfg := dhcp.Config{Interface: api.DHCPPortName(name), Subnet: *n.Subnet, MTU: n.MTU, Log: s.log.With("network", name)}
 		cfg.ServerIP, _ = netip.ParseAddr(n.DHCPServerIP)
 		ds := d.servers[name]
 		if ds != nil && !sameDHCPConfig(ds.srv.Config(), cfg) {
@@ -269,7 +269,7 @@ func (s *Service) syncDHCP(ctx context.Context) (pending bool) {
 }
 
 func sameDHCPConfig(a, b dhcp.Config) bool {
-	return a.Interface == b.Interface && a.ServerIP == b.ServerIP && a.Subnet.CIDR == b.Subnet.CIDR &&
+	return a.Interface == b.Interface && a.ServerIP == b.ServerIP && a.MTU == b.MTU && a.Subnet.CIDR == b.Subnet.CIDR &&
 		a.Subnet.Gateway == b.Subnet.Gateway && slices.Equal(a.Subnet.DNSServers, b.Subnet.DNSServers)
 }
 

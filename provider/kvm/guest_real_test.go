@@ -32,13 +32,18 @@ import (
 // The guests' segment: one VXLAN kvm_network across both hosts. The test
 // reaches it through a port on host-a's bridge (guestProbeIP).
 const (
-	guestNetwork  = "glan"
-	guestVNI      = 5020
-	guestMTU      = 1450 // 1500 on the underlay, less the VXLAN header
-	guestSubnet   = "10.20.0.0/24"
-	guestProbeIP  = "10.20.0.250"
-	guestBaseMiB  = 2048 // the image's virtual size
-	guestGrownMiB = 2304
+	guestNetwork = "glan"
+	guestVNI     = 5020
+	guestMTU     = 1450 // 1500 on the underlay, less the VXLAN header
+	guestSubnet  = "10.20.0.0/24"
+	// vm2's second NIC is on a network of host-b alone where kvm-hostd
+	// serves DHCP: the guest's own DHCP client takes its address there.
+	guestDHCPNetwork = "gdhcp"
+	guestDHCPSubnet  = "10.21.0.0/24"
+	guestDHCPMAC     = "52:54:00:21:00:12"
+	guestProbeIP     = "10.20.0.250"
+	guestBaseMiB     = 2048 // the image's virtual size
+	guestGrownMiB    = 2304
 	// guestWriteBps is the write_bytes_sec the iotune step sets: low enough
 	// that under TCG the throttle, not the emulated CPU, limits dd (the
 	// step measures the unthrottled rate first and says so).
@@ -104,6 +109,13 @@ resource "kvm_network" "lan" {
   subnet  = { cidr = %q }
 }
 
+resource "kvm_network" "dhcp" {
+  name   = %q
+  hosts  = ["host-b"]
+  subnet = { cidr = %q, dns_servers = ["10.21.0.53"] }
+  dhcp   = true
+}
+
 # The guest image on both hosts, fetched by each host from the test's
 # HTTP server: vm1's linked clone moves with it onto the other host's copy.
 resource "kvm_disk" "base_a" {
@@ -119,7 +131,7 @@ resource "kvm_disk" "base_b" {
   format     = "qcow2"
   source_url = %q
 }
-`, c.vm1Host, guestNetwork, guestVNI, guestMTU, guestSubnet, c.imageURL, c.imageURL)
+`, c.vm1Host, guestNetwork, guestVNI, guestMTU, guestSubnet, guestDHCPNetwork, guestDHCPSubnet, c.imageURL, c.imageURL)
 
 	extra := ""
 	if c.vm1RootMiB > 0 {
@@ -148,6 +160,15 @@ resource "kvm_disk" "vm2_root" {
 		}
 		// Destroy powers the guests off at once; the last step stops vm2
 		// the way a user would, through an ACPI shutdown.
+		// vm2 also gets a NIC without a static address on the DHCP
+		// network: the generated network-config has the guest ask DHCP.
+		dhcpNIC := ""
+		if i > 0 {
+			dhcpNIC = fmt.Sprintf(`, {
+    network = kvm_network.dhcp.name
+    mac     = %q
+  }`, guestDHCPMAC)
+		}
 		power := "shutdown_timeout = 0"
 		if i > 0 && c.vm2Stopped {
 			power = "shutdown_timeout = 120\n  running          = false"
@@ -164,7 +185,7 @@ resource "kvm_vm" %q {
     network      = kvm_network.lan.name
     mac          = %q
     ipv4_address = %q
-  }]
+  }%s]
   # The static address reaches the guest through the network-config the
   # host generates from ipv4_address.
   cloud_init = {
@@ -174,7 +195,7 @@ resource "kvm_vm" %q {
   # Create and update wait until the guest agent reports the address.
   wait_for_ip = { timeout = "12m" }
 }
-`, g.name, g.name, host, power, g.name, g.mac, g.ip, g.userData(key), g.metaData())
+`, g.name, g.name, host, power, g.name, g.mac, g.ip, dhcpNIC, g.userData(key), g.metaData())
 	}
 	if c.snapshot {
 		trigger := ""
@@ -274,6 +295,7 @@ func TestAccGuestReal(t *testing.T) {
 		}
 	}
 	c := startHosts(t, opts)
+	clB := testAccVMClient(t, c, "host-b")
 	t.Logf("kvm-hostd up on both hosts after %s", time.Since(start).Round(time.Millisecond))
 
 	vm1 := &guestVM{name: "vm1", hostname: "guest-vm1", mac: "52:54:00:20:00:11", ip: "10.20.0.11", host: "host-a",
@@ -416,6 +438,33 @@ func TestAccGuestReal(t *testing.T) {
 			t.Logf("%s: logged in as %s with the generated key; hostname %s; /etc/kvm-proof %q; %s",
 				g.name, strings.TrimSpace(whoami), strings.TrimSpace(host), strings.TrimSpace(file), strings.Join(strings.Fields(strings.ReplaceAll(addr, `\`, "")), " "))
 		}
+		// DHCP from kvm-hostd, taken by the guest's own client: vm2's
+		// second NIC holds the address host-b reserved for its MAC, as a
+		// lease (dynamic), and the state reports it.
+		var leased string
+		if n, err := clB.GetNetwork(ctx, guestDHCPNetwork); err != nil {
+			return err
+		} else {
+			for _, l := range n.Leases {
+				if strings.EqualFold(l.MAC, guestDHCPMAC) {
+					leased = l.IP
+				}
+			}
+			if leased == "" {
+				return fmt.Errorf("host-b serves no DHCP binding for %s on %s: %+v", guestDHCPMAC, guestDHCPNetwork, n.Leases)
+			}
+		}
+		eth1, err := run(vm2, "ip -4 -o addr show dev eth1")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(eth1, "inet "+leased+"/24") || !strings.Contains(eth1, "dynamic") {
+			return fmt.Errorf("vm2: eth1 has %q, want %s/24 leased by DHCP (dynamic)", eth1, leased)
+		}
+		if got := st.RootModule().Resources["kvm_vm.vm2"].Primary.Attributes["network_interfaces.1.addresses.0"]; got != leased {
+			return fmt.Errorf("kvm_vm.vm2: network_interfaces[1].addresses[0] = %q, want the DHCP lease %s", got, leased)
+		}
+		t.Logf("vm2: eth1 took %s from host-b's DHCP server: %s", leased, strings.Join(strings.Fields(strings.ReplaceAll(eth1, `\`, "")), " "))
 		// VM to VM across the tunnel (vm1 on host-a, vm2 on host-b).
 		for _, dir := range [][2]*guestVM{{vm1, vm2}, {vm2, vm1}} {
 			if err := pingFrom(dir[0], dir[1]); err != nil {
