@@ -32,6 +32,7 @@ func main() {
 	var cs checks
 	flag.Var(&cs, "check", "`name=command` (run with bash -c) after the tests; counts as a test")
 	realStack := flag.Bool("require-real-stack", isCI(), "a skipped real-stack test fails the run (default: CI=true)")
+	logPath := flag.String("log", os.Getenv("KVM_TEST_LOG"), "also write go test's whole -json output (every test's log, passed ones too) to this `file` (default $KVM_TEST_LOG)")
 	flag.Parse()
 
 	start := time.Now()
@@ -50,6 +51,14 @@ func main() {
 		}
 		w.Close()
 		in = r
+	}
+	if *logPath != "" {
+		f, err := os.Create(*logPath)
+		if err != nil {
+			fatal(err)
+		}
+		defer f.Close()
+		in = io.TeeReader(in, f)
 	}
 	rep, readErr := testreport.Read(in, os.Stdout)
 	var goTestErr error
