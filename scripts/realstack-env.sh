@@ -38,6 +38,9 @@ if ! timeout 20 virsh -c qemu:///system pool-info default >/dev/null 2>&1; then
 	realstack_down+="if timeout 20 virsh -c qemu:///system pool-dumpxml default 2>/dev/null | grep -q '<path>/var/lib/kvm-hostd-demo/'; then "
 	realstack_down+="virsh -c qemu:///system pool-destroy default >/dev/null 2>&1; virsh -c qemu:///system pool-undefine default >/dev/null 2>&1; fi; "
 fi
+# The demo's pool directories, once terraform destroy has emptied them (a
+# file left in one is kept for a look).
+realstack_down+="find /var/lib/kvm-hostd-demo -type f 2>/dev/null | grep -q . || rm -rf /var/lib/kvm-hostd-demo; "
 if ((!ovs_was_up)); then
 	realstack_down+="for f in $ovs_dir/ovs-vswitchd.pid $ovs_dir/ovsdb-server.pid; do [[ -f \$f ]] && kill -TERM \"\$(cat \$f)\" 2>/dev/null; done; "
 fi
