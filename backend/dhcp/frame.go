@@ -75,7 +75,7 @@ func EncodeUDP(p UDPPacket) []byte {
 	// pseudo header: src, dst, zero, protocol, UDP length
 	var pseudo uint32
 	for _, w := range [][]byte{src[:], dst[:]} {
-		pseudo += uint32(w[0])<<8 | uint32(w[1]) + uint32(w[2])<<8 | uint32(w[3])
+		pseudo += (uint32(w[0])<<8 | uint32(w[1])) + (uint32(w[2])<<8 | uint32(w[3]))
 	}
 	pseudo += protoUDP + uint32(udpLen)
 	cs := checksum(udp, pseudo)
