@@ -183,15 +183,7 @@ func TestRealDHCPServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	start := time.Now()
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"d"}, OVS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"d"}, OVS: true})
 	h := hs.Host("d")
 	run := func(name string, args ...string) (string, error) {
 		out, err := h.Command(name, args...).CombinedOutput()
@@ -389,15 +381,7 @@ func TestRealDHCPHandover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	start := time.Now()
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
 	const sw = "kvmtup1"
 	root := func(args ...string) {
 		t.Helper()
@@ -429,6 +413,7 @@ func TestRealDHCPHandover(t *testing.T) {
 	t.Logf("kvm-hostd up after %s", time.Since(start).Round(time.Millisecond))
 	cls := map[string]*client.Client{}
 	for _, hn := range names {
+		var err error
 		if cls[hn], err = client.New(client.Options{Endpoint: c.Host(hn).URL, Token: c.Token}); err != nil {
 			t.Fatal(err)
 		}

@@ -36,13 +36,14 @@ var (
 		Attempts: []ProbeAttempt{{DomainType: "kvm", CPUMode: "host-passthrough", Ran: true, Started: true}}}
 )
 
-func cpuOfBuilt(t *testing.T, spec api.VMSpec, virtType string, p *HostProbe) (*libvirtxml.Domain, string, []string) {
+// builtDomain builds spec's domain and reads it back from its XML: what
+// libvirt gets is what counts.
+func builtDomain(t *testing.T, spec api.VMSpec, p domainParams) *libvirtxml.Domain {
 	t.Helper()
-	x, err := buildDomain(&spec, domainParams{name: "vm", virtType: virtType, meta: &instanceMeta{}, probe: p})
+	x, err := buildDomain(&spec, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// What libvirt gets is what counts: marshal and read back.
 	doc, err := x.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +52,12 @@ func cpuOfBuilt(t *testing.T, spec api.VMSpec, virtType string, p *HostProbe) (*
 	if err := back.Unmarshal(doc); err != nil {
 		t.Fatal(err)
 	}
+	return &back
+}
+
+func cpuOfBuilt(t *testing.T, spec api.VMSpec, virtType string, p *HostProbe) (*libvirtxml.Domain, string, []string) {
+	t.Helper()
+	back := *builtDomain(t, spec, domainParams{name: "vm", virtType: virtType, meta: &instanceMeta{}, probe: p})
 	if back.CPU == nil || back.CPU.Mode == "" {
 		return &back, CPUModeQEMU64, nil
 	}
@@ -144,19 +151,7 @@ func TestBuildDomainNICFromNetwork(t *testing.T) {
 		{Network: "kernel", Bridge: "kvbr-b"},
 		{Network: "e1000", Bridge: "kvbr-c", Model: "e1000", NoChecksumOffload: true},
 	}}
-	x, err := buildDomain(&spec, domainParams{name: "vm", virtType: "qemu", meta: &instanceMeta{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := x.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back libvirtxml.Domain
-	if err := back.Unmarshal(doc); err != nil {
-		t.Fatal(err)
-	}
-	ifs := back.Devices.Interfaces
+	ifs := builtDomain(t, spec, domainParams{name: "vm", virtType: "qemu", meta: &instanceMeta{}}).Devices.Interfaces
 	if len(ifs) != 3 {
 		t.Fatalf("%d interfaces", len(ifs))
 	}

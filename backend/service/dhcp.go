@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -317,19 +318,10 @@ func (s *Service) LeasesFor(mac string) []string {
 	s.dhcp.mu.Lock()
 	defer s.dhcp.mu.Unlock()
 	var out []string
-	for _, name := range sortedKeys(s.dhcp.servers) {
+	for _, name := range slices.Sorted(maps.Keys(s.dhcp.servers)) {
 		if ip, ok := s.dhcp.servers[name].srv.Leased(hw); ok {
 			out = append(out, ip.String())
 		}
 	}
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

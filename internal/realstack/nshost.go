@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -471,4 +472,20 @@ func randomUUID() (string, error) {
 	b[6] = b[6]&0x0f | 0x40 // version 4
 	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+}
+
+// StartHostNamespaces is NewHostNamespaces for a test: it fails the test
+// when the hosts cannot start and closes them when the test ends.
+func StartHostNamespaces(ctx context.Context, t testing.TB, opts HostsOptions) *NSHosts {
+	t.Helper()
+	hs, err := NewHostNamespaces(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hs.Close(); err != nil {
+			t.Errorf("closing namespace hosts: %v", err)
+		}
+	})
+	return hs
 }

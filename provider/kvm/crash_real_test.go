@@ -35,15 +35,7 @@ func TestAccReal_crashCopyAndMigrate(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}})
 	byHost := map[string]*realstack.NSHost{"host-a": hs.Host("a"), "host-b": hs.Host("b")}
 	opts := harness.Options{
 		Hosts:         []string{"host-a", "host-b"},

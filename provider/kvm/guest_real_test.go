@@ -241,15 +241,7 @@ func TestAccGuestReal(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
 	t.Logf("namespace hosts with OVS up in %s", time.Since(start).Round(time.Millisecond))
 
 	// The image, served on the root bridge's address, which both hosts

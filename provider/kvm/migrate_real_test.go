@@ -82,15 +82,7 @@ func TestAccMigrate_live(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}})
 	t.Logf("namespace hosts up in %s", time.Since(start).Round(time.Millisecond))
 
 	// The production layout: the same pool directory on every host, inside

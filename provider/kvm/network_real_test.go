@@ -266,15 +266,7 @@ func TestAccNetworkReal_vxlanTraffic(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
 	t.Logf("namespace hosts with OVS up in %s", time.Since(start).Round(time.Millisecond))
 
 	gateway := realstack.DefaultHostSubnet + ".254"

@@ -96,15 +96,7 @@ func TestAccNetworkReal_uplinkVLANs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	hs, err := realstack.NewHostNamespaces(ctx, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hs.Close(); err != nil {
-			t.Errorf("closing namespace hosts: %v", err)
-		}
-	})
+	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}, OVS: true})
 	_ = rootRun("ip", "link", "del", uplinkSwitch) // left by a crashed run
 	if err := rootRun("ip", "link", "add", uplinkSwitch, "type", "bridge"); err != nil {
 		t.Fatal(err)
