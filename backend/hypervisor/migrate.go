@@ -143,7 +143,10 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		}
 
 		params := &libvirt.DomainMigrateParameters{}
-		flags := libvirt.MIGRATE_LIVE | libvirt.MIGRATE_PEER2PEER | libvirt.MIGRATE_PERSIST_DEST | libvirt.MIGRATE_UNDEFINE_SOURCE
+		flags := libvirt.MIGRATE_PEER2PEER | libvirt.MIGRATE_PERSIST_DEST | libvirt.MIGRATE_UNDEFINE_SOURCE
+		if liveMemoryCopy(def) {
+			flags |= libvirt.MIGRATE_LIVE
+		}
 		if startedPaused {
 			flags |= libvirt.MIGRATE_PAUSED
 		}
@@ -221,6 +224,20 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	}
 	progress(1)
 	return nil
+}
+
+// liveMemoryCopy reports whether a running domain's memory may be copied
+// while its vCPUs run. Only under KVM: QEMU's TCG loses guest writes that
+// race with a dirty-bitmap sync (the page is marked dirty before the
+// store lands, so a sync in between sends the old contents and clears the
+// bit), and the guest wakes on the target with stale pages — seen as slab
+// corruption and "virtio_net: id N is not a head!" panics after a few
+// live moves of a busy TCG guest. A TCG domain is therefore paused while
+// its memory is copied; its disks are still mirrored while it runs, and
+// the guest keeps running on the target (same process state, no reboot).
+// The pause lasts as long as the memory copy.
+func liveMemoryCopy(def *libvirtxml.Domain) bool {
+	return def.Type == domainKVM
 }
 
 // markMigrating records (uuid != "") or clears the domain whose migration

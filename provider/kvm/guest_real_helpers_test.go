@@ -297,3 +297,76 @@ func medianDuration(ds []time.Duration) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
 }
+
+// guestMemcheck is a workload for a guest that migrates: it keeps
+// rewriting every page of 32 MiB (dirtying memory as fast as the guest
+// can, so the migration has to chase it) and checks each page before
+// rewriting it. Page i holds the value written one round ago, so a write
+// that a migration lost (a page the target got stale) shows as a page
+// holding an older value. It appends "lost write ..." lines to its log,
+// and "round N" after each round.
+const guestMemcheck = `
+import mmap, struct, sys
+N, PAGE = 8192, 4096
+m = mmap.mmap(-1, N * PAGE)
+put, get = struct.pack_into, struct.unpack_from
+log = open(sys.argv[1], "a", buffering=1)
+g = 1
+for i in range(N):
+    put("<Q", m, i * PAGE, g)
+    g += 1
+log.write("started\n")
+r = 0
+while True:
+    for i in range(N):
+        o = i * PAGE
+        v = get("<Q", m, o)[0]
+        if v != g - N:
+            log.write("lost write: page %d holds %d, want %d (round %d)\n" % (i, v, g - N, r))
+        put("<Q", m, o, g)
+        g += 1
+    r += 1
+    log.write("round %d\n" % r)
+`
+
+// startGuestMemcheck starts guestMemcheck in the background on the guest
+// of c, detached from the SSH session.
+func startGuestMemcheck(c *ssh.Client) error {
+	cmd := "cat > /tmp/memcheck.py <<'EOF'\n" + guestMemcheck + "EOF\n" +
+		"rm -f /tmp/memcheck.log; setsid nohup python3 /tmp/memcheck.py /tmp/memcheck.log </dev/null >/tmp/memcheck.out 2>&1 &\n" +
+		"echo $! > /tmp/memcheck.pid\n" +
+		"for i in $(seq 100); do grep -q started /tmp/memcheck.log 2>/dev/null && exit 0; sleep 0.2; done; cat /tmp/memcheck.out; exit 1"
+	_, err := guestRun(c, cmd, time.Minute)
+	return err
+}
+
+// guestMemcheckRounds returns how many rounds the guest's memcheck has
+// completed (a multiple of 5), and an error if it reported a lost write
+// or no longer runs.
+func guestMemcheckRounds(c *ssh.Client) (int, error) {
+	out, err := guestRun(c, "grep -m 6 'lost write' /tmp/memcheck.log; echo lost $(grep -c 'lost write' /tmp/memcheck.log); "+
+		"tail -n 1 /tmp/memcheck.log; cat /tmp/memcheck.out; kill -0 $(cat /tmp/memcheck.pid) && echo running", time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	rounds := 0
+	var lost []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "lost write") {
+			lost = append(lost, l)
+		}
+		if n, ok := strings.CutPrefix(l, "lost "); ok && n != "0" {
+			lost = append(lost, "("+n+" lost writes in all)")
+		}
+		if n, ok := strings.CutPrefix(l, "round "); ok {
+			rounds, _ = strconv.Atoi(n)
+		}
+	}
+	if len(lost) > 0 {
+		return rounds, fmt.Errorf("the guest's memory lost writes:\n%s", strings.Join(lost, "\n"))
+	}
+	if !strings.HasSuffix(strings.TrimSpace(out), "running") {
+		return rounds, fmt.Errorf("the guest's memcheck workload died: %s", out)
+	}
+	return rounds, nil
+}

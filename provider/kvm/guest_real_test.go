@@ -496,10 +496,12 @@ func TestAccGuestReal(t *testing.T) {
 		pinger  *pinger
 		session *ssh.Client
 		uptime  float64
+		rounds  int // of the memory workload
 		started time.Time
 	}
 	var cur move
 	var downtimes []time.Duration
+	memcheck := false
 	var checkMove func(to string) error
 	beginMove := func(to string) func() {
 		return func() {
@@ -511,11 +513,23 @@ func TestAccGuestReal(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if !memcheck {
+				// Load for every move: the guest rewrites 32 MiB
+				// continuously and checks that no write is lost.
+				if err := startGuestMemcheck(cl); err != nil {
+					t.Fatalf("starting the memory workload in vm1: %v", err)
+				}
+				memcheck = true
+			}
+			rounds, err := guestMemcheckRounds(cl)
+			if err != nil {
+				t.Fatal(err)
+			}
 			p, err := startPinger(probe, guestProbeIP, vm1.ip, 100*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
-			cur = move{pinger: p, session: cl, uptime: up, started: time.Now()}
+			cur = move{pinger: p, session: cl, uptime: up, rounds: rounds, started: time.Now()}
 			t.Logf("moving vm1 %s -> %s (guest uptime %.1f s)", vm1.host, to, up)
 		}
 	}
@@ -552,7 +566,15 @@ func TestAccGuestReal(t *testing.T) {
 		if res.Lost > 0 && res.Lost == res.Sent {
 			return fmt.Errorf("no ping answered during the move: %s", res)
 		}
-		t.Logf("after move %d: same SSH session answers, uptime %.1f -> %.1f s, address %s kept", len(downtimes), cur.uptime, up, vm1.ip)
+		rounds, err := guestMemcheckRounds(cur.session)
+		if err != nil {
+			return fmt.Errorf("after move %d: %w", len(downtimes), err)
+		}
+		if rounds <= cur.rounds {
+			return fmt.Errorf("after move %d: the memory workload is stuck at round %d", len(downtimes), rounds)
+		}
+		t.Logf("after move %d: same SSH session answers, uptime %.1f -> %.1f s, address %s kept, memory workload intact (%d -> %d rounds over 32 MiB)",
+			len(downtimes), cur.uptime, up, vm1.ip, cur.rounds, rounds)
 		if err := pingFrom(vm2, vm1); err != nil {
 			return fmt.Errorf("vm2 -> vm1 after the move: %w", err)
 		}
@@ -725,7 +747,14 @@ func TestAccGuestReal(t *testing.T) {
 			Check: checkRepaired,
 		},
 	}
-	for _, to := range []string{"host-b", "host-a", "host-b", "host-a", "host-b"} {
+	moves := []string{"host-b", "host-a", "host-b", "host-a", "host-b"}
+	if n, _ := strconv.Atoi(os.Getenv("KVM_GUEST_MOVES")); n > 5 && n%2 == 1 {
+		moves = nil
+		for i := 0; i < n; i++ {
+			moves = append(moves, []string{"host-b", "host-a"}[i%2])
+		}
+	}
+	for _, to := range moves {
 		steps = append(steps, moveStep(to))
 	}
 	steps = append(steps,

@@ -263,7 +263,9 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			},
 			"migration": schema.StringAttribute{
 				MarkdownDescription: "How a change of `host` is carried out: `live` (default), `offline` or `replace` (destroy and " +
-					"re-create on the new host). `live` moves a running VM without stopping it; `offline` shuts it down gracefully " +
+					"re-create on the new host). `live` moves a running VM without stopping it (on a TCG host, one without a usable " +
+					"`/dev/kvm`, the guest is paused while its memory is copied, because TCG cannot copy a running guest's memory " +
+					"safely); `offline` shuts it down gracefully " +
 					"(`shutdown_timeout`), moves it and starts it again if `running`. Either way the UUID stays, the disks move with " +
 					"it (change their `kvm_disk` `host` too), and the target host needs `migration_uri`, room for the VM, its networks, " +
 					"and for linked clones the same base volume. A cloud-init seed ISO is copied to the same path on the new host. " +
