@@ -747,6 +747,8 @@ func TestAccGuestReal(t *testing.T) {
 			Check: checkRepaired,
 		},
 	}
+	// Five moves by default; KVM_GUEST_MOVES=N (odd, more than 5) runs N,
+	// to hunt for rare migration faults.
 	moves := []string{"host-b", "host-a", "host-b", "host-a", "host-b"}
 	if n, _ := strconv.Atoi(os.Getenv("KVM_GUEST_MOVES")); n > 5 && n%2 == 1 {
 		moves = nil
