@@ -142,7 +142,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			startedPaused = true
 		}
 
-		params := &libvirt.DomainMigrateParameters{}
+		// No bandwidth cap: the downtime of a paused memory copy (TCG) and
+		// the convergence of a live one (KVM) both depend on it.
+		params := &libvirt.DomainMigrateParameters{BandwidthSet: true, Bandwidth: migrateBandwidthMiBs}
 		flags := libvirt.MIGRATE_PEER2PEER | libvirt.MIGRATE_PERSIST_DEST | libvirt.MIGRATE_UNDEFINE_SOURCE
 		if liveMemoryCopy(def) {
 			flags |= libvirt.MIGRATE_LIVE
@@ -225,6 +227,10 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	progress(1)
 	return nil
 }
+
+// migrateBandwidthMiBs is the migration bandwidth asked of libvirt, in
+// MiB/s: in effect no limit.
+const migrateBandwidthMiBs = 1 << 20
 
 // liveMemoryCopy reports whether a running domain's memory may be copied
 // while its vCPUs run. Only under KVM: QEMU's TCG loses guest writes that

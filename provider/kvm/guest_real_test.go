@@ -220,8 +220,9 @@ resource "kvm_snapshot" "vm1" {
 // cloud-init (hostname, SSH key, a file, a static address). The same two
 // guests then carry every assertion, seen from inside over SSH: VM-to-VM
 // ping across the tunnel (cut out of band, repaired by apply), five live
-// migrations under a 100 ms ping (downtime, uptime, address and an open
-// SSH session survive), online disk grow, iotune, and a memory snapshot's
+// migrations under a 100 ms ping and a memory workload in the guest
+// (downtime; uptime, address, an open SSH session and every write of the
+// workload survive), online disk grow, iotune, and a memory snapshot's
 // revert.
 func TestAccGuestReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "nsenter", "ip", "sysctl", "qemu-system-x86_64",
