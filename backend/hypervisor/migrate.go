@@ -26,7 +26,8 @@ type migratedDisk struct {
 // on its own copy of each base, at the same path — else in full
 // (VIR_MIGRATE_NON_SHARED_DISK) into the volumes pre-created on the target.
 //
-// A running domain migrates live. A stopped domain (or mode "offline", which
+// A running domain migrates live (under TCG paused while its memory is
+// copied: see liveMemoryCopy). A stopped domain (or mode "offline", which
 // first shuts a running one down gracefully) is started paused, migrated the
 // same way so its disks are copied, and destroyed on the target: it arrives
 // stopped and defined. On failure libvirt leaves the domain on the source
@@ -233,11 +234,11 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 const migrateBandwidthMiBs = 1 << 20
 
 // liveMemoryCopy reports whether a running domain's memory may be copied
-// while its vCPUs run. Only under KVM: QEMU's TCG loses guest writes that
-// race with a dirty-bitmap sync (the page is marked dirty before the
-// store lands, so a sync in between sends the old contents and clears the
-// bit), and the guest wakes on the target with stale pages — seen as slab
-// corruption and "virtio_net: id N is not a head!" panics after a few
+// while its vCPUs run. Only under KVM: QEMU 7.2's TCG loses guest writes
+// during a live copy (most likely a write racing with a dirty-bitmap
+// sync: TCG marks the page dirty before the store lands), and the guest
+// wakes on the target with stale pages — seen as slab and list
+// corruption and "virtio_net: id N is not a head!" panics after 3 to 15
 // live moves of a busy TCG guest. A TCG domain is therefore paused while
 // its memory is copied; its disks are still mirrored while it runs, and
 // the guest keeps running on the target (same process state, no reboot).
