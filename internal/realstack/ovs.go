@@ -26,13 +26,52 @@ type OVS struct {
 	// wrap builds a command that runs where this instance lives (here, or in a netns).
 	wrap    func(ctx context.Context, name string, args ...string) *exec.Cmd
 	daemons []daemon
+	// netns is the namespace EnsureIsolatedOVS created for it, deleted by Stop.
+	netns string
 }
 
 // EnsureOVS starts a private OVS in dir (created if missing) in the current network
 // namespace. Bridges in it must use datapath_type=netdev: there is no openvswitch
 // kernel module here (see AddNetdevBridge).
+//
+// One such instance per network namespace: every ovs-vswitchd's userspace datapath
+// is backed by a tap device named "ovs-netdev" in its namespace, and a second
+// instance's first netdev bridge fails ("creating tap device failed: Device or
+// resource busy") for as long as the first holds a netdev bridge. The stack's own
+// instance (scripts/test.sh, realstack-up) is the one in the root namespace; any
+// other private instance must use EnsureIsolatedOVS.
 func EnsureOVS(ctx context.Context, dir string) (*OVS, error) {
 	return startOVS(ctx, dir, exec.CommandContext)
+}
+
+// EnsureIsolatedOVS starts a private OVS in dir in a network namespace of its own
+// (created here, deleted by Stop), so that it never competes with another
+// instance for the namespace's userspace datapath (see EnsureOVS). Its bridges'
+// interfaces live in that namespace; Exec runs commands there.
+func EnsureIsolatedOVS(ctx context.Context, dir string) (*OVS, error) {
+	id, err := randomUUID()
+	if err != nil {
+		return nil, err
+	}
+	ns := "rsovs-" + strings.ReplaceAll(id, "-", "")[:8]
+	if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
+		return nil, fmt.Errorf("realstack: %w", err)
+	}
+	wrap := func(ctx context.Context, name string, args ...string) *exec.Cmd {
+		return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	}
+	o, err := startOVS(ctx, dir, wrap)
+	if err != nil {
+		_, _ = run(context.Background(), "ip", "netns", "del", ns)
+		return nil, err
+	}
+	o.netns = ns
+	return o, nil
+}
+
+// Exec runs a command where this instance lives (its namespace, if isolated).
+func (o *OVS) Exec(ctx context.Context, name string, args ...string) (string, error) {
+	return o.run(ctx, name, args...)
 }
 
 func startOVS(ctx context.Context, dir string, wrap func(context.Context, string, ...string) *exec.Cmd) (o *OVS, err error) {
@@ -90,8 +129,11 @@ func startOVS(ctx context.Context, dir string, wrap func(context.Context, string
 	if err := o.track(ctx, "ovs-vswitchd", switchPID); err != nil {
 		return o, err
 	}
-	// A vsctl call that waits for vswitchd proves it has connected and applied config.
-	if _, err := o.Vsctl("--timeout=30", "show"); err != nil {
+	// Ready means ovs-vswitchd has connected to the database and applied a
+	// configuration. A read-only call such as "show" never waits for
+	// vswitchd, so it proves nothing: a write without --no-wait bumps
+	// next_cfg and returns only once vswitchd has caught up with it.
+	if _, err := o.Vsctl("--timeout=30", "set", "Open_vSwitch", ".", "external_ids:realstack-ready=true"); err != nil {
 		return o, fmt.Errorf("realstack: ovs-vswitchd not ready: %w", err)
 	}
 	return o, nil
@@ -136,18 +178,77 @@ func (o *OVS) AddNetdevBridge(name string) error {
 		"--", "set", "bridge", name, "datapath_type=netdev"); err != nil {
 		return fmt.Errorf("realstack: add bridge %s: %w", name, err)
 	}
-	out, err := o.Vsctl("--timeout=30", "get", "interface", name, "error", "ofport")
+	// vswitchd records the bridge's internal port (ofport, or error) in the
+	// database after the transaction ovs-vsctl waited for: right after
+	// vswitchd started, the first read can still see neither. Wait for
+	// that condition, not for a fixed time.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var failed error
+	err := pollUntil(ctx, 50*time.Millisecond, func(context.Context) error {
+		out, err := o.Vsctl("get", "interface", name, "error", "ofport")
+		if err != nil {
+			return fmt.Errorf("inspect bridge %s: %w", name, err)
+		}
+		var done bool
+		_, done, err = bridgeRealized(out)
+		if done {
+			failed = err
+			return nil
+		}
+		return err
+	})
+	if err == nil {
+		err = failed
+	}
 	if err != nil {
-		return fmt.Errorf("realstack: inspect bridge %s: %w", name, err)
-	}
-	fields := strings.Fields(out)
-	if len(fields) != 2 || fields[0] != "[]" {
-		return fmt.Errorf("realstack: bridge %s not realized by ovs-vswitchd: %s", name, strings.TrimSpace(out))
-	}
-	if port, err := strconv.Atoi(fields[1]); err != nil || port < 0 {
-		return fmt.Errorf("realstack: bridge %s has no OpenFlow port: %s", name, strings.TrimSpace(out))
+		return fmt.Errorf("realstack: bridge %s not realized by ovs-vswitchd: %w%s", name, err, o.vswitchdErrors())
 	}
 	return nil
+}
+
+// vswitchdErrors quotes the warnings and errors of ovs-vswitchd's log: the
+// database says only that a bridge has no port, the log says why.
+func (o *OVS) vswitchdErrors() string {
+	b, err := os.ReadFile(filepath.Join(o.Dir, "ovs-vswitchd.log"))
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "|WARN|") || strings.Contains(l, "|ERR|") {
+			out = append(out, "  "+l)
+		}
+	}
+	if len(out) > 20 {
+		out = out[len(out)-20:]
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return "\novs-vswitchd.log:\n" + strings.Join(out, "\n")
+}
+
+// bridgeRealized reads `get interface BR error ofport`. done: vswitchd has
+// recorded an outcome, and err then says whether it is a failure (an
+// error message, or ofport -1); not done: nothing recorded yet.
+func bridgeRealized(out string) (port int, done bool, err error) {
+	fields := strings.Fields(out)
+	if len(fields) < 2 {
+		return 0, false, fmt.Errorf("unexpected ovs-vsctl output %q", strings.TrimSpace(out))
+	}
+	errCol, ofport := strings.Join(fields[:len(fields)-1], " "), fields[len(fields)-1]
+	if errCol != "[]" {
+		return 0, true, fmt.Errorf("error %s", errCol)
+	}
+	if ofport == "[]" {
+		return 0, false, fmt.Errorf("no ofport recorded yet")
+	}
+	port, err = strconv.Atoi(ofport)
+	if err != nil || port < 0 {
+		return port, true, fmt.Errorf("no OpenFlow port (ofport %s)", ofport)
+	}
+	return port, true, nil
 }
 
 // Stop terminates the instance's daemons by PID. Dir is left for the caller (usually
@@ -166,6 +267,12 @@ func (o *OVS) Stop() error {
 		if err := stopDaemons(DefaultStopTimeout, d); err != nil {
 			return err
 		}
+	}
+	if o.netns != "" {
+		if _, err := run(context.Background(), "ip", "netns", "del", o.netns); err != nil {
+			return fmt.Errorf("realstack: %w", err)
+		}
+		o.netns = ""
 	}
 	return nil
 }

@@ -73,7 +73,9 @@ func TestEnsureOVS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	o, err := EnsureOVS(ctx, shortTempDir(t))
+	// Isolated: the stack's own instance may hold this namespace's userspace
+	// datapath (see EnsureOVS).
+	o, err := EnsureIsolatedOVS(ctx, shortTempDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +96,23 @@ func TestEnsureOVS(t *testing.T) {
 	}
 	if strings.TrimSpace(out) != br {
 		t.Errorf("list-br = %q, want %q", out, br)
+	}
+	// A second instance realizes its own netdev bridge while the first holds
+	// one: in one namespace the second would fail on the ovs-netdev device.
+	o2, err := EnsureIsolatedOVS(ctx, shortTempDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o2.Stop() })
+	if err := o2.AddNetdevBridge(br); err != nil {
+		t.Fatalf("second instance beside the first: %v", err)
+	}
+	ns2 := o2.netns
+	if err := o2.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", ns2)); !os.IsNotExist(err) {
+		t.Errorf("namespace %s of the stopped instance is still there (%v)", ns2, err)
 	}
 	// The system OVS (if any) must not see the private bridge.
 	if out, err := exec.Command("ovs-vsctl", "--timeout=2", "br-exists", br).CombinedOutput(); err == nil {
@@ -215,4 +234,23 @@ func testLiveMigration(ctx context.Context, t *testing.T, src, dst *NSHost) {
 	}
 	virsh(dst.URI, "destroy", name)
 	virsh(dst.URI, "undefine", name)
+}
+
+func TestBridgeRealized(t *testing.T) {
+	for _, c := range []struct {
+		out        string
+		port       int
+		done, fail bool
+	}{
+		{out: "[]\n5\n", port: 5, done: true},
+		{out: "[]\n[]\n"},                                   // vswitchd has not recorded it yet: wait
+		{out: "[]\n-1\n", port: -1, done: true, fail: true}, // no datapath
+		{out: "\"could not open network device rst1 (No such device)\"\n-1\n", done: true, fail: true},
+		{out: ""},
+	} {
+		port, done, err := bridgeRealized(c.out)
+		if port != c.port || done != c.done || (done && (err != nil) != c.fail) || (!done && err == nil) {
+			t.Errorf("bridgeRealized(%q) = %d, %v, %v; want %d, done %v, failure %v", c.out, port, done, err, c.port, c.done, c.fail)
+		}
+	}
 }
