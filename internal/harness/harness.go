@@ -376,6 +376,29 @@ func (h *Host) Kill() error {
 	return nil
 }
 
+// PID is the process Start began (kvm-hostd itself: a Wrap must exec it,
+// as nsenter without --fork does), 0 before Start.
+func (h *Host) PID() int {
+	if h.cmd == nil || h.cmd.Process == nil {
+		return 0
+	}
+	return h.cmd.Process.Pid
+}
+
+// Running reports whether the process Start began has not exited: a test
+// that attacks a host proves with it that the host survived.
+func (h *Host) Running() bool {
+	if h.cmd == nil || h.waitDone == nil {
+		return false
+	}
+	select {
+	case <-h.waitDone:
+		return false
+	default:
+		return true
+	}
+}
+
 // Log returns the host's log so far.
 func (h *Host) Log() string {
 	b, _ := os.ReadFile(h.logPath)

@@ -1,0 +1,148 @@
+package kvm
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
+)
+
+// guestAgent drives a domain's qemu-guest-agent from its namespace host
+// (virsh qemu-agent-command): root inside the guest without SSH, the way
+// a tenant's own automation would be.
+type guestAgent struct {
+	h      *realstack.NSHost
+	domain string
+}
+
+// call sends one agent command and returns its "return" value.
+func (g guestAgent) call(ctx context.Context, execute string, args any) (json.RawMessage, error) {
+	cmd := map[string]any{"execute": execute}
+	if args != nil {
+		cmd["arguments"] = args
+	}
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	out, err := g.h.CommandContext(ctx, "virsh", "-c", "qemu:///system", "qemu-agent-command", "--timeout", "30", g.domain, string(b)).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("agent %s on %s: %v: %s", execute, g.domain, err, strings.TrimSpace(string(out)))
+	}
+	var r struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, fmt.Errorf("agent %s on %s: %v: %.200s", execute, g.domain, err, out)
+	}
+	return r.Return, nil
+}
+
+// exec runs path with args in the guest as root and waits for it: its
+// exit code and combined output.
+func (g guestAgent) exec(ctx context.Context, path string, args ...string) (int, string, error) {
+	if args == nil {
+		args = []string{}
+	}
+	ret, err := g.call(ctx, "guest-exec", map[string]any{"path": path, "arg": args, "capture-output": true})
+	if err != nil {
+		return 0, "", err
+	}
+	var started struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(ret, &started); err != nil {
+		return 0, "", err
+	}
+	for {
+		ret, err := g.call(ctx, "guest-exec-status", map[string]any{"pid": started.PID})
+		if err != nil {
+			return 0, "", err
+		}
+		var st struct {
+			Exited   bool   `json:"exited"`
+			ExitCode int    `json:"exitcode"`
+			Out      string `json:"out-data"`
+			Err      string `json:"err-data"`
+		}
+		if err := json.Unmarshal(ret, &st); err != nil {
+			return 0, "", err
+		}
+		if st.Exited {
+			o, _ := base64.StdEncoding.DecodeString(st.Out)
+			e, _ := base64.StdEncoding.DecodeString(st.Err)
+			return st.ExitCode, string(o) + string(e), nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, "", ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// run is exec that fails unless the command exits 0.
+func (g guestAgent) run(ctx context.Context, path string, args ...string) (string, error) {
+	code, out, err := g.exec(ctx, path, args...)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("%s %s in %s exited %d: %s", path, strings.Join(args, " "), g.domain, code, strings.TrimSpace(out))
+	}
+	return out, err
+}
+
+// writeFile writes data to path in the guest (mode 0755), in chunks that
+// fit one command line of virsh.
+func (g guestAgent) writeFile(ctx context.Context, path string, data []byte) error {
+	ret, err := g.call(ctx, "guest-file-open", map[string]any{"path": path, "mode": "w"})
+	if err != nil {
+		return err
+	}
+	var handle int
+	if err := json.Unmarshal(ret, &handle); err != nil {
+		return err
+	}
+	const chunk = 90 << 10 // base64: 120 KiB, under Linux's 128 KiB per argument
+	for off := 0; off < len(data); off += chunk {
+		end := min(off+chunk, len(data))
+		if _, err := g.call(ctx, "guest-file-write", map[string]any{"handle": handle, "buf-b64": base64.StdEncoding.EncodeToString(data[off:end])}); err != nil {
+			return err
+		}
+	}
+	if _, err := g.call(ctx, "guest-file-close", map[string]any{"handle": handle}); err != nil {
+		return err
+	}
+	_, err = g.run(ctx, "/bin/chmod", "0755", path)
+	return err
+}
+
+// buildHostileGuest builds internal/hostileguest static for the guest.
+func buildHostileGuest(t *testing.T) []byte {
+	t.Helper()
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "kvm-hostile-guest")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./internal/hostileguest")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the hostile guest tool: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
