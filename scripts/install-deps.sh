@@ -16,6 +16,7 @@ packages=(
 	qemu-system-x86 qemu-utils
 	openvswitch-switch dnsmasq-base
 	iproute2 util-linux # ip netns, nsenter/unshare/flock for multi-host tests
+	iputils-ping        # port-security test: real traffic between VM ports
 	pkg-config gcc make # cgo for libvirt.org/go/libvirt
 )
 # --guest-image: also what scripts/guest-image.sh builds the image with, and the

@@ -116,8 +116,8 @@ func dhcpBindings(n api.Network, vms []api.VM) []api.Lease {
 }
 
 // StartDHCP starts the DHCP servers of every DHCP network found in OVSDB
-// and keeps their reservations current until StopDHCP. kvm-hostd calls it
-// once it is set up.
+// and keeps their reservations, and the port-security flows of every
+// network, current until StopDHCP. kvm-hostd calls it once it is set up.
 func (s *Service) StartDHCP(ctx context.Context) {
 	if s.sw == nil {
 		return
@@ -131,7 +131,12 @@ func (s *Service) StartDHCP(ctx context.Context) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.stop, d.kick, d.done = cancel, make(chan struct{}, 1), make(chan struct{})
 	d.mu.Unlock()
-	pending := s.syncDHCP(ctx)
+	// A VM port appearing (a domain started, a migration landed) gets its
+	// port-security flows now, not up to DHCPResync later.
+	if w, ok := s.sw.(portWatcher); ok {
+		w.WatchPorts(s.dhcpChanged)
+	}
+	pending := s.resync(ctx)
 	go func() {
 		defer close(d.done)
 		// A port vswitchd has not created yet is retried every second for
@@ -152,7 +157,7 @@ func (s *Service) StartDHCP(ctx context.Context) {
 				t.Stop()
 				retries = 0
 			}
-			pending = s.syncDHCP(ctx)
+			pending = s.resync(ctx)
 		}
 	}()
 }
@@ -191,17 +196,27 @@ func (s *Service) dhcpChanged() {
 	}
 }
 
-// syncDHCP reconciles the servers with OVSDB and libvirt: one per DHCP
-// network, configured as the network says, holding the current
-// reservations. It reports whether a server is waiting for its port.
-func (s *Service) syncDHCP(ctx context.Context) (pending bool) {
+// resync reconciles what this host derives from OVSDB and libvirt: the
+// DHCP servers and the port-security flows. It reports whether something
+// waits for vswitchd (a port not created or numbered yet).
+func (s *Service) resync(ctx context.Context) (pending bool) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	nets, err := s.sw.ListNetworks(ctx)
 	if err != nil {
-		s.log.Warn("dhcp resync: listing networks", "error", err)
+		s.log.Warn("resync: listing networks", "error", err)
 		return false
 	}
+	dhcpPending := s.syncDHCP(ctx, nets)
+	psPending := s.syncPortSecurity(ctx, nets)
+	return dhcpPending || psPending
+}
+
+// syncDHCP reconciles the servers with OVSDB and libvirt: one per DHCP
+// network, configured as the network says, holding the current
+// reservations. It reports whether a server is waiting for its port.
+func (s *Service) syncDHCP(ctx context.Context, nets []api.Network) (pending bool) {
+	var err error
 	var vms []api.VM
 	want := map[string]api.Network{}
 	for _, n := range nets {

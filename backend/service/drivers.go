@@ -165,5 +165,17 @@ type Switch interface {
 	// external_ids attached-mac / vm-id.
 	AttachVMPorts(ctx context.Context, vm string, ifaces []api.VMInterface) error
 	DetachVMPorts(ctx context.Context, vm string) error
+	// SyncPortSecurity converges the port-security flows of a network's
+	// bridge with its VM ports (none when the network has port security
+	// off). known maps a NIC's MAC to its known IPv4 address. pending
+	// reports a VM port skipped until the switch numbers it.
+	SyncPortSecurity(ctx context.Context, network string, known map[string]string) (pending, changed bool, err error)
 	Close() error
+}
+
+// portWatcher is implemented by switches that can say when VM ports come
+// and go (a domain started, a migration landed), so that port security
+// follows at once instead of at the next periodic resync.
+type portWatcher interface {
+	WatchPorts(fn func())
 }

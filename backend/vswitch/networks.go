@@ -124,6 +124,7 @@ func bridgeExternalIDs(name string, spec api.NetworkSpec) map[string]string {
 	if spec.Uplink != "" {
 		ext[keyUplink] = spec.Uplink
 	}
+	ext[keyPortSecurity] = strconv.FormatBool(spec.PortSecurityEnabled())
 	return ext
 }
 
@@ -404,6 +405,7 @@ func (s *OVS) readNetwork(ctx context.Context, st *bridgeState) api.Network {
 		Bridge:       st.br.Name,
 		Overlay:      ext[keyOverlay],
 		DatapathType: st.br.DatapathType,
+		PortSecurity: portSecurityOn(ext),
 	}
 	if n.DatapathType == "" {
 		n.DatapathType = DatapathSystem // OVS's meaning of an empty datapath_type

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-logr/logr"
+	"github.com/ovn-kubernetes/libovsdb/cache"
 	"github.com/ovn-kubernetes/libovsdb/client"
 	"github.com/ovn-kubernetes/libovsdb/model"
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
@@ -59,6 +61,9 @@ const (
 	keyDNS     = "kvm-dns"
 	keyDHCPIP  = "kvm-dhcp-server-ip"
 	keyUplink  = "kvm-uplink"
+	// keyPortSecurity is "false" on a network without port security and
+	// "true" otherwise; a bridge made before it existed has none (= true).
+	keyPortSecurity = "kvm-port-security"
 	// keyRole marks the ports a network needs besides VM ports and tunnels
 	keyRole = "kvm-role"
 )
@@ -103,6 +108,21 @@ type OVS struct {
 	// txns counts committed transactions; tests use it to prove that a
 	// repeated call sends none.
 	txns atomic.Int64
+
+	// rundir is ovs-vswitchd's run directory (where <bridge>.mgmt is),
+	// taken from the OVSDB unix socket's; "" over tcp (see ofTarget).
+	rundir string
+	// ofMu serialises port-security dumps and rewrites per switch, so two
+	// reconciles cannot interleave a dump with the other's bundle.
+	ofMu sync.Mutex
+	// ofApplies counts port-security bundles sent; tests use it to prove
+	// that a converged bridge is left alone.
+	ofApplies atomic.Int64
+	// watchFn is told about port changes (see WatchPorts); watched is the
+	// cache it is registered on.
+	watchMu sync.Mutex
+	watchFn func()
+	watched *cache.TableCache
 }
 
 // Open connects to the OVSDB server at endpoint ("embedded",
@@ -140,7 +160,9 @@ func Open(ctx context.Context, endpoint string, log *slog.Logger, opts ...Option
 		if s.datapath == DatapathAuto {
 			s.datapath = DatapathNetdev
 		}
-	case strings.HasPrefix(endpoint, "unix:"), strings.HasPrefix(endpoint, "tcp:"):
+	case strings.HasPrefix(endpoint, "unix:"):
+		s.rundir = filepath.Dir(strings.TrimPrefix(endpoint, "unix:"))
+	case strings.HasPrefix(endpoint, "tcp:"):
 	default:
 		return nil, api.Errorf(api.CodeInvalid, "ovsdb endpoint %q: want embedded, unix:PATH or tcp:HOST:PORT", endpoint)
 	}

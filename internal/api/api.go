@@ -407,7 +407,15 @@ type NetworkSpec struct {
 	// Uplink is this host's interface the bridge is connected to (the
 	// provider sends each host its own entry of kvm_network.uplinks).
 	Uplink string `json:"uplink,omitempty"`
+	// PortSecurity confines every VM port of the network to its own MAC
+	// and, where the NIC's address is known (static ipv4_address or DHCP
+	// reservation), to that IPv4 address; DHCP server replies from VM
+	// ports are dropped. Nil means the default, true.
+	PortSecurity *bool `json:"port_security,omitempty"`
 }
+
+// PortSecurityEnabled reports the effective port_security setting.
+func (s NetworkSpec) PortSecurityEnabled() bool { return s.PortSecurity == nil || *s.PortSecurity }
 
 // NetworkTunnel is one tunnel port of a network bridge, read back.
 type NetworkTunnel struct {
@@ -432,6 +440,9 @@ type Network struct {
 	DHCP         bool     `json:"dhcp,omitempty"`
 	DHCPServerIP string   `json:"dhcp_server_ip,omitempty"`
 	Uplink       string   `json:"uplink,omitempty"`
+	// PortSecurity is the network's port_security setting as recorded on
+	// the bridge (always present in responses).
+	PortSecurity bool `json:"port_security"`
 	// Leases are the DHCP bindings this host serves on the network.
 	Leases []Lease `json:"leases,omitempty"`
 }

@@ -52,19 +52,21 @@ type NetworkResource struct{ fleet *Fleet }
 func NewNetworkResource() resource.Resource { return &NetworkResource{} }
 
 type networkModel struct {
-	ID         types.String   `tfsdk:"id"`
-	Name       types.String   `tfsdk:"name"`
-	Hosts      types.Set      `tfsdk:"hosts"`
-	VLAN       types.Int64    `tfsdk:"vlan"`
-	Overlay    types.String   `tfsdk:"overlay"`
-	VNI        types.Int64    `tfsdk:"vni"`
-	MTU        types.Int64    `tfsdk:"mtu"`
-	Subnet     types.Object   `tfsdk:"subnet"`
-	DHCP       types.Bool     `tfsdk:"dhcp"`
-	Uplinks    types.Map      `tfsdk:"uplinks"`
-	Bridge     types.String   `tfsdk:"bridge"`
-	HostStatus types.Map      `tfsdk:"host_status"`
-	Timeouts   timeouts.Value `tfsdk:"timeouts"`
+	ID      types.String `tfsdk:"id"`
+	Name    types.String `tfsdk:"name"`
+	Hosts   types.Set    `tfsdk:"hosts"`
+	VLAN    types.Int64  `tfsdk:"vlan"`
+	Overlay types.String `tfsdk:"overlay"`
+	VNI     types.Int64  `tfsdk:"vni"`
+	MTU     types.Int64  `tfsdk:"mtu"`
+	Subnet  types.Object `tfsdk:"subnet"`
+	DHCP    types.Bool   `tfsdk:"dhcp"`
+	// PortSecurity is kvm_network.port_security.
+	PortSecurity types.Bool     `tfsdk:"port_security"`
+	Uplinks      types.Map      `tfsdk:"uplinks"`
+	Bridge       types.String   `tfsdk:"bridge"`
+	HostStatus   types.Map      `tfsdk:"host_status"`
+	Timeouts     timeouts.Value `tfsdk:"timeouts"`
 }
 
 // subnetModel is kvm_network.subnet.
@@ -198,6 +200,16 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 					"static `ipv4_address`, else a stable address derived from its MAC. Each host's server uses one address at the " +
 					"top of the subnet (the highest for the first host in name order, the next one down for the second, skipping " +
 					"the `gateway`); those addresses are reserved. When a VM migrates, its new host serves it.",
+			},
+			"port_security": schema.BoolAttribute{
+				Optional: true, Computed: true, Default: booldefault.StaticBool(true),
+				MarkdownDescription: "Confine every VM port to its own traffic, as cloud platforms do: a port may send only " +
+					"from its NIC's MAC and, where the NIC's IPv4 address is known (a static `ipv4_address`, or its DHCP " +
+					"reservation when `dhcp = true`), IPv4 and ARP only from that address; a NIC whose address is not known is " +
+					"held to its MAC. DHCP server replies from VM ports are always dropped, so a guest cannot hand out rogue " +
+					"gateways. IPv6 is checked on the source MAC only. Enforced with OpenFlow rules on each host's bridge. " +
+					"Set `false` for guests that route, bridge or move addresses between them (VRRP, keepalived). Changing " +
+					"it applies in place, without touching VMs.",
 			},
 			"uplinks": schema.MapAttribute{
 				Optional: true, ElementType: types.StringType,
@@ -381,6 +393,8 @@ func (m *networkModel) spec() api.NetworkSpec {
 		Overlay: m.Overlay.ValueString(),
 		VNI:     m.VNI.ValueInt64(),
 		MTU:     m.MTU.ValueInt64(),
+		// Always sent, so a host applies exactly what the plan says.
+		PortSecurity: new(m.PortSecurity.IsNull() || m.PortSecurity.IsUnknown() || m.PortSecurity.ValueBool()),
 	}
 }
 
@@ -598,6 +612,10 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 			if status[h] == statusReady {
 				status[h] = addressingDrift(res.net, wantSub, m.DHCP.ValueBool(), serverIPs[h], wantUplinks[h])
 			}
+			if status[h] == statusReady && !m.PortSecurity.IsNull() && !m.PortSecurity.IsUnknown() &&
+				res.net.PortSecurity != m.PortSecurity.ValueBool() {
+				status[h] = fmt.Sprintf("port_security is %t", res.net.PortSecurity)
+			}
 			if res.net.Uplink != "" {
 				uplinks[h] = res.net.Uplink
 			}
@@ -611,6 +629,7 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 		m.MTU = optInt64(sample.MTU)
 		m.Subnet = subnetValue(sample.Subnet)
 		m.DHCP = types.BoolValue(sample.DHCP)
+		m.PortSecurity = types.BoolValue(sample.PortSecurity)
 	}
 	if len(uplinks) > 0 || (!m.Uplinks.IsNull() && !m.Uplinks.IsUnknown()) {
 		m.Uplinks, _ = types.MapValueFrom(ctx, types.StringType, uplinks)
@@ -619,6 +638,9 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 	}
 	if m.DHCP.IsNull() || m.DHCP.IsUnknown() {
 		m.DHCP = types.BoolValue(false)
+	}
+	if m.PortSecurity.IsNull() || m.PortSecurity.IsUnknown() {
+		m.PortSecurity = types.BoolValue(true)
 	}
 	m.ID = types.StringValue(name)
 	m.Hosts, _ = types.SetValueFrom(ctx, types.StringType, present)
@@ -782,7 +804,8 @@ func (r *NetworkResource) ImportState(ctx context.Context, req resource.ImportSt
 		return
 	}
 	m := networkModel{Name: types.StringValue(req.ID), HostStatus: types.MapNull(types.StringType),
-		Subnet: types.ObjectNull(subnetAttrTypes), DHCP: types.BoolValue(false), Uplinks: types.MapNull(types.StringType)}
+		Subnet: types.ObjectNull(subnetAttrTypes), DHCP: types.BoolValue(false), PortSecurity: types.BoolValue(true),
+		Uplinks: types.MapNull(types.StringType)}
 	m.Hosts, _ = types.SetValueFrom(ctx, types.StringType, r.fleet.Names())
 	if found, _ := r.readInto(ctx, &m, true); !found {
 		resp.Diagnostics.AddError("Cannot Import Network", fmt.Sprintf("network %q exists on none of the configured hosts (%s)", req.ID, strings.Join(r.fleet.Names(), ", ")))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
 	"github.com/hashicorp/terraform-plugin-testing/knownvalue"
+	"github.com/hashicorp/terraform-plugin-testing/plancheck"
 	"github.com/hashicorp/terraform-plugin-testing/statecheck"
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
@@ -326,6 +327,85 @@ resource "kvm_network" "n" {
 					}
 					return nil
 				},
+			},
+		},
+	})
+}
+
+// port_security defaults to true, turns off in place, reads back from
+// every host, imports, and an out-of-band change is drift.
+func TestAccNetwork_portSecurity(t *testing.T) {
+	c := startHosts(t, overlayHosts())
+	cfg := func(attr string) string {
+		return c.ProviderHCL() + `
+resource "kvm_network" "ps" {
+  name = "guarded"
+  ` + attr + `
+}
+`
+	}
+	onHosts := func(want bool) resource.TestCheckFunc {
+		return func(*terraform.State) error {
+			for _, h := range []string{"host-a", "host-b"} {
+				n, err := hostClient(t, c, h).GetNetwork(context.Background(), "guarded")
+				if err != nil {
+					return err
+				}
+				if n.PortSecurity != want {
+					return fmt.Errorf("%s: port_security %t, want %t", h, n.PortSecurity, want)
+				}
+			}
+			return nil
+		}
+	}
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckNetworkGone(t, c, "guarded"),
+		Steps: []resource.TestStep{
+			{
+				Config: cfg(""),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue("kvm_network.ps", tfjsonpath.New("port_security"), knownvalue.Bool(true)),
+				},
+				Check: onHosts(true),
+			},
+			{
+				Config: cfg("port_security = false"),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_network.ps", plancheck.ResourceActionUpdate),
+				}},
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue("kvm_network.ps", tfjsonpath.New("port_security"), knownvalue.Bool(false)),
+				},
+				Check: onHosts(false),
+			},
+			{
+				ResourceName:            "kvm_network.ps",
+				ImportState:             true,
+				ImportStateId:           "guarded",
+				ImportStateVerify:       true,
+				ImportStateVerifyIgnore: []string{"timeouts"},
+			},
+			{
+				// Turned back on behind Terraform's back on one host.
+				Config: cfg("port_security = false"),
+				Check: func(*terraform.State) error {
+					_, err := hostClient(t, c, "host-b").PutNetwork(context.Background(), "guarded", api.NetworkSpec{PortSecurity: new(true)})
+					return err
+				},
+				ExpectNonEmptyPlan: true,
+			},
+			{
+				Config: cfg("port_security = false"),
+				Check:  onHosts(false),
+			},
+			{
+				// Removing the attribute means the default again.
+				Config: cfg(""),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_network.ps", plancheck.ResourceActionUpdate),
+				}},
+				Check: onHosts(true),
 			},
 		},
 	})

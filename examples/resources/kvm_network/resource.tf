@@ -31,3 +31,13 @@ resource "kvm_network" "servers" {
     host-b = "eth1"
   }
 }
+
+# Port security is on by default: every VM port sends only from its own MAC
+# and, where its address is known (static ipv4_address or DHCP
+# reservation), from that address. A segment for routers that fail
+# addresses over between them (VRRP) turns it off.
+resource "kvm_network" "transit" {
+  name          = "transit"
+  vlan          = 300
+  port_security = false
+}
