@@ -249,7 +249,11 @@ type VMInterface struct {
 	// network with DHCP, as a reservation for this NIC's MAC.
 	IPv4Address string `json:"ipv4_address,omitempty"`
 	// Addresses are the IPs the guest reports on this NIC (guest agent,
-	// else the host's DHCP leases); read back only, empty when none.
+	// else the host's DHCP leases); read back only, empty when none. The
+	// host filters them (the guest is untrusted): no zones, loopback,
+	// link-local, multicast, unspecified or broadcast addresses, nor
+	// addresses reserved on the network for its gateway, DHCP servers or
+	// other VMs; at most 64, rendered by the host.
 	Addresses []string `json:"addresses,omitempty"`
 	// Subnet is the network's subnet, resolved by kvm-hostd for a NIC with
 	// an IPv4Address (to render its network-config); never on the wire.
@@ -331,8 +335,9 @@ type VM struct {
 	RequestID string `json:"request_id,omitempty"`
 	// Restarted is set on a PATCH response when the change needed a restart.
 	Restarted bool `json:"restarted,omitempty"`
-	// IPv4Address is the first non-loopback IPv4 address of the first NIC
-	// (see VMInterface.Addresses); empty when the guest reports none.
+	// IPv4Address is the first IPv4 address of the first NIC's Addresses
+	// inside its network's subnet, else the first IPv4 one; empty when the
+	// guest reports none.
 	IPv4Address string `json:"ipv4_address,omitempty"`
 	// AddressSource says where the addresses came from: "agent", "lease"
 	// or "" (none known).

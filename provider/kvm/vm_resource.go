@@ -193,10 +193,11 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Validators: []validator.String{ipv4Address()},
 					},
 					"addresses": schema.ListAttribute{
-						MarkdownDescription: "The IPv4 and IPv6 addresses the guest reports on this interface, in its order, without " +
-							"loopback: from its qemu-guest-agent (`guest_agent`), else from the host's DHCP leases. Empty while the " +
-							"guest reports none (stopped, still booting, no agent). Updated on every refresh; such changes are not " +
-							"a diff.",
+						MarkdownDescription: "The IPv4 and IPv6 addresses the guest reports on this interface, in its order: from its qemu-guest-agent " +
+							"(`guest_agent`), else from the host's DHCP leases. The guest is not trusted: the host drops loopback, " +
+							"link-local (incl. IPv6 `fe80::/10`), multicast, unspecified and broadcast addresses, the network's gateway and " +
+							"DHCP server addresses and addresses it reserves for other VMs, and keeps at most 64. Empty while the guest " +
+							"reports none (stopped, still booting, no agent). Updated on every refresh; such changes are not a diff.",
 						Computed:    true,
 						ElementType: types.StringType,
 					},
@@ -302,8 +303,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				},
 			},
 			"ipv4_address": schema.StringAttribute{
-				MarkdownDescription: "The first non-loopback IPv4 address the guest reports on its first network interface " +
-					"(see `network_interfaces[*].addresses`); null while it reports none.",
+				MarkdownDescription: "The first IPv4 address the guest reports on its first network interface (see " +
+					"`network_interfaces[*].addresses`), preferring one inside the network's `subnet`; null while it reports none.",
 				Computed: true,
 			},
 		},
