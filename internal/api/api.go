@@ -346,13 +346,18 @@ type VM struct {
 
 // Console is the body of GET /v1/vms/{name}/console as JSON; the endpoint
 // answers text/plain (the log tail itself) unless the client accepts only
-// application/json.
+// application/json. The text is what the guest wrote: untrusted, raw
+// unless ?escape=true asked for it escaped for display.
 type Console struct {
 	VM string `json:"vm"`
-	// Text is the tail of the serial log, at most the requested bytes.
+	// Text is the tail of the serial log, at most the requested bytes of
+	// it (escaped, it may be longer).
 	Text string `json:"text"`
 	// Truncated is true when older output was cut off.
 	Truncated bool `json:"truncated"`
+	// Escaped is true when Text went through EscapeTerminal: no control
+	// characters but newline and tab, valid UTF-8.
+	Escaped bool `json:"escaped"`
 }
 
 // SnapshotSpec is the body of PUT /v1/vms/{vm}/snapshots/{name}.

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
@@ -65,7 +66,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"destroyed and re-created when `name` changes (or `host` changes with `migration = \"replace\"`).\n\n" +
 			"The guest's serial console is logged on its host (`/var/log/libvirt/qemu/<name>-serial.log`, kept across " +
 			"restarts, rotated by virtlogd, deleted with the VM; on a new host after a migration it starts empty): " +
-			"kvm-hostd's `GET /v1/vms/{name}/console` returns its tail, and a `wait_for_ip` that times out quotes it.\n\n" +
+			"kvm-hostd's `GET /v1/vms/{name}/console` returns its tail (raw guest output; `?escape=true` escapes its " +
+			"control characters), and a `wait_for_ip` that times out quotes it, escaped.\n\n" +
 			"Import with `<host>/<name>`.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
@@ -292,7 +294,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				MarkdownDescription: "Makes create and update (never plan or refresh) wait, once the VM runs, until every network " +
 					"interface reports an IPv4 address, so that `ipv4_address` and `addresses` are known to what depends on the " +
 					"VM. Needs `guest_agent = true`. On timeout the apply fails naming the interfaces without an address and " +
-					"quoting the end of the VM's serial console.",
+					"quoting the end of the VM's serial console, its control characters escaped.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
 					"timeout": schema.StringAttribute{
@@ -826,7 +828,7 @@ func waitForIP(ctx context.Context, h *FleetHost, name string, timeout time.Dura
 			}
 			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 			if c, err := h.Client.VMConsole(cctx, name, 16<<10); err == nil && strings.TrimSpace(c.Text) != "" {
-				msg += "\n\nLast lines of the serial console:\n" + lastLines(c.Text, 20)
+				msg += "\n\nLast lines of the serial console (guest output, control characters escaped):\n" + quoteConsole(c.Text)
 			}
 			ccancel()
 			diags.AddError("Timed Out Waiting for IP", msg)
@@ -861,6 +863,31 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// How much of the console a wait_for_ip error quotes: enough to see where
+// a boot stopped, little enough that a guest cannot flood the terminal.
+const (
+	consoleQuoteLines  = 20
+	consoleQuoteBytes  = 4 << 10
+	consoleQuotePrefix = "console| "
+)
+
+// quoteConsole is the end of a console tail as an error quotes it. The
+// guest wrote it, so it is escaped (again: the host already escapes it,
+// and escaping twice changes nothing) before it reaches the user's
+// terminal, cut to consoleQuoteLines lines and consoleQuoteBytes bytes,
+// and every line is prefixed so it cannot pass for provider output.
+func quoteConsole(text string) string {
+	s := lastLines(api.EscapeTerminal([]byte(text)), consoleQuoteLines)
+	if len(s) > consoleQuoteBytes {
+		s = s[len(s)-consoleQuoteBytes:]
+		for len(s) > 0 && !utf8.RuneStart(s[0]) {
+			s = s[1:]
+		}
+		s = "[...] " + s
+	}
+	return api.QuoteLines(s, consoleQuotePrefix)
 }
 
 func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
