@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -24,7 +26,9 @@ const agentResponseTimeout = 2
 
 // GuestAddresses asks a running domain's qemu-guest-agent for the
 // addresses of its NICs, by lower-case MAC: IPv4 and IPv6 in the order
-// the guest reports them, without loopback. A domain whose agent channel
+// the guest reports them, without loopback or zones, within the bounds of
+// addressesByMAC. What is left is still the guest's claim: the service
+// checks it against the host's networks before reporting it. A domain whose agent channel
 // is not connected (no agent, guest not booted yet) answers nil at once,
 // from the live XML alone. The call returns when ctx ends even if libvirt
 // still waits for the agent.
@@ -52,7 +56,13 @@ func (l *Libvirt) GuestAddresses(ctx context.Context, name string) (map[string][
 			if err != nil {
 				return err
 			}
-			out = addressesByMAC(ifs)
+			var dIfs, dAddrs int
+			out, dIfs, dAddrs = addressesByMAC(ifs)
+			if (dIfs > 0 || dAddrs > 0) && agentDropLog.ok() {
+				l.log.Warn("guest agent reported more interfaces or addresses than are looked at; the rest is ignored (logged at most once a minute)",
+					"vm", name, "dropped_interfaces", dIfs, "dropped_addresses", dAddrs,
+					"max_interfaces", maxAgentInterfaces, "max_addresses_per_nic", maxAgentAddrsPerMAC)
+			}
 			return nil
 		})
 		done <- result{out, err}
@@ -65,23 +75,62 @@ func (l *Libvirt) GuestAddresses(ctx context.Context, name string) (map[string][
 	}
 }
 
-// addressesByMAC keeps the non-loopback addresses of interfaces with a MAC.
-func addressesByMAC(ifs []libvirt.DomainInterface) map[string][]string {
-	out := map[string][]string{}
+// Bounds on what one agent answer may contribute. The guest is not
+// trusted: it can report any number of interfaces and addresses, of any
+// length. These make the first pass cheap; kvm-hostd's service layer
+// filters the result again against the host's networks.
+const (
+	maxAgentInterfaces   = 64 // interfaces of one answer looked at
+	maxAgentAddrsPerMAC  = 64 // addresses kept per MAC
+	maxAgentAddrsScanned = 4 * maxAgentAddrsPerMAC
+	// maxAgentAddrText is longer than any IP without a zone (45 bytes).
+	maxAgentAddrText = 64
+	maxAgentMACText  = 32
+)
+
+// agentDropLog says at most once a minute that an agent answer was cut.
+var agentDropLog = newLogEvery(time.Minute)
+
+// addressesByMAC keeps the non-loopback, zone-less addresses of interfaces
+// with a MAC, keyed by the MAC in canonical lower-case form, within the
+// bounds above. Only parsed addresses leave it (never the guest's text);
+// it reports how many interfaces and addresses were dropped by the caps.
+func addressesByMAC(ifs []libvirt.DomainInterface) (out map[string][]string, droppedIfs, droppedAddrs int) {
+	out = map[string][]string{}
+	if len(ifs) > maxAgentInterfaces {
+		droppedIfs = len(ifs) - maxAgentInterfaces
+		ifs = ifs[:maxAgentInterfaces]
+	}
 	for _, ifc := range ifs {
-		mac := strings.ToLower(ifc.Hwaddr)
-		if mac == "" || mac == "00:00:00:00:00:00" {
+		if len(ifc.Hwaddr) > maxAgentMACText {
 			continue
 		}
-		for _, a := range ifc.Addrs {
+		hw, err := net.ParseMAC(ifc.Hwaddr)
+		if err != nil || len(hw) != 6 || hw.String() == "00:00:00:00:00:00" {
+			continue
+		}
+		mac := hw.String()
+		addrs := ifc.Addrs
+		if len(addrs) > maxAgentAddrsScanned {
+			droppedAddrs += len(addrs) - maxAgentAddrsScanned
+			addrs = addrs[:maxAgentAddrsScanned]
+		}
+		for _, a := range addrs {
+			if len(a.Addr) > maxAgentAddrText {
+				continue
+			}
 			ip, err := netip.ParseAddr(a.Addr)
-			if err != nil || ip.IsLoopback() {
+			if err != nil || ip.Zone() != "" || ip.IsLoopback() {
+				continue
+			}
+			if len(out[mac]) == maxAgentAddrsPerMAC {
+				droppedAddrs++
 				continue
 			}
 			out[mac] = append(out[mac], ip.String())
 		}
 	}
-	return out
+	return out, droppedIfs, droppedAddrs
 }
 
 // serialLogPath is where virtlogd keeps the serial output of a domain.
@@ -158,4 +207,24 @@ func tailFile(dir, path string, max int64) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	return b, off > 0, nil
+}
+
+// logEvery lets a log line through at most once per interval, so a guest
+// that keeps sending oversized answers cannot flood kvm-hostd's log.
+type logEvery struct {
+	mu    sync.Mutex
+	every time.Duration
+	last  time.Time
+}
+
+func newLogEvery(d time.Duration) *logEvery { return &logEvery{every: d} }
+
+func (e *logEvery) ok() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now := time.Now(); e.last.IsZero() || now.Sub(e.last) >= e.every {
+		e.last = now
+		return true
+	}
+	return false
 }

@@ -1,6 +1,7 @@
 package hypervisor
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -57,7 +58,7 @@ func TestTailFile(t *testing.T) {
 }
 
 func TestAddressesByMAC(t *testing.T) {
-	got := addressesByMAC([]libvirt.DomainInterface{
+	got, _, _ := addressesByMAC([]libvirt.DomainInterface{
 		{Name: "lo", Hwaddr: "00:00:00:00:00:00", Addrs: []libvirt.DomainIPAddress{{Addr: "127.0.0.1"}, {Addr: "::1"}}},
 		{Name: "eth0", Hwaddr: "52:54:00:AA:BB:CC", Addrs: []libvirt.DomainIPAddress{{Addr: "10.0.0.5", Prefix: 24}, {Addr: "fe80::5054:ff:feaa:bbcc", Prefix: 64}, {Addr: "127.0.0.2"}}},
 		{Name: "eth1", Hwaddr: "52:54:00:00:00:01"},
@@ -66,6 +67,82 @@ func TestAddressesByMAC(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
+}
+
+// The agent's answer is attacker input; the first pass bounds it and lets
+// only parsed addresses through.
+func TestAddressesByMACHostileAgent(t *testing.T) {
+	addrs := func(ss ...string) []libvirt.DomainIPAddress {
+		var out []libvirt.DomainIPAddress
+		for _, s := range ss {
+			out = append(out, libvirt.DomainIPAddress{Addr: s})
+		}
+		return out
+	}
+	many := func(n int) []libvirt.DomainIPAddress {
+		out := make([]libvirt.DomainIPAddress, n)
+		for i := range out {
+			out[i].Addr = fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)
+		}
+		return out
+	}
+	const mac = "52:54:00:00:00:01"
+	for _, c := range []struct {
+		name        string
+		ifs         []libvirt.DomainInterface
+		want        []string
+		dIfs, dAddr int
+	}{
+		{name: "escape sequences in interface name", ifs: []libvirt.DomainInterface{{Name: "eth0\x1b]52;c;aGk=\x07\x1b[2J", Hwaddr: mac, Addrs: addrs("10.0.0.5")}},
+			want: []string{"10.0.0.5"}},
+		{name: "escape sequence in zone", ifs: []libvirt.DomainInterface{{Hwaddr: mac, Addrs: addrs("fe80::1%eth0\x1b[2J", "10.0.0.5")}},
+			want: []string{"10.0.0.5"}},
+		{name: "1 MiB zone", ifs: []libvirt.DomainInterface{{Hwaddr: mac, Addrs: addrs("fe80::1%"+strings.Repeat("A", 1<<20), "10.0.0.5")}},
+			want: []string{"10.0.0.5"}},
+		{name: "non-UTF-8 address", ifs: []libvirt.DomainInterface{{Hwaddr: mac, Addrs: addrs("10.0.0.\xff", "\xc3\x28", "10.0.0.5")}},
+			want: []string{"10.0.0.5"}},
+		{name: "20004 addresses on one NIC", ifs: []libvirt.DomainInterface{{Hwaddr: mac, Addrs: many(20004)}},
+			want: stringsOf(many(maxAgentAddrsPerMAC)), dAddr: 20004 - maxAgentAddrsPerMAC},
+		{name: "same MAC on many interfaces", ifs: func() []libvirt.DomainInterface {
+			var out []libvirt.DomainInterface
+			for range 3 {
+				out = append(out, libvirt.DomainInterface{Hwaddr: mac, Addrs: many(40)})
+			}
+			return out
+		}(), want: append(stringsOf(many(40)), stringsOf(many(24))...), dAddr: 3*40 - maxAgentAddrsPerMAC},
+		{name: "too many interfaces", ifs: func() []libvirt.DomainInterface {
+			out := make([]libvirt.DomainInterface, maxAgentInterfaces+10)
+			for i := range out {
+				out[i] = libvirt.DomainInterface{Hwaddr: "52:54:00:00:01:00", Addrs: addrs("10.9.9.9")}
+			}
+			out[maxAgentInterfaces] = libvirt.DomainInterface{Hwaddr: mac, Addrs: addrs("10.0.0.5")}
+			return out
+		}(), dIfs: 10},
+		{name: "MAC that does not parse", ifs: []libvirt.DomainInterface{{Hwaddr: "52:54:00:00:00:01\x1b[2J", Addrs: addrs("10.0.0.5")}}},
+		{name: "long MAC", ifs: []libvirt.DomainInterface{{Hwaddr: strings.Repeat("52:", 1<<16), Addrs: addrs("10.0.0.5")}}},
+		{name: "EUI-64 MAC", ifs: []libvirt.DomainInterface{{Hwaddr: "52:54:00:00:00:01:02:03", Addrs: addrs("10.0.0.5")}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, dIfs, dAddr := addressesByMAC(c.ifs)
+			if !reflect.DeepEqual(got[mac], c.want) || dIfs != c.dIfs || dAddr != c.dAddr {
+				t.Fatalf("got %d addresses %.80v (dropped %d interfaces, %d addresses), want %d %.80v (%d, %d)",
+					len(got[mac]), got[mac], dIfs, dAddr, len(c.want), c.want, c.dIfs, c.dAddr)
+			}
+			for k, v := range got {
+				if len(k) != 17 || len(v) > maxAgentAddrsPerMAC {
+					t.Fatalf("key %q with %d addresses", k, len(v))
+				}
+			}
+		})
+	}
+}
+
+func stringsOf(a []libvirt.DomainIPAddress) []string {
+	out := make([]string, len(a))
+	for i := range a {
+		out[i] = a[i].Addr
+	}
+	return out
 }
 
 func TestSerialLogInDomainXML(t *testing.T) {

@@ -111,7 +111,7 @@ func TestRealGuestStaticIPv4(t *testing.T) {
 		}
 		if ctx.Err() != nil || time.Since(start) > 10*time.Minute {
 			b, _, _ := l.ConsoleLog(context.Background(), name, 4096)
-			t.Fatalf("the guest reported %v, never %s; serial console:\n%s", m, ip, b)
+			t.Fatalf("the guest reported %v, never %s; serial console:\n%s", m, ip, api.QuoteLines(string(b), "console| "))
 		}
 		time.Sleep(3 * time.Second)
 	}

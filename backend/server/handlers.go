@@ -180,19 +180,33 @@ func (s *Server) getVM(r *http.Request) (int, any, error) {
 // vmConsole answers the tail of a VM's serial log: text/plain (the log
 // itself; X-Console-Truncated says whether older output was cut off), or
 // api.Console as JSON when the client accepts application/json but not
-// text/plain.
+// text/plain. The log is what the guest wrote, so it is untrusted: raw by
+// default (a user debugging a boot wants the bytes), escaped for display
+// with ?escape=true (see api.EscapeTerminal).
 func (s *Server) vmConsole(r *http.Request) (int, any, error) {
 	var max int64
-	if v := r.URL.Query().Get("bytes"); v != "" {
+	q := r.URL.Query()
+	if v := q.Get("bytes"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 1 {
 			return 0, nil, api.Errorf(api.CodeInvalid, "bytes must be a positive integer")
 		}
 		max = n
 	}
+	escape := false
+	if v := q.Get("escape"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return 0, nil, api.Errorf(api.CodeInvalid, "escape must be true or false")
+		}
+		escape = b
+	}
 	c, err := s.svc.Console(r.Context(), r.PathValue("name"), max)
 	if err != nil {
 		return 0, nil, err
+	}
+	if escape {
+		c.Text, c.Escaped = api.EscapeTerminal([]byte(c.Text)), true
 	}
 	accept := r.Header.Get("Accept")
 	if strings.Contains(accept, "application/json") && !strings.Contains(accept, "text/plain") {
@@ -200,6 +214,9 @@ func (s *Server) vmConsole(r *http.Request) (int, any, error) {
 	}
 	return 0, streamResponse(func(w http.ResponseWriter) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		// Never rendered as anything but text, whatever the guest wrote.
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("X-Console-Escaped", strconv.FormatBool(c.Escaped))
 		w.Header().Set("X-Console-Truncated", strconv.FormatBool(c.Truncated))
 		w.Header().Set("Content-Length", strconv.Itoa(len(c.Text)))
 		w.WriteHeader(http.StatusOK)

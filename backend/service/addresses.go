@@ -2,8 +2,8 @@ package service
 
 import (
 	"context"
-	"net/netip"
-	"strings"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,60 +31,96 @@ func (s *Service) SetLeaseSource(ls LeaseSource) { s.leases = ls }
 
 // fillAddresses sets the addresses a running guest reports: from its agent
 // when it answers within AgentQueryTimeout, else from this host's DHCP
-// leases.
-func (s *Service) fillAddresses(ctx context.Context, vm *api.VM) {
+// leases. Either is filtered (see guestaddrs.go) against nb, which loads
+// the host's networks and reservations only when there is something to
+// check.
+func (s *Service) fillAddresses(ctx context.Context, vm *api.VM, nb *neighbourhood) {
 	if vm == nil {
 		return
 	}
-	var byMAC map[string][]string
-	source := ""
-	if vm.State == api.StateRunning && vm.GuestAgentEnabled() {
+	vm.AddressSource, vm.IPv4Address = "", ""
+	for i := range vm.Interfaces {
+		vm.Interfaces[i].Addresses = nil
+	}
+	if vm.State != api.StateRunning {
+		return
+	}
+	if vm.GuestAgentEnabled() {
 		actx, cancel := context.WithTimeout(ctx, AgentQueryTimeout)
 		m, err := s.hv.GuestAddresses(actx, vm.Name)
 		cancel()
 		if err != nil {
 			s.log.Debug("guest agent gave no addresses", "vm", vm.Name, "error", err)
 		}
-		if len(m) > 0 {
-			byMAC, source = m, "agent"
+		if len(m) > 0 && s.applyAddresses(ctx, vm, m, nb) {
+			vm.AddressSource = "agent"
+			return
 		}
 	}
 	leases := s.leases
 	if ls, ok := any(s).(LeaseSource); ok && leases == nil {
 		leases = ls // the host's own DHCP server, where it has one
 	}
-	if source == "" && leases != nil && vm.State == api.StateRunning {
-		byMAC = map[string][]string{}
-		for _, n := range vm.Interfaces {
-			if ips := leases.LeasesFor(strings.ToLower(n.MAC)); len(ips) > 0 {
-				byMAC[strings.ToLower(n.MAC)] = ips
-				source = "lease"
+	if leases == nil {
+		return
+	}
+	m := map[string][]string{}
+	for _, n := range vm.Interfaces {
+		if mac := canonicalMAC(n.MAC); mac != "" {
+			if ips := leases.LeasesFor(mac); len(ips) > 0 {
+				m[mac] = ips
 			}
 		}
 	}
-	vm.AddressSource = source
-	vm.IPv4Address = ""
-	for i := range vm.Interfaces {
-		vm.Interfaces[i].Addresses = byMAC[strings.ToLower(vm.Interfaces[i].MAC)]
-	}
-	if len(vm.Interfaces) > 0 {
-		vm.IPv4Address = firstIPv4(vm.Interfaces[0].Addresses)
+	// Leases are this host's own records, but filtered all the same: the
+	// guest chose what to ask for, and a reservation may have moved since.
+	if len(m) > 0 && s.applyAddresses(ctx, vm, m, nb) {
+		vm.AddressSource = "lease"
 	}
 }
 
-// firstIPv4 is the first non-loopback IPv4 address of a list.
-func firstIPv4(addrs []string) string {
-	for _, a := range addrs {
-		if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() && !ip.IsLoopback() {
-			return ip.String()
+// applyAddresses sets vm's NIC addresses and ipv4_address from byMAC (the
+// guest's claim, by MAC), filtered per NIC, and says whether any is left.
+// When the host's networks cannot be read, nothing is reported: an
+// address that cannot be checked is not passed on.
+func (s *Service) applyAddresses(ctx context.Context, vm *api.VM, byMAC map[string][]string, nb *neighbourhood) bool {
+	claims := make(map[string][]string, len(byMAC))
+	// Sorted, so two spellings of one MAC merge in the same order every time.
+	for _, mac := range slices.Sorted(maps.Keys(byMAC)) {
+		if c := canonicalMAC(mac); c != "" {
+			claims[c] = append(claims[c], byMAC[mac]...)
 		}
 	}
-	return ""
+	kept := false
+	for i := range vm.Interfaces {
+		nic := &vm.Interfaces[i]
+		mac := canonicalMAC(nic.MAC)
+		if mac == "" || len(claims[mac]) == 0 {
+			continue
+		}
+		sc, err := nb.scope(ctx, vm.Name, nic.Network)
+		if err != nil {
+			s.log.Debug("guest addresses not reported: the host's networks could not be read", "vm", vm.Name, "error", err)
+			for j := range vm.Interfaces {
+				vm.Interfaces[j].Addresses = nil
+			}
+			vm.IPv4Address = ""
+			return false
+		}
+		nic.Addresses = filterNICAddrs(claims[mac], sc)
+		if i == 0 {
+			vm.IPv4Address = firstIPv4(nic.Addresses, sc.subnet)
+		}
+		kept = kept || len(nic.Addresses) > 0
+	}
+	return kept
 }
 
 // fillAllAddresses fills the addresses of a list concurrently, so N guests
-// without an answering agent cost one AgentQueryTimeout, not N.
+// without an answering agent cost one AgentQueryTimeout, not N. The list
+// is all of this host's VMs, so the reservations come from it.
 func (s *Service) fillAllAddresses(ctx context.Context, vms []api.VM) {
+	nb := s.neighbourhoodOf(snapshotNICs(vms))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, listAgentQueries)
 	for i := range vms {
@@ -93,7 +129,7 @@ func (s *Service) fillAllAddresses(ctx context.Context, vms []api.VM) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			s.fillAddresses(ctx, vm)
+			s.fillAddresses(ctx, vm, nb)
 		}(&vms[i])
 	}
 	wg.Wait()

@@ -38,7 +38,7 @@ func (s *Service) GetVM(ctx context.Context, name string) (*api.VM, error) {
 	}
 	vm, err := s.hv.GetVM(ctx, name)
 	if err == nil {
-		s.fillAddresses(ctx, vm)
+		s.fillAddresses(ctx, vm, s.neighbourhoodOf(nil))
 	}
 	return vm, err
 }

@@ -249,7 +249,11 @@ type VMInterface struct {
 	// network with DHCP, as a reservation for this NIC's MAC.
 	IPv4Address string `json:"ipv4_address,omitempty"`
 	// Addresses are the IPs the guest reports on this NIC (guest agent,
-	// else the host's DHCP leases); read back only, empty when none.
+	// else the host's DHCP leases); read back only, empty when none. The
+	// host filters them (the guest is untrusted): no zones, loopback,
+	// link-local, multicast, unspecified or broadcast addresses, nor
+	// addresses reserved on the network for its gateway, DHCP servers or
+	// other VMs; at most 64, rendered by the host.
 	Addresses []string `json:"addresses,omitempty"`
 	// Subnet is the network's subnet, resolved by kvm-hostd for a NIC with
 	// an IPv4Address (to render its network-config); never on the wire.
@@ -331,8 +335,9 @@ type VM struct {
 	RequestID string `json:"request_id,omitempty"`
 	// Restarted is set on a PATCH response when the change needed a restart.
 	Restarted bool `json:"restarted,omitempty"`
-	// IPv4Address is the first non-loopback IPv4 address of the first NIC
-	// (see VMInterface.Addresses); empty when the guest reports none.
+	// IPv4Address is the first IPv4 address of the first NIC's Addresses
+	// inside its network's subnet, else the first IPv4 one; empty when the
+	// guest reports none.
 	IPv4Address string `json:"ipv4_address,omitempty"`
 	// AddressSource says where the addresses came from: "agent", "lease"
 	// or "" (none known).
@@ -341,13 +346,18 @@ type VM struct {
 
 // Console is the body of GET /v1/vms/{name}/console as JSON; the endpoint
 // answers text/plain (the log tail itself) unless the client accepts only
-// application/json.
+// application/json. The text is what the guest wrote: untrusted, raw
+// unless ?escape=true asked for it escaped for display.
 type Console struct {
 	VM string `json:"vm"`
-	// Text is the tail of the serial log, at most the requested bytes.
+	// Text is the tail of the serial log, at most the requested bytes of
+	// it (escaped, it may be longer).
 	Text string `json:"text"`
 	// Truncated is true when older output was cut off.
 	Truncated bool `json:"truncated"`
+	// Escaped is true when Text went through EscapeTerminal: no control
+	// characters but newline and tab, valid UTF-8.
+	Escaped bool `json:"escaped"`
 }
 
 // SnapshotSpec is the body of PUT /v1/vms/{vm}/snapshots/{name}.

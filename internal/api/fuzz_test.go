@@ -122,3 +122,35 @@ func FuzzValidateVMSpec(f *testing.F) {
 		}
 	})
 }
+
+// FuzzEscapeTerminal: whatever a guest prints, the escaped console is
+// valid UTF-8 without a character that could control a terminal.
+func FuzzEscapeTerminal(f *testing.F) {
+	for _, s := range []string{"", "plain\n\ttext", "\x1b[2J\x1b[H", "\x1b]52;c;aGk=\x07", "\xc2\x9b31m", "\x9b", "\xff\xfe",
+		"a\rb", "\x00\x07\x7f", "\u202e", "\xe2\x80", `\x1b`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out := EscapeTerminal(b)
+		if !utf8.ValidString(out) {
+			t.Fatalf("EscapeTerminal(%q) = %q: not valid UTF-8", b, out)
+		}
+		for i := 0; i < len(out); i++ {
+			if c := out[i]; (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f {
+				t.Fatalf("EscapeTerminal(%q) = %q: byte %#x", b, out, c)
+			}
+		}
+		for _, r := range out {
+			if r >= 0x80 && r <= 0x9f {
+				t.Fatalf("EscapeTerminal(%q) = %q: C1 %U", b, out, r)
+			}
+		}
+		if again := EscapeTerminal([]byte(out)); again != out {
+			t.Fatalf("escaping %q again gave %q", out, again)
+		}
+		// Newlines are kept: quoted output has as many lines as the input.
+		if bytes.Count(b, []byte("\n")) != strings.Count(out, "\n") {
+			t.Fatalf("EscapeTerminal(%q) = %q: lines changed", b, out)
+		}
+	})
+}

@@ -117,15 +117,20 @@ func (c *Client) GetVM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, err
 }
 
-// VMConsole reads the tail of a VM's serial log, at most maxBytes (0: the
-// host's default, 64 KiB).
+// VMConsole reads the tail of a VM's serial log, at most maxBytes of it
+// (0: the host's default, 64 KiB), escaped for display: the guest wrote
+// it, so its control characters are never handed on raw (see
+// api.EscapeTerminal). A host that does not escape it is escaped here.
 func (c *Client) VMConsole(ctx context.Context, name string, maxBytes int64) (*api.Console, error) {
-	var q url.Values
+	q := url.Values{"escape": {"true"}}
 	if maxBytes > 0 {
-		q = url.Values{"bytes": {strconv.FormatInt(maxBytes, 10)}}
+		q.Set("bytes", strconv.FormatInt(maxBytes, 10))
 	}
 	var v api.Console
 	_, err := c.do(ctx, http.MethodGet, vmPath(name)+"/console", q, nil, &v)
+	if err == nil && !v.Escaped {
+		v.Text, v.Escaped = api.EscapeTerminal([]byte(v.Text)), true
+	}
 	return &v, err
 }
 

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
@@ -65,7 +66,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"destroyed and re-created when `name` changes (or `host` changes with `migration = \"replace\"`).\n\n" +
 			"The guest's serial console is logged on its host (`/var/log/libvirt/qemu/<name>-serial.log`, kept across " +
 			"restarts, rotated by virtlogd, deleted with the VM; on a new host after a migration it starts empty): " +
-			"kvm-hostd's `GET /v1/vms/{name}/console` returns its tail, and a `wait_for_ip` that times out quotes it.\n\n" +
+			"kvm-hostd's `GET /v1/vms/{name}/console` returns its tail (raw guest output; `?escape=true` escapes its " +
+			"control characters), and a `wait_for_ip` that times out quotes it, escaped.\n\n" +
 			"Import with `<host>/<name>`.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
@@ -193,10 +195,11 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Validators: []validator.String{ipv4Address()},
 					},
 					"addresses": schema.ListAttribute{
-						MarkdownDescription: "The IPv4 and IPv6 addresses the guest reports on this interface, in its order, without " +
-							"loopback: from its qemu-guest-agent (`guest_agent`), else from the host's DHCP leases. Empty while the " +
-							"guest reports none (stopped, still booting, no agent). Updated on every refresh; such changes are not " +
-							"a diff.",
+						MarkdownDescription: "The IPv4 and IPv6 addresses the guest reports on this interface, in its order: from its qemu-guest-agent " +
+							"(`guest_agent`), else from the host's DHCP leases. The guest is not trusted: the host drops loopback, " +
+							"link-local (incl. IPv6 `fe80::/10`), multicast, unspecified and broadcast addresses, the network's gateway and " +
+							"DHCP server addresses and addresses it reserves for other VMs, and keeps at most 64. Empty while the guest " +
+							"reports none (stopped, still booting, no agent). Updated on every refresh; such changes are not a diff.",
 						Computed:    true,
 						ElementType: types.StringType,
 					},
@@ -291,7 +294,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				MarkdownDescription: "Makes create and update (never plan or refresh) wait, once the VM runs, until every network " +
 					"interface reports an IPv4 address, so that `ipv4_address` and `addresses` are known to what depends on the " +
 					"VM. Needs `guest_agent = true`. On timeout the apply fails naming the interfaces without an address and " +
-					"quoting the end of the VM's serial console.",
+					"quoting the end of the VM's serial console, its control characters escaped.",
 				Optional: true,
 				Attributes: map[string]schema.Attribute{
 					"timeout": schema.StringAttribute{
@@ -302,8 +305,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				},
 			},
 			"ipv4_address": schema.StringAttribute{
-				MarkdownDescription: "The first non-loopback IPv4 address the guest reports on its first network interface " +
-					"(see `network_interfaces[*].addresses`); null while it reports none.",
+				MarkdownDescription: "The first IPv4 address the guest reports on its first network interface (see " +
+					"`network_interfaces[*].addresses`), preferring one inside the network's `subnet`; null while it reports none.",
 				Computed: true,
 			},
 		},
@@ -825,7 +828,7 @@ func waitForIP(ctx context.Context, h *FleetHost, name string, timeout time.Dura
 			}
 			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 			if c, err := h.Client.VMConsole(cctx, name, 16<<10); err == nil && strings.TrimSpace(c.Text) != "" {
-				msg += "\n\nLast lines of the serial console:\n" + lastLines(c.Text, 20)
+				msg += "\n\nLast lines of the serial console (guest output, control characters escaped):\n" + quoteConsole(c.Text)
 			}
 			ccancel()
 			diags.AddError("Timed Out Waiting for IP", msg)
@@ -860,6 +863,31 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// How much of the console a wait_for_ip error quotes: enough to see where
+// a boot stopped, little enough that a guest cannot flood the terminal.
+const (
+	consoleQuoteLines  = 20
+	consoleQuoteBytes  = 4 << 10
+	consoleQuotePrefix = "console| "
+)
+
+// quoteConsole is the end of a console tail as an error quotes it. The
+// guest wrote it, so it is escaped (again: the host already escapes it,
+// and escaping twice changes nothing) before it reaches the user's
+// terminal, cut to consoleQuoteLines lines and consoleQuoteBytes bytes,
+// and every line is prefixed so it cannot pass for provider output.
+func quoteConsole(text string) string {
+	s := lastLines(api.EscapeTerminal([]byte(text)), consoleQuoteLines)
+	if len(s) > consoleQuoteBytes {
+		s = s[len(s)-consoleQuoteBytes:]
+		for len(s) > 0 && !utf8.RuneStart(s[0]) {
+			s = s[1:]
+		}
+		s = "[...] " + s
+	}
+	return api.QuoteLines(s, consoleQuotePrefix)
 }
 
 func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
