@@ -34,7 +34,9 @@ func TestRealPortSecurity(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	o, err := realstack.EnsureOVS(ctx, filepath.Join(dir, "ovs"))
+	// Isolated: the stack's own Open vSwitch may hold the root namespace's
+	// userspace datapath (see realstack.EnsureOVS).
+	o, err := realstack.EnsureIsolatedOVS(ctx, filepath.Join(dir, "ovs"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,14 +69,15 @@ func TestRealPortSecurity(t *testing.T) {
 		{"kvmps-b", "kvmpsb0", "eth0", mustMAC("52:54:00:77:00:06"), netip.MustParseAddr("10.77.0.6")},
 	}
 	for _, v := range vms {
-		cleanupVM(v.ns, v.host)
-		t.Cleanup(func() { cleanupVM(v.ns, v.host) })
+		cleanupVM(v.ns)
+		t.Cleanup(func() { cleanupVM(v.ns) })
 		mustRun(t, "ip", "netns", "add", v.ns)
-		mustRun(t, "ip", "link", "add", v.host, "type", "veth", "peer", "name", v.guest, "netns", v.ns)
+		// The OVS end lives in the switch's namespace, where vswitchd opens it.
+		mustRun(t, "ip", "-n", o.Netns(), "link", "add", v.host, "type", "veth", "peer", "name", v.guest, "netns", v.ns)
 		mustRun(t, "ip", "-n", v.ns, "link", "set", v.guest, "address", v.mac.String(), "up")
 		mustRun(t, "ip", "-n", v.ns, "addr", "add", v.ip.String()+"/24", "dev", v.guest)
 		mustRun(t, "ip", "-n", v.ns, "link", "set", "lo", "up")
-		mustRun(t, "ip", "link", "set", v.host, "up")
+		mustRun(t, "ip", "-n", o.Netns(), "link", "set", v.host, "up")
 		// What libvirt's <virtualport type='openvswitch'/> writes.
 		if out, err := o.Vsctl("--timeout=30", "add-port", br, v.host, "--", "set", "Interface", v.host,
 			"external_ids:attached-mac="+v.mac.String(), "external_ids:iface-id="+v.ns,
@@ -225,8 +228,8 @@ func mustVsctlOVS(t *testing.T, o *realstack.OVS, args ...string) string {
 	return out
 }
 
-func cleanupVM(ns, hostIf string) {
-	_ = exec.Command("ip", "link", "del", hostIf).Run()
+// cleanupVM deletes a "VM" namespace, and with it its veth pair.
+func cleanupVM(ns string) {
 	_ = exec.Command("ip", "netns", "del", ns).Run()
 }
 

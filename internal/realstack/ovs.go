@@ -69,6 +69,10 @@ func EnsureIsolatedOVS(ctx context.Context, dir string) (*OVS, error) {
 	return o, nil
 }
 
+// Netns is the network namespace EnsureIsolatedOVS created ("" for
+// EnsureOVS): where interfaces for its bridges must be.
+func (o *OVS) Netns() string { return o.netns }
+
 // Exec runs a command where this instance lives (its namespace, if isolated).
 func (o *OVS) Exec(ctx context.Context, name string, args ...string) (string, error) {
 	return o.run(ctx, name, args...)
