@@ -2,6 +2,7 @@ package dhcp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -99,31 +101,26 @@ func (c *testClient) await(wait time.Duration, match func([]byte) bool) bool {
 
 // exchange sends a client message from mac and waits for the server's
 // reply to it (same xid).
-func (c *testClient) exchange(mac net.HardwareAddr, typ byte, bcast bool, opts map[byte][]byte, wait time.Duration) (*Message, error) {
-	m := &Message{Op: opRequest, XID: rand.Uint32(), CHAddr: mac, Options: map[byte][]byte{OptMessageType: {typ}}}
+func (c *testClient) exchange(mac net.HardwareAddr, typ dhcpv4.MessageType, bcast bool, opts []dhcpv4.Option, wait time.Duration) (*dhcpv4.DHCPv4, error) {
+	m := clientMsg(mac, typ, netip.Addr{}, opts...)
+	binary.BigEndian.PutUint32(m.TransactionID[:], rand.Uint32())
 	if bcast {
-		m.Flags = flagBcast
+		m.SetBroadcast()
 	}
-	for k, v := range opts {
-		m.Options[k] = v
-	}
-	frame := EncodeUDP(UDPPacket{SrcMAC: mac, DstMAC: BroadcastMAC, Src: netip.IPv4Unspecified(),
-		Dst: netip.MustParseAddr("255.255.255.255"), SrcPort: ClientPort, DstPort: ServerPort, Payload: m.Marshal()})
-	if err := c.send(frame); err != nil {
+	if err := c.send(msgFrame(mac, m)); err != nil {
 		return nil, err
 	}
-	var reply *Message
+	var reply *dhcpv4.DHCPv4
 	c.await(wait, func(f []byte) bool {
-		p, ok := DecodeUDP(f)
-		if !ok || p.DstPort != ClientPort {
+		d := decodeOut(f)
+		if d == nil || d.msg == nil || d.udp.DstPort != ClientPort {
 			return false
 		}
-		r, err := ParseMessage(p.Payload)
-		if err != nil || r.XID != m.XID || r.Op != opReply {
-			return false
+		if r := d.msg; r.TransactionID == m.TransactionID && r.OpCode == dhcpv4.OpcodeBootReply {
+			reply = r
+			return true
 		}
-		reply = r
-		return true
+		return false
 	})
 	if reply == nil {
 		return nil, errNoReply
@@ -131,32 +128,33 @@ func (c *testClient) exchange(mac net.HardwareAddr, typ byte, bcast bool, opts m
 	return reply, nil
 }
 
-// send sends a client message from mac (to the broadcast address unless
+// send1 sends a client message from mac (to the broadcast address unless
 // dstMAC/dst are given) and returns every reply to it within wait.
-func (c *testClient) send1(mac net.HardwareAddr, typ byte, ciaddr netip.Addr, dstMAC net.HardwareAddr, dst netip.Addr,
-	opts map[byte][]byte, wait time.Duration) ([]*Message, error) {
-	m := &Message{Op: opRequest, XID: rand.Uint32(), CHAddr: mac, CIAddr: ciaddr, Options: map[byte][]byte{OptMessageType: {typ}}}
-	for k, v := range opts {
-		m.Options[k] = v
-	}
+func (c *testClient) send1(mac net.HardwareAddr, typ dhcpv4.MessageType, ciaddr netip.Addr, dstMAC net.HardwareAddr, dst netip.Addr,
+	opts []dhcpv4.Option, wait time.Duration) ([]*dhcpv4.DHCPv4, error) {
+	m := clientMsg(mac, typ, ciaddr, opts...)
+	binary.BigEndian.PutUint32(m.TransactionID[:], rand.Uint32())
 	src := netip.IPv4Unspecified()
 	if ciaddr.IsValid() {
 		src = ciaddr
 	}
 	if dstMAC == nil {
-		dstMAC, dst = BroadcastMAC, netip.MustParseAddr("255.255.255.255")
+		dstMAC, dst = BroadcastMAC, limitedBroadcast
 	}
-	frame := EncodeUDP(UDPPacket{SrcMAC: mac, DstMAC: dstMAC, Src: src, Dst: dst, SrcPort: ClientPort, DstPort: ServerPort, Payload: m.Marshal()})
+	frame, err := encodeUDP(mac, dstMAC, src, dst, ClientPort, ServerPort, m.ToBytes())
+	if err != nil {
+		return nil, err
+	}
 	if err := c.send(frame); err != nil {
 		return nil, err
 	}
-	var replies []*Message
+	var replies []*dhcpv4.DHCPv4
 	c.await(wait, func(f []byte) bool {
-		p, ok := DecodeUDP(f)
-		if !ok || p.DstPort != ClientPort {
+		d := decodeOut(f)
+		if d == nil || d.msg == nil || d.udp.DstPort != ClientPort {
 			return false
 		}
-		if r, err := ParseMessage(p.Payload); err == nil && r.XID == m.XID && r.Op == opReply {
+		if r := d.msg; r.TransactionID == m.TransactionID && r.OpCode == dhcpv4.OpcodeBootReply {
 			replies = append(replies, r)
 		}
 		return false // keep collecting until wait
@@ -164,9 +162,15 @@ func (c *testClient) send1(mac net.HardwareAddr, typ byte, ciaddr netip.Addr, ds
 	return replies, nil
 }
 
-func serverOf(m *Message) string {
-	a, _ := m.OptionAddr(OptServerID)
-	return a.String()
+func serverOf(m *dhcpv4.DHCPv4) string { return optAddr(m, dhcpv4.OptionServerIdentifier).String() }
+
+// arpReplyFrom decodes f as an ARP reply; ok false if it is not one.
+func arpReplyFrom(f []byte) (senderMAC net.HardwareAddr, senderIP netip.Addr, ok bool) {
+	d := decodeOut(f)
+	if d == nil || d.arp == nil || d.arp.Operation != 2 {
+		return nil, netip.Addr{}, false
+	}
+	return net.HardwareAddr(d.arp.SourceHwAddress), addrOf(d.arp.SourceProtAddress), true
 }
 
 var errNoReply = errors.New("no reply")
@@ -258,33 +262,33 @@ func TestRealDHCPServer(t *testing.T) {
 		}
 		defer tc.close()
 		// The server may still be picking up the VM (resync on change).
-		var offer *Message
+		var offer *dhcpv4.DHCPv4
 		if !harness.Wait(ctx, 15*time.Second, func() bool {
-			offer, err = tc.exchange(vmMAC, Discover, false, nil, time.Second)
+			offer, err = tc.exchange(vmMAC, dhcpv4.MessageTypeDiscover, false, nil, time.Second)
 			return err == nil
 		}) {
 			return fmt.Errorf("DISCOVER from the VM's MAC: %v", err)
 		}
-		if offer.Type() != Offer || offer.YIAddr != want {
-			return fmt.Errorf("offer: type %d address %s, want OFFER of %s", offer.Type(), offer.YIAddr, want)
+		if offer.MessageType() != dhcpv4.MessageTypeOffer || addrOf(offer.YourIPAddr) != want {
+			return fmt.Errorf("offer: type %s address %s, want OFFER of %s", offer.MessageType(), offer.YourIPAddr, want)
 		}
-		mask, _ := offer.OptionAddr(OptSubnetMask)
-		router, _ := offer.OptionAddr(OptRouter)
-		sid, _ := offer.OptionAddr(OptServerID)
-		lease, _ := offer.OptionUint32(OptLeaseTime)
-		dns := offer.OptionAddrs(OptDNS)
+		mask := optAddr(offer, dhcpv4.OptionSubnetMask)
+		router := optAddr(offer, dhcpv4.OptionRouter)
+		sid := optAddr(offer, dhcpv4.OptionServerIdentifier)
+		lease, _ := optUint32(offer, dhcpv4.OptionIPAddressLeaseTime)
+		dns := optAddrs(offer, dhcpv4.OptionDomainNameServer)
 		if mask.String() != "255.255.255.0" || router.String() != "10.50.0.1" || sid != serverIP || lease != 3600 ||
 			!slices.Equal(dns, []netip.Addr{netip.MustParseAddr("10.50.0.1"), netip.MustParseAddr("10.50.0.2")}) {
 			return fmt.Errorf("offer options: mask %s router %s server %s lease %d dns %v", mask, router, sid, lease, dns)
 		}
-		ack, err := tc.exchange(vmMAC, Request, false, map[byte][]byte{
-			OptRequestedIP: addrBytes(want), OptServerID: addrBytes(serverIP)}, 3*time.Second)
-		if err != nil || ack.Type() != Ack || ack.YIAddr != want {
+		ack, err := tc.exchange(vmMAC, dhcpv4.MessageTypeRequest, false, []dhcpv4.Option{
+			addrOpt(dhcpv4.OptionRequestedIPAddress, want.String()), addrOpt(dhcpv4.OptionServerIdentifier, serverIP.String())}, 3*time.Second)
+		if err != nil || ack.MessageType() != dhcpv4.MessageTypeAck || addrOf(ack.YourIPAddr) != want {
 			return fmt.Errorf("REQUEST: %v %+v", err, ack)
 		}
 		t.Logf("DISCOVER/OFFER/REQUEST/ACK: %s got %s (mask %s, router %s, dns %v, server %s)", vmMAC, want, mask, router, dns, sid)
-		nak, err := tc.exchange(vmMAC, Request, true, map[byte][]byte{OptRequestedIP: addrBytes(netip.MustParseAddr("10.50.0.77"))}, 3*time.Second)
-		if err != nil || nak.Type() != Nak {
+		nak, err := tc.exchange(vmMAC, dhcpv4.MessageTypeRequest, true, []dhcpv4.Option{addrOpt(dhcpv4.OptionRequestedIPAddress, "10.50.0.77")}, 3*time.Second)
+		if err != nil || nak.MessageType() != dhcpv4.MessageTypeNak {
 			return fmt.Errorf("REQUEST for an address that is not the VM's: %v %+v, want NAK", err, nak)
 		}
 
@@ -293,18 +297,18 @@ func TestRealDHCPServer(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := tc.send(EncodeARP(BroadcastMAC, ARP{Op: ARPRequest, SenderMAC: vmMAC, SenderIP: want, TargetIP: serverIP})); err != nil {
+		if err := tc.send(arpRequest(vmMAC, vmMAC, want, serverIP)); err != nil {
 			return err
 		}
 		if !tc.await(3*time.Second, func(f []byte) bool {
-			a, ok := DecodeARP(f)
-			return ok && a.Op == ARPReply && a.SenderIP == serverIP && a.SenderMAC.String() == srvPort.HardwareAddr.String()
+			smac, sip, ok := arpReplyFrom(f)
+			return ok && sip == serverIP && smac.String() == srvPort.HardwareAddr.String()
 		}) {
 			return fmt.Errorf("no ARP reply for %s from %s", serverIP, srvPort.HardwareAddr)
 		}
 
 		// A MAC with no VM here gets no answer (broadcast: it would see one).
-		if r, err := tc.exchange(strayMAC, Discover, true, nil, 3*time.Second); !errors.Is(err, errNoReply) {
+		if r, err := tc.exchange(strayMAC, dhcpv4.MessageTypeDiscover, true, nil, 3*time.Second); !errors.Is(err, errNoReply) {
 			return fmt.Errorf("a MAC without a VM got an answer: %+v %v", r, err)
 		}
 		return nil
@@ -326,8 +330,8 @@ func TestRealDHCPServer(t *testing.T) {
 		}
 		defer tc.close()
 		if !harness.Wait(ctx, 2*DHCPResyncForTest, func() bool {
-			r, err := tc.exchange(vmMAC, Discover, false, nil, time.Second)
-			return err == nil && r.YIAddr == want
+			r, err := tc.exchange(vmMAC, dhcpv4.MessageTypeDiscover, false, nil, time.Second)
+			return err == nil && addrOf(r.YourIPAddr) == want
 		}) {
 			return errors.New("no DHCP answer after the port was taken down and the resync passed")
 		}
@@ -349,7 +353,7 @@ func TestRealDHCPServer(t *testing.T) {
 		}
 		defer tc.close()
 		if !harness.Wait(ctx, 15*time.Second, func() bool {
-			_, err := tc.exchange(vmMAC, Discover, true, nil, 2*time.Second)
+			_, err := tc.exchange(vmMAC, dhcpv4.MessageTypeDiscover, true, nil, 2*time.Second)
 			return errors.Is(err, errNoReply)
 		}) {
 			return errors.New("the deleted VM's MAC is still answered")
@@ -463,28 +467,27 @@ func TestRealDHCPHandover(t *testing.T) {
 		}
 		defer tc.close()
 		// Before the move: host a answers across the uplink, host b not.
-		var offers []*Message
+		var offers []*dhcpv4.DHCPv4
 		if !harness.Wait(ctx, 20*time.Second, func() bool {
-			offers, err = tc.send1(mac, Discover, netip.Addr{}, nil, netip.Addr{}, nil, 2*time.Second)
+			offers, err = tc.send1(mac, dhcpv4.MessageTypeDiscover, netip.Addr{}, nil, netip.Addr{}, nil, 2*time.Second)
 			return err == nil && len(offers) > 0
 		}) {
 			return fmt.Errorf("no offer before the move (%v)", err)
 		}
 		t.Logf("first offer after %s", time.Since(start).Round(time.Millisecond))
-		if len(offers) != 1 || serverOf(offers[0]) != serverIPs["host-a"] || offers[0].YIAddr != want {
+		if len(offers) != 1 || serverOf(offers[0]) != serverIPs["host-a"] || addrOf(offers[0].YourIPAddr) != want {
 			return fmt.Errorf("before the move: %d offers, first from %s of %s; want one from host-a (%s) of %s",
-				len(offers), serverOf(offers[0]), offers[0].YIAddr, serverIPs["host-a"], want)
+				len(offers), serverOf(offers[0]), offers[0].YourIPAddr, serverIPs["host-a"], want)
 		}
 		t.Logf("before the move: offer of %s from host-a's server %s, across the uplink", want, serverIPs["host-a"])
 		aMAC := net.HardwareAddr(nil)
-		if err := tc.send(EncodeARP(BroadcastMAC, ARP{Op: ARPRequest, SenderMAC: mac, SenderIP: want,
-			TargetIP: netip.MustParseAddr(serverIPs["host-a"])})); err != nil {
+		if err := tc.send(arpRequest(mac, mac, want, netip.MustParseAddr(serverIPs["host-a"]))); err != nil {
 			return err
 		}
 		tc.await(3*time.Second, func(f []byte) bool {
-			a, ok := DecodeARP(f)
-			if ok && a.Op == ARPReply && a.SenderIP.String() == serverIPs["host-a"] {
-				aMAC = a.SenderMAC
+			smac, sip, ok := arpReplyFrom(f)
+			if ok && sip.String() == serverIPs["host-a"] {
+				aMAC = smac
 				return true
 			}
 			return false
@@ -503,22 +506,22 @@ func TestRealDHCPHandover(t *testing.T) {
 		moved := time.Now()
 		// A renewal unicast to the old server goes unanswered ...
 		if !harness.Wait(ctx, 20*time.Second, func() bool {
-			r, err := tc.send1(mac, Request, want, aMAC, netip.MustParseAddr(serverIPs["host-a"]), nil, 2*time.Second)
+			r, err := tc.send1(mac, dhcpv4.MessageTypeRequest, want, aMAC, netip.MustParseAddr(serverIPs["host-a"]), nil, 2*time.Second)
 			return err == nil && len(r) == 0
 		}) {
 			return errors.New("host-a still answers the renewal after the VM left it")
 		}
 		// ... and the broadcast rebind is answered by host b, same address.
-		var acks []*Message
+		var acks []*dhcpv4.DHCPv4
 		if !harness.Wait(ctx, 20*time.Second, func() bool {
-			acks, err = tc.send1(mac, Request, want, nil, netip.Addr{}, nil, 2*time.Second)
+			acks, err = tc.send1(mac, dhcpv4.MessageTypeRequest, want, nil, netip.Addr{}, nil, 2*time.Second)
 			return err == nil && len(acks) > 0
 		}) {
 			return fmt.Errorf("no answer to the rebind after the move (%v)", err)
 		}
-		if len(acks) != 1 || acks[0].Type() != Ack || serverOf(acks[0]) != serverIPs["host-b"] || acks[0].YIAddr != want {
-			return fmt.Errorf("after the move: %d replies, first type %d from %s of %s; want one ACK from host-b (%s) of %s",
-				len(acks), acks[0].Type(), serverOf(acks[0]), acks[0].YIAddr, serverIPs["host-b"], want)
+		if len(acks) != 1 || acks[0].MessageType() != dhcpv4.MessageTypeAck || serverOf(acks[0]) != serverIPs["host-b"] || addrOf(acks[0].YourIPAddr) != want {
+			return fmt.Errorf("after the move: %d replies, first type %s from %s of %s; want one ACK from host-b (%s) of %s",
+				len(acks), acks[0].MessageType(), serverOf(acks[0]), acks[0].YourIPAddr, serverIPs["host-b"], want)
 		}
 		t.Logf("after the move: renewal to host-a unanswered, rebind ACKed by host-b's server %s with %s, %s after the move",
 			serverIPs["host-b"], want, time.Since(moved).Round(time.Millisecond))

@@ -15,7 +15,10 @@
 package dhcp
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,11 +26,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
+	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/gopacket/gopacket/layers"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
 	"golang.org/x/sys/unix"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -57,6 +64,7 @@ type Config struct {
 // Server answers DHCP and ARP on one interface.
 type Server struct {
 	cfg      Config
+	prefix   netip.Prefix
 	mask     netip.Addr
 	bcast    netip.Addr
 	router   netip.Addr
@@ -69,6 +77,14 @@ type Server struct {
 	// guest shows up again at its next renewal.
 	leaseMu sync.Mutex
 	leased  map[string]lease
+
+	guestLogs *logLimiter // lines caused by guest frames, per source MAC
+	panicLogs *logLimiter // recovered panics (one key)
+
+	// beforeHandle, when set (by tests only), runs before each received
+	// frame is handled: a way to make the receive loop meet a panic now
+	// that no known input causes one.
+	beforeHandle func(frame []byte)
 
 	mu      sync.Mutex
 	fd      int
@@ -92,7 +108,11 @@ func New(cfg Config) (*Server, error) {
 	if !p.Contains(cfg.ServerIP) {
 		return nil, fmt.Errorf("dhcp: server ip %s is outside %s", cfg.ServerIP, p)
 	}
-	s := &Server{cfg: cfg, fd: -1}
+	s := &Server{
+		cfg: cfg, fd: -1, prefix: p,
+		guestLogs: newLogLimiter(guestLogPerMAC, guestLogAll, guestLogMaxMACs),
+		panicLogs: newLogLimiter(bucketSpec{burst: 3, every: time.Minute}, bucketSpec{burst: 3, every: time.Minute}, 1),
+	}
 	m := net.CIDRMask(p.Bits(), 32)
 	s.mask = netip.AddrFrom4([4]byte(m))
 	base, bits := p.Addr().As4(), uint32(1)<<(32-p.Bits())-1
@@ -102,7 +122,9 @@ func New(cfg Config) (*Server, error) {
 		s.router, _ = netip.ParseAddr(cfg.Subnet.Gateway)
 	}
 	for _, d := range cfg.Subnet.DNSServers {
-		if a, err := netip.ParseAddr(d); err == nil {
+		// DHCPv4 carries IPv4 name servers only.
+		if a, err := netip.ParseAddr(d); err == nil && a.Unmap().Is4() {
+			a = a.Unmap()
 			s.dns = append(s.dns, a)
 		}
 	}
@@ -115,10 +137,17 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Config() Config { return s.cfg }
 
 // SetBindings replaces the reservations: MAC (any case) -> address.
+// Entries that are not an Ethernet MAC and an IPv4 address are left out:
+// the server could not answer for them.
 func (s *Server) SetBindings(b map[string]netip.Addr) {
 	m := make(map[string]netip.Addr, len(b))
 	for mac, ip := range b {
-		m[strings.ToLower(mac)] = ip
+		hw, err := net.ParseMAC(mac)
+		if ip = ip.Unmap(); err != nil || len(hw) != 6 || !ip.Is4() {
+			s.cfg.Log.Debug("dhcp: reservation ignored", "interface", s.cfg.Interface, "mac", mac, "ip", ip)
+			continue
+		}
+		m[hw.String()] = ip
 	}
 	s.bindings.Store(&m)
 }
@@ -216,7 +245,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.fd, s.mac, s.running, s.done = fd, ifi.HardwareAddr, true, make(chan struct{})
-	go s.serve(fd, ifi.Index, s.mac, s.done)
+	go s.serve(rawLink{fd: fd, ifindex: ifi.Index}, s.mac, s.done)
 	s.cfg.Log.Info("dhcp server started", "interface", s.cfg.Interface, "server_ip", s.cfg.ServerIP, "mac", s.mac.String())
 	return nil
 }
@@ -244,11 +273,37 @@ func linkUp(name string) error {
 	return nil
 }
 
-func (s *Server) serve(fd, ifindex int, mac net.HardwareAddr, done chan struct{}) {
+// link is what serve reads frames from and writes them to: the raw socket
+// in production, a double in tests.
+type link interface {
+	// recv reads one frame into buf. outgoing reports a frame the host
+	// sent itself (the socket sees those too). A timeout is EAGAIN.
+	recv(buf []byte) (n int, outgoing bool, err error)
+	send(frame []byte) error
+}
+
+type rawLink struct{ fd, ifindex int }
+
+func (l rawLink) recv(buf []byte) (int, bool, error) {
+	n, from, err := unix.Recvfrom(l.fd, buf, 0)
+	if err != nil {
+		return 0, false, err
+	}
+	ll, ok := from.(*unix.SockaddrLinklayer)
+	return n, ok && ll.Pkttype == unix.PACKET_OUTGOING, nil
+}
+
+func (l rawLink) send(frame []byte) error {
+	to := &unix.SockaddrLinklayer{Ifindex: l.ifindex, Halen: 6, Protocol: htons(unix.ETH_P_ALL)}
+	copy(to.Addr[:], frame[:6])
+	return unix.Sendto(l.fd, frame, 0, to)
+}
+
+func (s *Server) serve(l link, mac net.HardwareAddr, done chan struct{}) {
 	defer close(done)
 	buf := make([]byte, 65536)
 	for {
-		n, from, err := unix.Recvfrom(fd, buf, 0)
+		n, outgoing, err := l.recv(buf)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				if !s.Running() {
@@ -265,17 +320,35 @@ func (s *Server) serve(fd, ifindex int, mac net.HardwareAddr, done chan struct{}
 			}
 			return
 		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+		if outgoing {
 			continue
 		}
-		for _, out := range s.handle(buf[:n], mac) {
-			to := &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6, Protocol: htons(unix.ETH_P_ALL)}
-			copy(to.Addr[:], out[:6])
-			if err := unix.Sendto(fd, out, 0, to); err != nil {
-				s.cfg.Log.Warn("dhcp send failed", "interface", s.cfg.Interface, "error", err)
+		for _, out := range s.handleRecovering(buf[:n], mac) {
+			if err := l.send(out); err != nil {
+				s.guestLog(slog.LevelWarn, out[:6], "dhcp send failed", "error", err)
 			}
 		}
 	}
+}
+
+// handleRecovering is handle for the receive loop: every frame comes from
+// a guest, and a bug that panics on one must cost that frame, not the
+// whole kvm-hostd (every VM's API and every network's DHCP with it). The
+// panic is logged, at a bounded rate since a guest can repeat the frame.
+func (s *Server) handleRecovering(frame []byte, mac net.HardwareAddr) (out [][]byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			out = nil
+			if ok, suppressed := s.panicLogs.allow(""); ok {
+				s.cfg.Log.Error("dhcp: panic handling a frame; frame dropped", "interface", s.cfg.Interface,
+					"panic", fmt.Sprint(r), "frame_len", len(frame), "suppressed", suppressed, "stack", string(debug.Stack()))
+			}
+		}
+	}()
+	if s.beforeHandle != nil {
+		s.beforeHandle(frame)
+	}
+	return s.handle(frame, mac)
 }
 
 // Close stops serving and closes the socket.
@@ -299,114 +372,210 @@ func (s *Server) Close() error {
 // tests: it is the whole protocol, without a socket.
 func (s *Server) Handle(frame []byte, mac net.HardwareAddr) [][]byte { return s.handle(frame, mac) }
 
+// guestLog logs a line caused by a guest's frame from src, rate-limited per
+// src (see logLimiter).
+func (s *Server) guestLog(level slog.Level, src net.HardwareAddr, msg string, args ...any) {
+	ok, suppressed := s.guestLogs.allow(string(src))
+	if !ok {
+		return
+	}
+	args = append([]any{"interface", s.cfg.Interface, "mac", src.String()}, args...)
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	s.cfg.Log.Log(context.Background(), level, msg, args...)
+}
+
+// handle validates a frame completely before it acts on it: nothing in it
+// changes the server's state or gets an answer unless it is well formed
+// and speaks for its own Ethernet source only.
 func (s *Server) handle(frame []byte, mac net.HardwareAddr) [][]byte {
-	if a, ok := DecodeARP(frame); ok {
-		if a.Op != ARPRequest || a.TargetIP != s.cfg.ServerIP {
-			return nil
-		}
-		return [][]byte{EncodeARP(a.SenderMAC, ARP{
-			Op: ARPReply, SenderMAC: mac, SenderIP: s.cfg.ServerIP, TargetMAC: a.SenderMAC, TargetIP: a.SenderIP,
-		})}
-	}
-	p, ok := DecodeUDP(frame)
-	if !ok || p.DstPort != ServerPort {
+	in, err := decodeFrame(frame)
+	if err != nil {
 		return nil
 	}
-	req, err := ParseMessage(p.Payload)
-	if err != nil || req.Op != opRequest {
+	if in.arp != nil {
+		return s.handleARP(in, mac)
+	}
+	return s.handleDHCP(in, mac)
+}
+
+// handleARP answers ARP requests for the server's address, to the asker
+// only: the reply goes to the frame's Ethernet source, and a request whose
+// sender hardware address is not that source is ignored, so that no guest
+// can have the server's replies (or its MAC) pushed at another VM.
+func (s *Server) handleARP(in *inFrame, mac net.HardwareAddr) [][]byte {
+	a := in.arp
+	if a.Operation != layers.ARPRequest || netip.AddrFrom4([4]byte(a.DstProtAddress)) != s.cfg.ServerIP {
 		return nil
 	}
-	if req.GIAddr.IsValid() && !req.GIAddr.IsUnspecified() {
+	if !bytes.Equal(a.SourceHwAddress, in.src) {
+		s.guestLog(slog.LevelWarn, in.src, "arp request ignored: sender hardware address is not the frame's source",
+			"sender_mac", net.HardwareAddr(a.SourceHwAddress).String())
+		return nil
+	}
+	out, err := encodeARP(in.src, layers.ARPReply, mac, s.cfg.ServerIP, in.src, netip.AddrFrom4([4]byte(a.SourceProtAddress)))
+	if err != nil {
+		return nil
+	}
+	return [][]byte{out}
+}
+
+func addrOf(ip net.IP) netip.Addr {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// set reports whether a is an address at all (neither absent nor 0.0.0.0).
+func set(a netip.Addr) bool { return a.IsValid() && !a.IsUnspecified() }
+
+func (s *Server) handleDHCP(in *inFrame, mac net.HardwareAddr) [][]byte {
+	req := in.msg
+	if req.OpCode != dhcpv4.OpcodeBootRequest || req.HWType != iana.HWTypeEthernet {
+		return nil
+	}
+	// chaddr names the client the message is about; only the frame's
+	// source can speak for itself, or a guest could take or end another
+	// VM's lease.
+	if !bytes.Equal(req.ClientHWAddr, in.src) {
+		s.guestLog(slog.LevelWarn, in.src, "dhcp message ignored: chaddr is not the frame's source",
+			"chaddr", req.ClientHWAddr.String(), "type", req.MessageType().String())
+		return nil
+	}
+	if set(addrOf(req.GatewayIPAddr)) {
 		return nil // relayed: not from a VM on this bridge
 	}
-	ip, ok := s.binding(req.CHAddr)
+	ip, ok := s.binding(in.src)
 	if !ok {
 		// Not one of this host's VMs: another host's server answers it.
 		return nil
 	}
-	log := s.cfg.Log.With("interface", s.cfg.Interface, "mac", req.CHAddr.String(), "xid", fmt.Sprintf("%#08x", req.XID))
-	var reply *Message
-	switch req.Type() {
-	case Discover:
-		reply = s.reply(req, Offer, ip)
-		log.Debug("dhcp offer", "ip", ip)
-	case Request:
-		if sid, ok := req.OptionAddr(OptServerID); ok && sid != s.cfg.ServerIP {
+	ciaddr := addrOf(req.ClientIPAddr)
+	sid := addrOf(req.ServerIdentifier())
+	xid := "0x" + hex.EncodeToString(req.TransactionID[:])
+	var reply *dhcpv4.DHCPv4
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		reply = s.reply(req, dhcpv4.MessageTypeOffer, ip)
+		s.guestLog(slog.LevelDebug, in.src, "dhcp offer", "xid", xid, "ip", ip)
+	case dhcpv4.MessageTypeRequest:
+		if set(sid) && sid != s.cfg.ServerIP {
 			return nil // the client chose another server
 		}
-		want, ok := req.OptionAddr(OptRequestedIP)
-		if !ok {
-			want = req.CIAddr
+		want := addrOf(req.RequestedIPAddress())
+		if !want.IsValid() {
+			want = ciaddr
 		}
 		if want != ip {
-			reply = s.reply(req, Nak, netip.Addr{})
-			s.setLeased(req.CHAddr, netip.Addr{})
-			log.Info("dhcp nak", "requested", want, "reserved", ip)
+			reply = s.reply(req, dhcpv4.MessageTypeNak, netip.Addr{})
+			s.setLeased(in.src, netip.Addr{})
+			s.guestLog(slog.LevelInfo, in.src, "dhcp nak", "xid", xid, "requested", want, "reserved", ip)
 		} else {
-			reply = s.reply(req, Ack, ip)
-			s.setLeased(req.CHAddr, ip)
-			log.Info("dhcp ack", "ip", ip)
+			reply = s.reply(req, dhcpv4.MessageTypeAck, ip)
+			s.setLeased(in.src, ip)
+			s.guestLog(slog.LevelInfo, in.src, "dhcp ack", "xid", xid, "ip", ip)
 		}
-	case Inform:
-		reply = s.reply(req, Ack, netip.Addr{})
-	case Release:
-		log.Info("dhcp release (the reservation stays)", "ip", req.CIAddr)
-		s.setLeased(req.CHAddr, netip.Addr{})
+	case dhcpv4.MessageTypeInform:
+		// RFC 2131 4.3.5: the answer goes unicast to ciaddr, which an
+		// INFORMing client must fill in (it has its address already). One
+		// without a usable ciaddr is malformed and dropped rather than
+		// broadcast to every guest on the network.
+		if !s.unicastTarget(ciaddr) {
+			s.guestLog(slog.LevelDebug, in.src, "dhcp inform ignored: no usable ciaddr", "xid", xid, "ciaddr", ciaddr)
+			return nil
+		}
+		reply = s.reply(req, dhcpv4.MessageTypeAck, netip.Addr{})
+	case dhcpv4.MessageTypeRelease:
+		if set(sid) && sid != s.cfg.ServerIP {
+			return nil // a lease of another server's
+		}
+		s.guestLog(slog.LevelInfo, in.src, "dhcp release (the reservation stays)", "xid", xid, "ip", ciaddr)
+		s.setLeased(in.src, netip.Addr{})
 		return nil
-	case Decline:
-		log.Warn("dhcp decline: the guest found its reserved address in use", "ip", ip)
+	case dhcpv4.MessageTypeDecline:
+		if set(sid) && sid != s.cfg.ServerIP {
+			return nil
+		}
+		s.guestLog(slog.LevelWarn, in.src, "dhcp decline: the guest found its reserved address in use", "xid", xid, "ip", ip)
 		return nil
 	default:
 		return nil
 	}
-	return [][]byte{s.frame(req, reply, mac)}
+	out, err := s.frame(req, reply, ciaddr, mac)
+	if err != nil {
+		return nil
+	}
+	return [][]byte{out}
 }
 
-func (s *Server) reply(req *Message, typ byte, yiaddr netip.Addr) *Message {
-	m := &Message{
-		Op: opReply, XID: req.XID, Flags: req.Flags, GIAddr: req.GIAddr, CHAddr: req.CHAddr,
-		Options: map[byte][]byte{OptMessageType: {typ}, OptServerID: addrBytes(s.cfg.ServerIP)},
+// unicastTarget reports whether a reply may be sent to a as an IP
+// destination: a host address of the network's subnet, never an absent,
+// unspecified, broadcast or foreign one that a guest wrote into its
+// message.
+func (s *Server) unicastTarget(a netip.Addr) bool {
+	return a.Is4() && s.prefix.Contains(a) && a != s.prefix.Masked().Addr() && a != s.bcast
+}
+
+func (s *Server) reply(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, yiaddr netip.Addr) *dhcpv4.DHCPv4 {
+	m := &dhcpv4.DHCPv4{
+		OpCode: dhcpv4.OpcodeBootReply, HWType: req.HWType, TransactionID: req.TransactionID, Flags: req.Flags,
+		ClientHWAddr: slices.Clone(req.ClientHWAddr),
+		ClientIPAddr: net.IPv4zero, YourIPAddr: net.IPv4zero, ServerIPAddr: net.IPv4zero, GatewayIPAddr: net.IPv4zero,
+		Options: dhcpv4.OptionsFromList(dhcpv4.OptMessageType(typ), dhcpv4.OptServerIdentifier(s.cfg.ServerIP.AsSlice())),
 	}
-	if typ == Nak {
-		m.Options[OptMessage] = []byte("address not reserved for this client")
+	if typ == dhcpv4.MessageTypeNak {
+		m.UpdateOption(dhcpv4.OptMessage("address not reserved for this client"))
 		return m
 	}
-	m.YIAddr = yiaddr
-	m.SIAddr = netip.IPv4Unspecified()
-	m.Options[OptSubnetMask] = addrBytes(s.mask)
-	m.Options[OptBroadcast] = addrBytes(s.bcast)
-	if s.router.IsValid() {
-		m.Options[OptRouter] = addrBytes(s.router)
+	if yiaddr.IsValid() {
+		m.YourIPAddr = yiaddr.AsSlice()
+	}
+	m.UpdateOption(dhcpv4.OptSubnetMask(net.IPMask(s.mask.AsSlice())))
+	m.UpdateOption(dhcpv4.OptBroadcastAddress(s.bcast.AsSlice()))
+	if s.router.Is4() {
+		m.UpdateOption(dhcpv4.OptRouter(s.router.AsSlice()))
 	}
 	if len(s.dns) > 0 {
-		m.Options[OptDNS] = addrBytes(s.dns...)
+		ips := make([]net.IP, len(s.dns))
+		for i, d := range s.dns {
+			ips[i] = d.AsSlice()
+		}
+		m.UpdateOption(dhcpv4.OptDNS(ips...))
 	}
 	if s.cfg.MTU >= 68 && s.cfg.MTU <= 65535 {
-		m.Options[OptMTU] = binary.BigEndian.AppendUint16(nil, uint16(s.cfg.MTU))
+		m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionInterfaceMTU, binary.BigEndian.AppendUint16(nil, uint16(s.cfg.MTU))))
 	}
-	if req.Type() == Inform {
-		m.CIAddr = req.CIAddr
+	if req.MessageType() == dhcpv4.MessageTypeInform {
+		m.ClientIPAddr = slices.Clone(req.ClientIPAddr.To4())
 		return m // no lease for INFORM
 	}
-	lease := uint32(s.cfg.LeaseTime / time.Second)
-	m.Options[OptLeaseTime] = uint32Bytes(lease)
-	m.Options[OptT1] = uint32Bytes(lease / 2)
-	m.Options[OptT2] = uint32Bytes(lease / 8 * 7)
+	m.UpdateOption(dhcpv4.OptIPAddressLeaseTime(s.cfg.LeaseTime))
+	m.UpdateOption(dhcpv4.OptRenewTimeValue(s.cfg.LeaseTime / 2))
+	m.UpdateOption(dhcpv4.OptRebindingTimeValue(s.cfg.LeaseTime / 8 * 7))
 	return m
 }
 
-// frame addresses a reply as RFC 2131 4.1 says: to the client's address
-// when it has one, broadcast when it asks for it (and for NAK), else to
-// the offered address at the client's MAC.
-func (s *Server) frame(req, reply *Message, mac net.HardwareAddr) []byte {
-	p := UDPPacket{SrcMAC: mac, Src: s.cfg.ServerIP, SrcPort: ServerPort, DstPort: ClientPort, Payload: reply.Marshal()}
+// frame addresses a reply as RFC 2131 4.1 says: broadcast for NAK and when
+// the client asks for it, else to the client's address when it has one,
+// else to the offered address. The MAC is always the client's own (the
+// frame's source, which chaddr was checked to be) or broadcast, and the IP
+// destination is always a usable address: where the guest's ciaddr is not
+// one, the reply is broadcast.
+func (s *Server) frame(req, reply *dhcpv4.DHCPv4, ciaddr netip.Addr, mac net.HardwareAddr) ([]byte, error) {
+	dstMAC, dst := BroadcastMAC, limitedBroadcast
 	switch {
-	case reply.Type() == Nak || req.Broadcast():
-		p.DstMAC, p.Dst = BroadcastMAC, netip.AddrFrom4([4]byte{255, 255, 255, 255})
-	case req.CIAddr.IsValid() && !req.CIAddr.IsUnspecified():
-		p.DstMAC, p.Dst = req.CHAddr, req.CIAddr
+	case reply.MessageType() == dhcpv4.MessageTypeNak || req.IsBroadcast():
+	case set(ciaddr):
+		if s.unicastTarget(ciaddr) {
+			dstMAC, dst = req.ClientHWAddr, ciaddr
+		}
 	default:
-		p.DstMAC, p.Dst = req.CHAddr, reply.YIAddr
+		if y := addrOf(reply.YourIPAddr); s.unicastTarget(y) {
+			dstMAC, dst = req.ClientHWAddr, y
+		}
 	}
-	return EncodeUDP(p)
+	return encodeUDP(mac, dstMAC, s.cfg.ServerIP, dst, ServerPort, ClientPort, reply.ToBytes())
 }
