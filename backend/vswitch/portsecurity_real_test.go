@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
-	"github.com/kvmfleet/terraform-provider-kvm/backend/dhcp"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
@@ -135,8 +136,7 @@ func TestRealPortSecurity(t *testing.T) {
 	delivered := func(srcMAC net.HardwareAddr, src netip.Addr, sport uint16) bool {
 		t.Helper()
 		payload := fmt.Appendf(nil, "probe-%d", time.Now().UnixNano())
-		frame := dhcp.EncodeUDP(dhcp.UDPPacket{SrcMAC: srcMAC, DstMAC: b.mac, Src: src, Dst: b.ip,
-			SrcPort: sport, DstPort: 4444, Payload: payload})
+		frame := udpFrame(t, srcMAC, b.mac, src, b.ip, sport, 4444, payload)
 		return rx.sendAndAwait(t, txA, frame, payload)
 	}
 	ping := func() bool {
@@ -168,13 +168,25 @@ func TestRealPortSecurity(t *testing.T) {
 	if out, err := exec.Command("ovs-ofctl", "del-flows", "unix:"+filepath.Join(o.Dir, br+".mgmt"), "cookie=0x6b766d2d70736563/-1").CombinedOutput(); err != nil {
 		t.Fatalf("del-flows: %v: %s", err, out)
 	}
-	if !delivered(a.mac, netip.MustParseAddr("10.77.0.99"), 5000) {
+	// The datapath keeps its cached decisions until vswitchd revalidates
+	// them (well under a second): every change is awaited, then checked.
+	eventually := func(cond func() bool) bool {
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			if cond() {
+				return true
+			}
+			if time.Now().After(deadline) {
+				return false
+			}
+		}
+	}
+	if !eventually(func() bool { return delivered(a.mac, netip.MustParseAddr("10.77.0.99"), 5000) }) {
 		t.Fatal("without flows the bridge should be plain NORMAL")
 	}
 	if !sync() {
 		t.Fatal("reconcile did not restore deleted flows")
 	}
-	if delivered(a.mac, netip.MustParseAddr("10.77.0.99"), 5000) || !delivered(a.mac, a.ip, 5000) {
+	if !eventually(func() bool { return !delivered(a.mac, netip.MustParseAddr("10.77.0.99"), 5000) }) || !delivered(a.mac, a.ip, 5000) {
 		t.Fatal("restored flows do not enforce")
 	}
 
@@ -316,4 +328,21 @@ func (r *rawSock) sendAndAwait(t *testing.T, tx *rawSock, frame, payload []byte)
 		}
 	}
 	return false
+}
+
+// udpFrame is an Ethernet/IPv4/UDP frame with correct checksums.
+func udpFrame(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	t.Helper()
+	eth := layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	udp := layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	if err := udp.SetNetworkLayerForChecksum(&ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
+		&eth, &ip, &udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
