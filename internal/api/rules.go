@@ -463,7 +463,7 @@ func validateNetworkAddressing(spec NetworkSpec) error {
 		}
 	}
 	if spec.Uplink != "" {
-		if err := ValidateInterfaceName(spec.Uplink); err != nil {
+		if err := ValidateUplinkName(spec.Uplink); err != nil {
 			return invalidf("uplink: %s", err)
 		}
 	}
