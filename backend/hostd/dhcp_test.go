@@ -2,6 +2,7 @@ package hostd
 
 import (
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,9 @@ func TestNetworkDHCPEmbedded(t *testing.T) {
 		`{"subnet":{"cidr":"10.30.0.0/24"},"dhcp":true,"dhcp_server_ip":"10.99.0.1"}`: "outside",
 		`{"uplink":"no such/if"}`:                                                     "interface name",
 		`{"uplink":"kvmnone0"}`:                                                       `no network interface "kvmnone0"`,
+		`{"uplink":"lo"}`:                                                             "loopback",
+		`{"uplink":"vnet3"}`:                                                          "libvirt's VM tap devices",
+		`{"uplink":"kvm-other"}`:                                                      "kvm-hostd's network bridges",
 	} {
 		st, e, b := call(t, "PUT", u+"/networks/bad", tok, body)
 		if st != 400 || !strings.Contains(e.Message, want) {
@@ -78,10 +82,29 @@ func TestNetworkDHCPEmbedded(t *testing.T) {
 		t.Errorf("a refused network exists: GET answered %d", st)
 	}
 	// An existing interface is accepted and reported (nothing is realized
-	// on the embedded OVSDB).
-	if st, _, b := call(t, "PUT", u+"/networks/up", tok, `{"vlan":9,"uplink":"lo"}`); st >= 300 || !strings.Contains(string(b), `"uplink":"lo"`) {
-		t.Fatalf("PUT network with uplink lo: %d %s", st, b)
+	// on the embedded OVSDB, so one holding addresses is fine there).
+	up := testUplinkInterface(t)
+	if st, _, b := call(t, "PUT", u+"/networks/up", tok, `{"vlan":9,"uplink":"`+up+`"}`); st >= 300 || !strings.Contains(string(b), `"uplink":"`+up+`"`) {
+		t.Fatalf("PUT network with uplink %s: %d %s", up, st, b)
 	}
+}
+
+// testUplinkInterface is an interface of this machine that the embedded
+// default accepts as an uplink: any that exists, is not a loopback device
+// and has a name kvm-hostd does not reserve.
+func testUplinkInterface(t *testing.T) string {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagLoopback == 0 && api.ValidateUplinkName(ifi.Name) == nil {
+			return ifi.Name
+		}
+	}
+	t.Skip("this machine has no interface but loopback ones to use as an uplink")
+	return ""
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -36,6 +36,16 @@ func TestReadOnlyToken(t *testing.T) {
 			t.Errorf("GET %s with the read-only token: %d %s", p, st, b)
 		}
 	}
+	// A volume's bytes are not for the read token, by GET or HEAD: no plan
+	// needs them, and the token must not be a way to copy a disk away.
+	for _, method := range []string{"GET", "HEAD"} {
+		if st, _, b := call(t, method, m.URL()+"/v1/pools/default/volumes/ro-1/content", readToken, ""); st != 403 {
+			t.Errorf("%s content with the read-only token: %d %s, want 403", method, st, b)
+		}
+	}
+	if st, _, b := call(t, "GET", m.URL()+"/v1/pools/default/volumes/ro-1/content", testToken, ""); st != 200 {
+		t.Errorf("GET content with the full token: %d %.200s, want 200", st, b)
+	}
 	writes := []struct{ method, path, body string }{
 		{"PUT", "/v1/pools/default/volumes/ro-2", `{"size_mib":16}`},
 		{"PATCH", "/v1/pools/default/volumes/ro-1", `{"size_mib":32}`},
@@ -66,7 +76,7 @@ func TestReadOnlyToken(t *testing.T) {
 		t.Errorf("wrong token: %d, want 401", st)
 	}
 	log, _ := os.ReadFile(audit)
-	for _, want := range []string{`"who":"read-token","method":"DELETE"`, `"who":"invalid-token","method":"DELETE"`, `"who":"token","method":"PUT"`} {
+	for _, want := range []string{`"who":"read-token","method":"DELETE"`, `"who":"read-token","method":"HEAD","path":"/v1/pools/default/volumes/ro-1/content","status":403`, `"who":"invalid-token","method":"DELETE"`, `"who":"token","method":"PUT"`} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("audit log lacks %s:\n%s", want, log)
 		}

@@ -409,10 +409,19 @@ func (l *Libvirt) stopDomain(ctx context.Context, d *libvirt.Domain, timeout tim
 }
 
 func shutdownTimeout(spec *api.VMSpec) time.Duration {
-	if spec.ShutdownTimeoutSec == nil {
+	return shutdownTimeoutSec(spec.ShutdownTimeoutSec)
+}
+
+// shutdownTimeoutSec converts a VM's shutdown timeout. Specs are validated
+// (0..MaxShutdownTimeoutSec) before they get here, but the value is also
+// read back from domain metadata, which anyone with libvirt access can
+// edit: a value out of range is clamped rather than multiplied into an
+// overflowed (negative or tiny) duration.
+func shutdownTimeoutSec(sec *int64) time.Duration {
+	if sec == nil {
 		return defaultShutdownTimeout
 	}
-	return time.Duration(*spec.ShutdownTimeoutSec) * time.Second
+	return time.Duration(min(max(*sec, 0), api.MaxShutdownTimeoutSec)) * time.Second
 }
 
 // DeleteVM stops and undefines a domain; volumes stay.

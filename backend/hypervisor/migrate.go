@@ -124,10 +124,7 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			return err
 		}
 		if active && req.Mode == "offline" {
-			timeout := defaultShutdownTimeout
-			if meta.ShutdownTimeout != nil {
-				timeout = time.Duration(*meta.ShutdownTimeout) * time.Second
-			}
+			timeout := shutdownTimeoutSec(meta.ShutdownTimeout)
 			if err := l.stopDomain(ctx, d, timeout); err != nil {
 				return restore(wrap(err, "stop %s for offline migration", name))
 			}

@@ -2,12 +2,14 @@ package hypervisor
 
 import (
 	"bytes"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kdomanski/iso9660"
 	"libvirt.org/go/libvirt"
@@ -211,5 +213,28 @@ func TestEnsurePoolDirNeverChmodsParents(t *testing.T) {
 	}
 	if st, _ := os.Stat(pool); st.Mode().Perm() != 0o755 {
 		t.Fatalf("pool dir mode %#o, want 0755", st.Mode().Perm())
+	}
+}
+
+// A shutdown timeout read back from domain metadata (which anyone with
+// libvirt access can edit) is clamped, never multiplied into an overflowed
+// duration.
+func TestShutdownTimeoutClamped(t *testing.T) {
+	p := func(v int64) *int64 { return &v }
+	for _, c := range []struct {
+		sec  *int64
+		want time.Duration
+	}{
+		{nil, defaultShutdownTimeout},
+		{p(0), 0},
+		{p(30), 30 * time.Second},
+		{p(api.MaxShutdownTimeoutSec + 1), api.MaxShutdownTimeoutSec * time.Second},
+		{p(9223372037), api.MaxShutdownTimeoutSec * time.Second},
+		{p(math.MaxInt64), api.MaxShutdownTimeoutSec * time.Second},
+		{p(-1), 0},
+	} {
+		if got := shutdownTimeoutSec(c.sec); got != c.want {
+			t.Errorf("shutdownTimeoutSec(%v) = %v, want %v", c.sec, got, c.want)
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 	"unicode"
 
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
@@ -253,11 +252,13 @@ func (s *Server) patchVM(r *http.Request) (int, any, error) {
 func (s *Server) deleteVM(r *http.Request) (int, any, error) {
 	timeout := service.DefaultShutdownTimeout
 	if q := r.URL.Query().Get("shutdown_timeout"); q != "" {
-		n, err := strconv.Atoi(q)
-		if err != nil || n < 0 || n > api.MaxShutdownTimeoutSec {
+		n, err := strconv.ParseInt(q, 10, 64)
+		if err != nil {
 			return 0, nil, api.Errorf(api.CodeInvalid, "shutdown_timeout %q must be 0..%d seconds", q, api.MaxShutdownTimeoutSec)
 		}
-		timeout = time.Duration(n) * time.Second
+		if timeout, err = api.Seconds("shutdown_timeout", n, 0, api.MaxShutdownTimeoutSec); err != nil {
+			return 0, nil, err
+		}
 	}
 	return http.StatusNoContent, nil, s.svc.DeleteVM(r.Context(), r.PathValue("name"), timeout)
 }

@@ -45,7 +45,26 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+	// table lists every authenticated route with its access rule, for the
+	// tests that check each route against each credential.
+	table []route
 }
+
+// route is one authenticated API route and who may call it.
+type route struct {
+	method, pattern string
+	// fullTokenOnly: the read-only token is refused even though the method
+	// is a read. For reads no plan needs that copy bulk data off the host
+	// (a volume's bytes): the read token is handed to CI, and must not be
+	// a way to take a disk image away. Such reads are audited like writes.
+	fullTokenOnly bool
+}
+
+// routeOption refines a route's access rule.
+type routeOption func(*route)
+
+// fullToken marks a read that needs the full token; see route.fullTokenOnly.
+func fullToken(r *route) { r.fullTokenOnly = true }
 
 // New builds the handler tree.
 func New(svc *service.Service, opts Options) *Server {
@@ -79,9 +98,14 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /healthz", s.healthz)
 	m.Handle("GET /metrics", s.metrics.handler())
 
-	v1 := func(pattern string, h handlerFunc) {
+	v1 := func(pattern string, h handlerFunc, opts ...routeOption) {
 		method, path, _ := strings.Cut(pattern, " ")
-		m.Handle(method+" /"+api.Version+path, s.authenticated(s.wrap(h)))
+		rt := route{method: method, pattern: "/" + api.Version + path}
+		for _, o := range opts {
+			o(&rt)
+		}
+		s.table = append(s.table, rt)
+		m.Handle(method+" "+rt.pattern, s.authenticated(rt, s.wrap(h)))
 	}
 	v1("GET /host", s.getHost)
 
@@ -91,7 +115,7 @@ func (s *Server) routes() {
 	v1("PATCH /pools/{pool}/volumes/{name}", s.patchVolume)
 	v1("DELETE /pools/{pool}/volumes/{name}", s.deleteVolume)
 	v1("POST /pools/{pool}/volumes/{name}/copy", s.copyVolume)
-	v1("GET /pools/{pool}/volumes/{name}/content", s.volumeContent) // raw bytes, streamed
+	v1("GET /pools/{pool}/volumes/{name}/content", s.volumeContent, fullToken) // raw bytes, streamed
 
 	v1("GET /vms", s.listVMs)
 	v1("GET /vms/{name}", s.getVM)
@@ -118,12 +142,17 @@ func (s *Server) routes() {
 
 	v1("GET /operations/{id}", s.getOperation)
 
-	// Everything else is a JSON 404, also under /v1 without auth, so a
-	// probe cannot tell routes from non-routes by the status alone... but
-	// callers still get a useful body.
-	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, api.Errorf(api.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
-	})
+	// Everything else is a JSON 404. Under /v1 it is authenticated first,
+	// whatever the method (OPTIONS, a method no route has, a path no route
+	// has): without a valid token every /v1 request is a 401, so a probe
+	// cannot map routes and methods, and nothing under /v1 is reachable
+	// around the token check. (A "GET" pattern also serves HEAD, which
+	// goes through the same authenticated handler as GET.)
+	noRoute := func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, api.Errorf(api.CodeNotFound, "no route for %s %s", methodLabel(r.Method), r.URL.Path))
+	}
+	m.Handle("/"+api.Version+"/", s.authenticated(route{}, http.HandlerFunc(noRoute)))
+	m.HandleFunc("/", noRoute)
 }
 
 // ServeHTTP adds the request id, logging and metrics to every request.
@@ -147,7 +176,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := time.Since(start)
 	s.metrics.observe(pattern, methodLabel(r.Method), rec.status, d)
 	s.log.Info("request", "request_id", rid, "method", methodLabel(r.Method), "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "remote", r.RemoteAddr)
-	if s.opts.Audit != nil && (isMutating(r.Method) || isContentRead(r)) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/") {
+	if s.opts.Audit != nil && (!isRead(r.Method) || cl.sensitive || isConsoleRead(r)) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/") {
 		s.opts.Audit.Write(AuditEntry{
 			Time: start.UTC(), RequestID: rid, Who: who(r, cl), Owner: boundedOwner(r.Header.Get(api.HeaderOwner)),
 			Method: methodLabel(r.Method), Path: r.URL.Path, Status: rec.status, Error: rec.errCode, DurationMS: d.Milliseconds(),
@@ -156,16 +185,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// isContentRead is a read of a volume's bytes or a VM's serial console:
-// audited like a write, since it copies a whole disk off the host or what
-// a guest printed (which may include secrets).
-func isContentRead(r *http.Request) bool {
-	return r.Method == http.MethodGet && (strings.HasSuffix(r.URL.Path, "/content") ||
-		strings.HasPrefix(r.URL.Path, "/"+api.Version+"/vms/") && strings.HasSuffix(r.URL.Path, "/console"))
-}
+// Audited: every request under /v1 that is not a plain read (writes, and
+// also OPTIONS or unknown methods, which are refused: an attempt is worth
+// a line), reads of full-token routes (a volume's bytes: a whole disk
+// leaving the host), and reads of a VM's serial console (what a guest
+// printed may include secrets). HEAD counts as the GET it mirrors.
 
-func isMutating(m string) bool {
-	return m == http.MethodPut || m == http.MethodPost || m == http.MethodPatch || m == http.MethodDelete
+// isConsoleRead is a read of a VM's serial console.
+func isConsoleRead(r *http.Request) bool {
+	return isRead(r.Method) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/vms/") && strings.HasSuffix(r.URL.Path, "/console")
 }
 
 // who names the caller for the audit log: the client certificate's subject
@@ -211,12 +239,18 @@ func requestID(ctx context.Context) string {
 }
 
 // authenticated requires a bearer token (constant-time compare): the full
-// token for everything, or the read-only token for reads. When the server
-// runs with client-certificate auth, TLS has verified the peer before we
-// get here.
-func (s *Server) authenticated(next http.Handler) http.Handler {
+// token for everything, or the read-only token for reads (GET and HEAD) of
+// routes not marked fullTokenOnly. When the server runs with
+// client-certificate auth, TLS has verified the peer before we get here.
+func (s *Server) authenticated(rt route, next http.Handler) http.Handler {
 	full, read := []byte(s.opts.Token), []byte(s.opts.ReadToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rt.fullTokenOnly {
+			// Set before the token check so refused attempts are audited too.
+			if c, ok := r.Context().Value(callerKey{}).(*caller); ok {
+				c.sensitive = true
+			}
+		}
 		if len(full) == 0 && len(read) == 0 {
 			next.ServeHTTP(w, r)
 			return
@@ -228,7 +262,11 @@ func (s *Server) authenticated(next http.Handler) http.Handler {
 		case ok && len(read) > 0 && subtle.ConstantTimeCompare([]byte(got), read) == 1:
 			setCaller(r, "read-token")
 			if !isRead(r.Method) {
-				writeError(w, api.Errorf(api.CodeForbidden, "the read-only token may not %s %s", r.Method, r.URL.Path))
+				writeError(w, api.Errorf(api.CodeForbidden, "the read-only token may not %s %s", methodLabel(r.Method), r.URL.Path))
+				return
+			}
+			if rt.fullTokenOnly {
+				writeError(w, api.Errorf(api.CodeForbidden, "the read-only token may not read %s: this route copies bulk data off the host and needs the full token", r.URL.Path))
 				return
 			}
 		default:
@@ -252,6 +290,9 @@ func isRead(m string) bool { return m == http.MethodGet || m == http.MethodHead 
 type caller struct {
 	who    string
 	params map[string]string
+	// sensitive: the route needs the full token even for reads, and every
+	// request to it is audited.
+	sensitive bool
 }
 
 // auditParam records a request parameter for the audit line. URLs must be

@@ -12,8 +12,8 @@ import (
 
 // Reservation lifetimes for VMs arriving by migration.
 const (
-	DefaultReservationTTL = 15 * time.Minute
-	MaxReservationTTL     = 24 * time.Hour
+	DefaultReservationTTL = api.DefaultReservationTTLSec * time.Second
+	MaxReservationTTL     = api.MaxReservationTTLSec * time.Second
 )
 
 // Kinds of reservation in the admission ledger.
@@ -198,12 +198,11 @@ func (s *Service) PutReservation(ctx context.Context, vm string, spec api.Reserv
 	if spec.MemoryMiB < 16 || spec.MemoryMiB > 16<<20 {
 		return nil, invalid("memory_mib %d is out of range (16..%d)", spec.MemoryMiB, 16<<20)
 	}
-	ttl := time.Duration(spec.TTLSec) * time.Second
-	switch {
-	case spec.TTLSec < 0 || ttl > MaxReservationTTL:
-		return nil, invalid("ttl_sec %d is out of range (1..%d)", spec.TTLSec, int64(MaxReservationTTL/time.Second))
-	case ttl == 0:
-		ttl = DefaultReservationTTL
+	// Bounded before it becomes a duration: an unchecked huge ttl_sec
+	// overflows into a reservation that holds the room for ever.
+	ttl, err := api.ReservationTTL(spec.TTLSec)
+	if err != nil {
+		return nil, err
 	}
 	if spec.SourceHost != "" {
 		if err := api.ValidateName("host", spec.SourceHost); err != nil {

@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 
@@ -69,17 +68,9 @@ func (s *Service) PutNetwork(ctx context.Context, name string, spec api.NetworkS
 		return nil, invalid("host %s has no tunnel IP (--tunnel-ip), so it cannot join overlay network %s", s.cfg.Name, name)
 	}
 	if spec.Uplink != "" {
-		// Checked before OVSDB is touched: OVS would accept the port and
-		// only log that the device is missing.
-		ifi, err := net.InterfaceByName(spec.Uplink)
-		if err != nil {
-			return nil, invalid("uplink: host %s has no network interface %q", s.cfg.Name, spec.Uplink)
-		}
-		if addrs, _ := ifi.Addrs(); len(addrs) > 0 {
-			// Open vSwitch takes the interface over: its addresses stop
-			// working (on a real switch; nothing changes on the embedded one).
-			s.log.Warn("uplink interface has addresses of this host; they stop working while it is an uplink",
-				"network", name, "interface", spec.Uplink, "addresses", fmt.Sprint(addrs))
+		// Checked before OVSDB is touched (see uplink.go).
+		if err := s.hostNet.checkUplink(s.cfg.Name, name, spec.Uplink, switchRealizes(sw)); err != nil {
+			return nil, err
 		}
 	}
 	// Never tunnel to ourselves.

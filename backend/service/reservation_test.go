@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -169,7 +170,27 @@ func TestReservations(t *testing.T) {
 	if l, err := cl.ListReservations(ctx); err != nil || len(l) != 0 {
 		t.Errorf("ledger after expiry: %+v, %v; want empty", l, err)
 	}
-	if _, err := cl.PutReservation(ctx, "bad", api.ReservationSpec{VCPU: 1, MemoryMiB: 64, TTLSec: 86401}); !api.IsCode(err, api.CodeInvalid) {
-		t.Errorf("ttl beyond a day: %v, want 400", err)
+	// Out-of-range TTLs are refused before they become a duration: a
+	// count that overflows time.Duration must not turn into a reservation
+	// that never expires (or one that is already gone).
+	for _, ttl := range []int64{api.MaxReservationTTLSec + 1, -1, 9223372036, 9223372037, math.MaxInt64, math.MinInt64} {
+		_, err := cl.PutReservation(ctx, "bad", api.ReservationSpec{VCPU: 1, MemoryMiB: 64, TTLSec: ttl})
+		if !api.IsCode(err, api.CodeInvalid) || !strings.Contains(err.Error(), "ttl_sec") {
+			t.Errorf("ttl_sec %d: %v, want 400 naming ttl_sec", ttl, err)
+		}
+	}
+	if l, err := cl.ListReservations(ctx); err != nil || len(l) != 0 {
+		t.Errorf("ledger after refused TTLs: %+v, %v; want empty", l, err)
+	}
+	// 0 (absent) is the default lifetime.
+	r, err = cl.PutReservation(ctx, "dflt", api.ReservationSpec{VCPU: 1, MemoryMiB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(*r.ExpiresAt); left < 14*time.Minute || left > 15*time.Minute+time.Second {
+		t.Errorf("default reservation expires in %v, want 15 min", left)
+	}
+	if err := cl.DeleteReservation(ctx, "dflt"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -60,6 +60,8 @@ type Service struct {
 	// host-to-host copies.
 	fetcher *Fetcher
 	fills   volumeFills
+	// hostNet is how uplinks are checked against the host's interfaces.
+	hostNet hostNet
 	// dhcp holds the DHCP servers of this host's networks (see dhcp.go).
 	dhcp dhcpServers
 }
@@ -75,7 +77,7 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetcher: NewFetcher()}
+	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetcher: NewFetcher(), hostNet: realHostNet}
 	s.fetcher.CheckAddr = (&FetchPolicy{Allow: cfg.FetchAllow}).Check
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)

@@ -268,6 +268,10 @@ func (s *OVS) Ping(ctx context.Context) error {
 	return nil
 }
 
+// Embedded reports whether this is the in-memory OVSDB of --ovsdb
+// embedded, where nothing turns rows into devices.
+func (s *OVS) Embedded() bool { return s.embedded != nil }
+
 // Close disconnects and stops the embedded server, if any.
 func (s *OVS) Close() error {
 	s.closeOnce.Do(func() {

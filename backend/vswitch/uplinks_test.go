@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -220,17 +221,27 @@ func TestEmbeddedUplinkForeignPort(t *testing.T) {
 	}
 }
 
-// TestEmbeddedUplinkOwnPort: another network's own bridge port is no
-// uplink; the attempt is refused and that network keeps its port.
+// TestEmbeddedUplinkOwnPort: another network's own bridge, tunnel, DHCP
+// or patch port, a VM's tap and the datapath are no uplink: the name alone
+// refuses them (400 with the reason), before any row changes, and the
+// other network keeps its ports.
 func TestEmbeddedUplinkOwnPort(t *testing.T) {
 	s := openEmbedded(t)
 	ctx := tctx(t)
 	if _, err := s.EnsureNetwork(ctx, "other", api.NetworkSpec{VLAN: 3}, ""); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.EnsureNetwork(ctx, "up", api.NetworkSpec{VLAN: 5, Uplink: api.BridgeName("other")}, "")
-	if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "already a port of bridge "+api.BridgeName("other")) {
-		t.Fatalf("want conflict naming the bridge, got %v", err)
+	before := rowCounts(t, s)
+	bs, us := api.UplinkPatchNames("other")
+	for _, name := range []string{api.BridgeName("other"), api.UplinkBridgeName("eth1"), bs, us,
+		api.TunnelPortName("other", "h2"), api.DHCPPortName("other"), "vnet3", "ovs-system", "lo"} {
+		_, err := s.EnsureNetwork(ctx, "up", api.NetworkSpec{VLAN: 5, Uplink: name}, "")
+		if !api.IsCode(err, api.CodeInvalid) || !strings.Contains(err.Error(), name) {
+			t.Errorf("uplink %s: want 400 naming it, got %v", name, err)
+		}
+	}
+	if after := rowCounts(t, s); !maps.Equal(after, before) {
+		t.Fatalf("rows changed on refused uplinks: %v -> %v", before, after)
 	}
 	if p := s.getPort(ctx, api.BridgeName("other")); p == nil {
 		t.Fatal("the other network lost its port")

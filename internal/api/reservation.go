@@ -11,7 +11,7 @@ type ReservationSpec struct {
 	// MemoryMiB is what the VM counts: max(memory_mib, max_memory_mib).
 	MemoryMiB int64 `json:"memory_mib"`
 	// TTLSec bounds the reservation's life in case nobody releases it
-	// (default 900, at most 86400).
+	// (0 or absent: DefaultReservationTTLSec; at most MaxReservationTTLSec).
 	TTLSec int64 `json:"ttl_sec,omitempty"`
 	// SourceHost is the host the VM comes from, for logs and listings.
 	SourceHost string `json:"source_host,omitempty"`
@@ -34,4 +34,20 @@ type Reservation struct {
 // ReservationList is the body of GET /v1/reservations.
 type ReservationList struct {
 	Reservations []Reservation `json:"reservations"`
+}
+
+// Bounds of a reservation's ttl_sec.
+const (
+	DefaultReservationTTLSec = 15 * 60
+	MaxReservationTTLSec     = 24 * 60 * 60
+)
+
+// ReservationTTL is the lifetime of a reservation asked for with ttl_sec:
+// 0 means the default; anything outside 1..MaxReservationTTLSec is
+// refused, checked before converting (see Seconds).
+func ReservationTTL(ttlSec int64) (time.Duration, error) {
+	if ttlSec == 0 {
+		return DefaultReservationTTLSec * time.Second, nil
+	}
+	return Seconds("ttl_sec", ttlSec, 1, MaxReservationTTLSec)
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // The rules in this file are enforced by kvm-hostd on every request and
@@ -62,6 +63,18 @@ const (
 const MaxCPUSetCPU = 4095
 
 func invalidf(format string, args ...any) *Error { return Errorf(CodeInvalid, format, args...) }
+
+// Seconds converts a count of seconds a client sent into a duration, after
+// checking it is within min..max. The check must come first:
+// time.Duration(n) * time.Second wraps around for n above 9223372036
+// (about 292 years), so an unchecked 9223372037 turns into a negative or
+// tiny duration and a bound like "ttl > max" no longer holds.
+func Seconds(field string, n, min, max int64) (time.Duration, error) {
+	if n < min || n > max {
+		return 0, invalidf("%s %d is out of range (%d..%d seconds)", field, n, min, max)
+	}
+	return time.Duration(n) * time.Second, nil
+}
 
 var macPattern = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
 
@@ -450,7 +463,7 @@ func validateNetworkAddressing(spec NetworkSpec) error {
 		}
 	}
 	if spec.Uplink != "" {
-		if err := ValidateInterfaceName(spec.Uplink); err != nil {
+		if err := ValidateUplinkName(spec.Uplink); err != nil {
 			return invalidf("uplink: %s", err)
 		}
 	}

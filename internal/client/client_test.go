@@ -171,3 +171,25 @@ func TestJitterBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+// A server's Retry-After is capped before it becomes a duration: a count
+// of seconds past time.Duration's range must not wrap into a negative
+// wait (an immediate retry storm).
+func TestRetryAfterCapped(t *testing.T) {
+	b := JitterBackoff(30 * time.Second)
+	for _, c := range []struct {
+		header string
+		want   time.Duration
+	}{
+		{"5", 5 * time.Second},
+		{"30", 30 * time.Second},
+		{"31", 30 * time.Second},
+		{"9223372037", 30 * time.Second},
+		{"9223372036854775807", 30 * time.Second},
+	} {
+		resp := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {c.header}}}
+		if d := b(time.Second, time.Minute, 0, resp); d != c.want {
+			t.Errorf("Retry-After %s: waits %v, want %v", c.header, d, c.want)
+		}
+	}
+}

@@ -90,12 +90,13 @@ func JitterBackoff(maxRetryAfter time.Duration) func(min, max time.Duration, att
 	return func(min, max time.Duration, attempt int, resp *http.Response) time.Duration {
 		if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
 			if s := resp.Header.Get("Retry-After"); s != "" {
-				if secs, err := strconv.Atoi(s); err == nil && secs >= 0 {
-					d := time.Duration(secs) * time.Second
-					if d > maxRetryAfter {
-						d = maxRetryAfter
+				if secs, err := strconv.ParseInt(s, 10, 64); err == nil && secs >= 0 {
+					// Capped in seconds, before converting: a huge
+					// Retry-After would overflow into a negative wait.
+					if secs > int64(maxRetryAfter/time.Second) {
+						return maxRetryAfter
 					}
-					return d
+					return time.Duration(secs) * time.Second
 				}
 			}
 		}

@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"net"
 	"regexp"
 	"testing"
 
@@ -59,9 +60,12 @@ resource "kvm_network" "lan" {
 }
 `
 	}
-	// kvm-hostd checks that the interface exists on its host; on the
-	// embedded default "lo" is the one every machine has.
-	both := `{ host-a = "lo", host-b = "lo" }`
+	// kvm-hostd checks that the interface exists on its host and is not a
+	// loopback device; on the embedded default (which takes no interface
+	// over) any other interface of this machine will do.
+	up := testUplinkInterface(t)
+	both := `{ host-a = "` + up + `", host-b = "` + up + `" }`
+	onlyB := `{ host-b = "` + up + `" }`
 	servers := map[string]string{"host-a": "10.40.0.254", "host-b": "10.40.0.253"}
 	resource.Test(t, resource.TestCase{
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
@@ -76,11 +80,11 @@ resource "kvm_network" "lan" {
 						knownvalue.ListExact([]knownvalue.Check{knownvalue.StringExact("10.40.0.1")})),
 					statecheck.ExpectKnownValue("kvm_network.lan", tfjsonpath.New("dhcp"), knownvalue.Bool(true)),
 					statecheck.ExpectKnownValue("kvm_network.lan", tfjsonpath.New("uplinks"), knownvalue.MapExact(map[string]knownvalue.Check{
-						"host-a": knownvalue.StringExact("lo"), "host-b": knownvalue.StringExact("lo")})),
+						"host-a": knownvalue.StringExact(up), "host-b": knownvalue.StringExact(up)})),
 					statecheck.ExpectKnownValue("kvm_network.lan", tfjsonpath.New("host_status"), knownvalue.MapExact(map[string]knownvalue.Check{
 						"host-a": knownvalue.StringExact("ready"), "host-b": knownvalue.StringExact("ready")})),
 				},
-				Check: testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-a": "lo", "host-b": "lo"}),
+				Check: testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-a": up, "host-b": up}),
 			},
 			{
 				Config:                  cfg(`"10.40.0.1"`, both),
@@ -91,15 +95,15 @@ resource "kvm_network" "lan" {
 				ImportStateVerifyIgnore: []string{"timeouts"},
 			},
 			{
-				Config: cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
+				Config: cfg(`"10.40.0.1", "9.9.9.9"`, onlyB),
 				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
 					plancheck.ExpectResourceAction("kvm_network.lan", plancheck.ResourceActionUpdate),
 				}},
 				ConfigStateChecks: []statecheck.StateCheck{
 					statecheck.ExpectKnownValue("kvm_network.lan", tfjsonpath.New("uplinks"), knownvalue.MapExact(map[string]knownvalue.Check{
-						"host-b": knownvalue.StringExact("lo")})),
+						"host-b": knownvalue.StringExact(up)})),
 				},
-				Check: testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-b": "lo"}),
+				Check: testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-b": up}),
 			},
 			{
 				// Drift: host-b's DHCP port deleted out of band shows in the
@@ -108,35 +112,35 @@ resource "kvm_network" "lan" {
 				// dhcp off there is what an operator's mistake looks like).
 				PreConfig: func() {
 					spec := api.NetworkSpec{VLAN: 100, Subnet: &api.Subnet{CIDR: "10.40.0.0/24", Gateway: "10.40.0.1",
-						DNSServers: []string{"10.40.0.1", "9.9.9.9"}}, Uplink: "lo"}
+						DNSServers: []string{"10.40.0.1", "9.9.9.9"}}, Uplink: up}
 					if _, err := hostClient(t, c, "host-b").PutNetwork(context.Background(), "lan", spec); err != nil {
 						t.Fatal(err)
 					}
 				},
-				Config:             cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
+				Config:             cfg(`"10.40.0.1", "9.9.9.9"`, onlyB),
 				PlanOnly:           true,
 				ExpectNonEmptyPlan: true,
 			},
 			{
-				Config: cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
-				Check:  testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-b": "lo"}),
+				Config: cfg(`"10.40.0.1", "9.9.9.9"`, onlyB),
+				Check:  testAccCheckNetworkHosts(t, c, "lan", servers, map[string]string{"host-b": up}),
 			},
 			{
 				// Drift on the host that is not read for the sample: host-b's
 				// subnet changed behind Terraform's back shows as well.
 				PreConfig: func() {
 					spec := api.NetworkSpec{VLAN: 100, Subnet: &api.Subnet{CIDR: "10.40.0.0/24", Gateway: "10.40.0.2",
-						DNSServers: []string{"10.40.0.1", "9.9.9.9"}}, DHCP: true, DHCPServerIP: "10.40.0.253", Uplink: "lo"}
+						DNSServers: []string{"10.40.0.1", "9.9.9.9"}}, DHCP: true, DHCPServerIP: "10.40.0.253", Uplink: up}
 					if _, err := hostClient(t, c, "host-b").PutNetwork(context.Background(), "lan", spec); err != nil {
 						t.Fatal(err)
 					}
 				},
-				Config:             cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
+				Config:             cfg(`"10.40.0.1", "9.9.9.9"`, onlyB),
 				PlanOnly:           true,
 				ExpectNonEmptyPlan: true,
 			},
 			{
-				Config: cfg(`"10.40.0.1", "9.9.9.9"`, `{ host-b = "lo" }`),
+				Config: cfg(`"10.40.0.1", "9.9.9.9"`, onlyB),
 				Check: func(*terraform.State) error {
 					n, err := hostClient(t, c, "host-b").GetNetwork(context.Background(), "lan")
 					if err != nil {
@@ -176,6 +180,13 @@ resource "kvm_network" "bad" {
 		{`hosts = ["host-a"]
   uplinks = { host-b = "eth1" }`, `(?s)Uplink Host Not In Network.*host-b`},
 		{`uplinks = { host-a = "eth1/2" }`, `Invalid Interface Name`},
+		// Interfaces that can never be an uplink are refused at plan time,
+		// with the reason, before any host is asked.
+		{`uplinks = { host-a = "vnet3" }`, `(?s)Interface Cannot Be an Uplink.*"vnet3" is reserved.*"vnet"`},
+		{`uplinks = { host-a = "lo" }`, `(?s)Interface Cannot Be an Uplink.*loopback`},
+		{`uplinks = { host-a = "kvm-lan" }`, `(?s)Interface Cannot Be an Uplink.*"kvm-lan" is reserved.*"kvm-"`},
+		{`uplinks = { host-a = "kt-0123abcd" }`, `(?s)Interface Cannot Be an Uplink.*"kt-0123abcd" is reserved.*"kt-"`},
+		{`uplinks = { host-a = "ovs-system" }`, `(?s)Interface Cannot Be an Uplink.*"ovs-system" is reserved`},
 		{`subnet = { cidr = "10.1.0.0/30", gateway = "10.1.0.1" }
   dhcp = true`, `too small for 2 DHCP servers`},
 	} {
@@ -189,4 +200,22 @@ resource "kvm_network" "bad" {
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		Steps:                    steps,
 	})
+}
+
+// testUplinkInterface is an interface of this machine that kvm-hostd on
+// the embedded default accepts as an uplink: any that exists, is not a
+// loopback device and has a name that is not reserved.
+func testUplinkInterface(t *testing.T) string {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagLoopback == 0 && api.ValidateUplinkName(ifi.Name) == nil {
+			return ifi.Name
+		}
+	}
+	t.Skip("this machine has no interface but loopback ones to use as an uplink")
+	return ""
 }

@@ -216,8 +216,12 @@ func (r *NetworkResource) Schema(ctx context.Context, _ resource.SchemaRequest, 
 				MarkdownDescription: "Host interface that connects the network to the outside, per host name (for example " +
 					"`{ host-a = \"eth1\" }`). The interface becomes a trunk shared by every network using it on that host; a " +
 					"network with `vlan` sends and receives its frames tagged with it, a network without `vlan` untagged ones only. " +
-					"Removing an entry disconnects that host and releases the interface once no network uses it.",
-				Validators: []validator.Map{mapvalidator.ValueStringsAre(interfaceNameValidator{})},
+					"Removing an entry disconnects that host and releases the interface once no network uses it. Open vSwitch takes " +
+					"the interface over, so it must be one the host does not use itself: `lo` and the interfaces kvm-hostd, libvirt " +
+					"and Open vSwitch create (`kvm-*`, `kvu-*`, `kpn-*`, `kpu-*`, `kt-*`, `kd-*`, `vnet*`, `macvtap*`, `virbr*`, " +
+					"`ovs-system`, `ovs-netdev`, OVS tunnel devices) are refused at plan time; the host also refuses a loopback " +
+					"device and, with a real Open vSwitch, an interface holding one of its IPv4/IPv6 global addresses or its default route.",
+				Validators: []validator.Map{mapvalidator.ValueStringsAre(uplinkNameValidator{})},
 			},
 			"bridge": schema.StringAttribute{
 				Computed: true, MarkdownDescription: "Name of the OVS bridge on every host (derived from the name).",
@@ -269,22 +273,30 @@ func (networkSubnetValidator) ValidateResource(ctx context.Context, req resource
 	}
 }
 
-// interfaceNameValidator checks host interface names (api.ValidateInterfaceName).
-type interfaceNameValidator struct{}
+// uplinkNameValidator checks uplink interface names at plan time
+// (api.ValidateUplinkName): valid interface names, and none that can
+// never be an uplink. What only the host knows (the interface exists, holds
+// no host address) kvm-hostd checks at apply.
+type uplinkNameValidator struct{}
 
-func (interfaceNameValidator) Description(context.Context) string {
-	return "a host network interface name"
+func (uplinkNameValidator) Description(context.Context) string {
+	return "a host network interface name that can be an uplink"
 }
-func (v interfaceNameValidator) MarkdownDescription(ctx context.Context) string {
+func (v uplinkNameValidator) MarkdownDescription(ctx context.Context) string {
 	return v.Description(ctx)
 }
 
-func (interfaceNameValidator) ValidateString(_ context.Context, req validator.StringRequest, resp *validator.StringResponse) {
+func (uplinkNameValidator) ValidateString(_ context.Context, req validator.StringRequest, resp *validator.StringResponse) {
 	if req.ConfigValue.IsNull() || req.ConfigValue.IsUnknown() {
 		return
 	}
-	if err := api.ValidateInterfaceName(req.ConfigValue.ValueString()); err != nil {
+	name := req.ConfigValue.ValueString()
+	if err := api.ValidateInterfaceName(name); err != nil {
 		resp.Diagnostics.AddAttributeError(req.Path, "Invalid Interface Name", err.Error())
+		return
+	}
+	if err := api.ValidateUplinkName(name); err != nil {
+		resp.Diagnostics.AddAttributeError(req.Path, "Interface Cannot Be an Uplink", err.Error())
 	}
 }
 

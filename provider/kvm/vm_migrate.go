@@ -69,10 +69,14 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 	// however the migration ends; its TTL covers a lost release.
 	// The TTL covers an offline migration's graceful shutdown before
 	// libvirt defines the domain on the target.
-	ttl := int64(15 * 60)
+	// The host refuses a ttl_sec beyond api.MaxReservationTTLSec; the
+	// shutdown timeout is at most api.MaxShutdownTimeoutSec, but clamp
+	// anyway so a VM read back with an odd value still migrates.
+	ttl := int64(api.DefaultReservationTTLSec)
 	if vm.ShutdownTimeoutSec != nil {
-		ttl += *vm.ShutdownTimeoutSec
+		ttl += min(max(*vm.ShutdownTimeoutSec, 0), api.MaxShutdownTimeoutSec)
 	}
+	ttl = min(ttl, api.MaxReservationTTLSec)
 	_, err = dst.Client.PutReservation(ctx, name, api.ReservationSpec{VCPU: vm.VCPU, MemoryMiB: mem, TTLSec: ttl, SourceHost: src.Name})
 	switch {
 	case err == nil:
