@@ -231,6 +231,11 @@ func (h *NSHost) setUp(ctx context.Context, opts HostsOptions) error {
 	// mounts) alive; the namespace vanishes with its last process at teardown.
 	var script strings.Builder
 	for _, d := range libvirtDirs {
+		// Mount points too: /run/libvirt exists only once a libvirtd has
+		// run on the machine, which on a fresh one nothing did yet.
+		if err := os.MkdirAll(d.path, 0o755); err != nil {
+			return fmt.Errorf("realstack: %w", err)
+		}
 		fmt.Fprintf(&script, "mount --bind %s %s && ", filepath.Join(h.StateDir, d.sub), d.path)
 	}
 	// A /dev/kvm that root can open but libvirt-qemu cannot (root:root 0600, as on
