@@ -22,8 +22,9 @@ import (
 // as a guest's root user can: guest-sync and guest-ping as expected, and
 // guest-network-get-interfaces with poisoned data (see interfacesReply).
 // The mode file switches the poison at run time: "honest" (default) also
-// reports the NIC's real IPv4 address among the poison, anything else
-// reports poison only.
+// reports the NIC's real IPv4 address, valid addresses outside its subnet
+// and a flood of them; "poison" reports only what no host may pass on, so
+// that nothing valid is left for the NIC.
 func agentCmd(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	port := fs.String("port", "/dev/virtio-ports/org.qemu.guest_agent.0", "the agent's virtio port")
@@ -146,14 +147,19 @@ var (
 	// the first IPv4 instead of one inside the NIC's subnet reports them.
 	PoisonOutOfSubnet = []string{"192.0.2.1", "192.0.2.2", "198.51.100.7"}
 	// PoisonFlood is how many valid-looking addresses follow the real one
-	// on the same NIC, and PoisonNICs how many made-up NICs follow it.
-	PoisonFlood = 20000
+	// on the same NIC, and PoisonNICs how many made-up NICs follow it: far
+	// above what a host should keep (64 of each), and together under the
+	// 2048 addresses libvirt itself accepts in one answer (it refuses the
+	// whole answer beyond that, and then nothing reaches kvm-hostd).
+	PoisonFlood = 1500
 	PoisonNICs  = 300
 )
 
 // interfacesReply is the reply to guest-network-get-interfaces. It is
-// written by hand, not marshalled, so that it can carry what encoding/json
-// would repair: invalid UTF-8 and raw control bytes inside strings.
+// written by hand, not marshalled, so that it can carry escapes that
+// decode to what encoding/json would never produce (control characters, a
+// lone surrogate, which decodes to invalid UTF-8), while staying JSON that
+// libvirt parses: a reply libvirt cannot parse never reaches kvm-hostd.
 func interfacesReply(honest bool, victimMAC, victimIP string) []byte {
 	ifc, _ := nic()
 	var b bytes.Buffer
@@ -166,7 +172,8 @@ func interfacesReply(honest bool, victimMAC, victimIP string) []byte {
 		fmt.Fprintf(&b, `{"name": "eth0\u001b]52;c;aG9zdGlsZQ==\u0007\u001b[2J", "hardware-address": "%s", "ip-addresses": [`, ifc.HardwareAddr)
 		addr("ipv6", `fe80::1%\u001b[2Jeth0`, 64)
 		addr("ipv6", "fe80::2%"+strings.Repeat("z", 1<<20), 64)
-		addr("ipv4", "10.31.0.77\xff\xfe", 24)
+		// A lone surrogate: valid JSON that decodes to invalid UTF-8.
+		addr("ipv4", `10.31.0.77\ud800`, 24)
 		addr("ipv4", `10.31.0.78\u001b[31m`, 24)
 		for _, ip := range PoisonIPv4 {
 			addr("ipv4", ip, 24)
@@ -174,10 +181,12 @@ func interfacesReply(honest bool, victimMAC, victimIP string) []byte {
 		if victimIP != "" {
 			addr("ipv4", victimIP, 24)
 		}
-		for _, ip := range PoisonOutOfSubnet {
-			addr("ipv4", ip, 24)
-		}
 		if honest {
+			// Valid addresses, only outside the NIC's subnet: the host may
+			// report them, but not as ipv4_address.
+			for _, ip := range PoisonOutOfSubnet {
+				addr("ipv4", ip, 24)
+			}
 			if as, err := ifc.Addrs(); err == nil {
 				for _, a := range as {
 					if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
@@ -185,14 +194,15 @@ func interfacesReply(honest bool, victimMAC, victimIP string) []byte {
 					}
 				}
 			}
-		}
-		for i := 0; i < PoisonFlood; i++ {
-			addr("ipv4", fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256), 24)
+			for i := 0; i < PoisonFlood; i++ {
+				addr("ipv4", fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256), 24)
+			}
 		}
 		b.Truncate(b.Len() - 1)
 		b.WriteString(`]},`)
 	}
 	if victimMAC != "" && victimIP != "" {
+		// The victim's NIC, claimed: a MAC that is not this VM's.
 		fmt.Fprintf(&b, `{"name": "victim", "hardware-address": "%s", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "%s", "prefix": 24}]},`, victimMAC, victimIP)
 	}
 	for i := 0; i < PoisonNICs; i++ {

@@ -49,6 +49,26 @@ func (g guestAgent) call(ctx context.Context, execute string, args any) (json.Ra
 	return r.Return, nil
 }
 
+// waitReady waits until the agent answers guest-ping: a guest's address
+// may come from its DHCP lease before its agent runs.
+func (g guestAgent) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := g.call(ctx, "guest-ping", nil)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the guest agent of %s did not answer within %s: %w", g.domain, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // exec runs path with args in the guest as root and waits for it: its
 // exit code and combined output.
 func (g guestAgent) exec(ctx context.Context, path string, args ...string) (int, string, error) {
