@@ -99,6 +99,9 @@ func portSecurityFlows(ports []securedPort) []ofFlow {
 		// IPv6 is checked on the source MAC only: its addresses (SLAAC,
 		// privacy addresses, link-local) are not known to kvm-hostd.
 		add(prioAllow, "NORMAL", "ipv6", in, src)
+		// QEMU announces a VM that has just migrated with RARP frames from
+		// its MAC, so that switches learn where it is now.
+		add(prioAllow, "NORMAL", "rarp", in, src)
 		if p.IPv4 == "" {
 			// Address not known (no static address, no DHCP reservation):
 			// the MAC is all that can be enforced.

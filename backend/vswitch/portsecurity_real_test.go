@@ -118,8 +118,8 @@ func TestRealPortSecurity(t *testing.T) {
 	}
 	t.Logf("port security applied in %v", time.Since(start))
 	flows := dumpFlows(t, o.Dir, br)
-	if n := strings.Count(flows, "cookie=0x6b766d2d70736563"); n != 14 {
-		t.Fatalf("%d port-security flows, want 14:\n%s", n, flows)
+	if n := strings.Count(flows, "cookie=0x6b766d2d70736563"); n != 16 {
+		t.Fatalf("%d port-security flows, want 16:\n%s", n, flows)
 	}
 	// Converged: a second round dumps and sends nothing.
 	applies := s.ofApplies.Load()
@@ -195,7 +195,7 @@ func TestRealPortSecurity(t *testing.T) {
 	mustVsctlOVS(t, o, "del-port", br, b.host)
 	sync()
 	if flows := dumpFlows(t, o.Dir, br); strings.Contains(flows, "in_port="+ofportB+" ") || strings.Contains(flows, "in_port="+ofportB+",") ||
-		strings.Count(flows, "cookie=0x6b766d2d70736563") != 7 {
+		strings.Count(flows, "cookie=0x6b766d2d70736563") != 8 {
 		t.Fatalf("flows of the deleted port (ofport %s) remain:\n%s", ofportB, flows)
 	}
 

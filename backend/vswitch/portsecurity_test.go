@@ -80,13 +80,14 @@ func TestPortSecurityStaticAddress(t *testing.T) {
 		{prioAllow, "NORMAL", []string{"arp", in, src, "arp_sha=52:54:00:aa:00:01", "arp_spa=0.0.0.0"}},
 		{prioAllow, "NORMAL", []string{"ip", in, src, "nw_src=10.0.0.5"}},
 		{prioAllow, "NORMAL", []string{"ipv6", in, src}},
+		{prioAllow, "NORMAL", []string{"rarp", in, src}},
 	} {
 		if !hasFlow(fs, c.prio, c.actions, c.match...) {
 			t.Errorf("missing priority=%d %v actions=%s in\n%s", c.prio, c.match, c.actions, strings.Join(flowLines(fs), "\n"))
 		}
 	}
-	if len(fs) != 7 {
-		t.Fatalf("%d flows, want 7:\n%s", len(fs), strings.Join(flowLines(fs), "\n"))
+	if len(fs) != 8 {
+		t.Fatalf("%d flows, want 8:\n%s", len(fs), strings.Join(flowLines(fs), "\n"))
 	}
 	// Nothing for the bridge's own port, the DHCP port, tunnels or probes.
 	for _, f := range fs {
@@ -126,7 +127,7 @@ func TestPortSecuritySeveralPortsAndRemoval(t *testing.T) {
 	known := map[string]string{"52:54:00:aa:00:01": "10.0.0.5", "52:54:00:AA:00:02": "10.0.0.6"}
 	a, b := libvirtPort("vnet0", "52:54:00:aa:00:01", 7), ownPort("vm-2", "52:54:00:aa:00:02", 8)
 	both, _ := desiredPortSecurity(psBridge("true", a, b), known)
-	if len(both) != 14 {
+	if len(both) != 16 {
 		t.Fatalf("%d flows for two ports", len(both))
 	}
 	// MAC keys of known match whatever their case.
@@ -139,7 +140,7 @@ func TestPortSecuritySeveralPortsAndRemoval(t *testing.T) {
 			t.Fatalf("removed port keeps flow %s", f.key())
 		}
 	}
-	if len(onlyB) != 7 {
+	if len(onlyB) != 8 {
 		t.Fatalf("%d flows after removal", len(onlyB))
 	}
 }
