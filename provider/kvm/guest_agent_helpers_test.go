@@ -22,10 +22,37 @@ import (
 type guestAgent struct {
 	h      *realstack.NSHost
 	domain string
+	// logf, when set, is told when the agent went away and came back.
+	logf func(format string, args ...any)
 }
 
-// call sends one agent command and returns its "return" value.
+// call sends one agent command and returns its "return" value. libvirt
+// refuses commands while it has no connection to the agent (the guest
+// closed its end of the channel for a moment): such a command never
+// reached the guest, so it is sent again once the agent is back.
 func (g guestAgent) call(ctx context.Context, execute string, args any) (json.RawMessage, error) {
+	ret, err := g.callOnce(ctx, execute, args)
+	if err == nil || !strings.Contains(err.Error(), "agent is not connected") {
+		return ret, err
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+		if _, perr := g.callOnce(ctx, "guest-ping", nil); perr == nil {
+			if g.logf != nil {
+				g.logf("the guest agent of %s was disconnected for a moment (%v); sending %s again", g.domain, err, execute)
+			}
+			return g.callOnce(ctx, execute, args)
+		}
+	}
+	return nil, err
+}
+
+func (g guestAgent) callOnce(ctx context.Context, execute string, args any) (json.RawMessage, error) {
 	cmd := map[string]any{"execute": execute}
 	if args != nil {
 		cmd["arguments"] = args
@@ -54,7 +81,7 @@ func (g guestAgent) call(ctx context.Context, execute string, args any) (json.Ra
 func (g guestAgent) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		_, err := g.call(ctx, "guest-ping", nil)
+		_, err := g.callOnce(ctx, "guest-ping", nil)
 		if err == nil {
 			return nil
 		}

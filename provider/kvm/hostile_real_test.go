@@ -162,7 +162,7 @@ func TestAccHostileGuestReal(t *testing.T) {
 	hostd := c.Host("host-a")
 	cl := testAccVMClient(t, c, "host-a")
 	pid := hostd.PID()
-	agent := guestAgent{h: h, domain: "attacker"}
+	agent := guestAgent{h: h, domain: "attacker", logf: t.Logf}
 
 	// alive: the same kvm-hostd process still runs and answers.
 	alive := func(after string) error {
@@ -227,7 +227,7 @@ func TestAccHostileGuestReal(t *testing.T) {
 		for _, a := range attacks {
 			out, err := agent.run(ctx, hostileToolPath, append([]string{"dhcp", "-wait", "2s"}, a.args...)...)
 			if err != nil {
-				return fmt.Errorf("%s: %w", a.name, err)
+				return fmt.Errorf("%s: %w\n%s", a.name, err, guestConsole(h, "attacker"))
 			}
 			if err := alive(a.name); err != nil {
 				return err
@@ -243,7 +243,7 @@ func TestAccHostileGuestReal(t *testing.T) {
 		// The attacker's own service still works: it renews its lease.
 		out, err := agent.run(ctx, hostileToolPath, "renew")
 		if err != nil {
-			return fmt.Errorf("the attacker's own renewal: %w", err)
+			return fmt.Errorf("the attacker's own renewal: %w\n%s", err, guestConsole(h, "attacker"))
 		}
 		if strings.TrimSpace(out) != "ack "+attackerIP {
 			return fmt.Errorf("the attacker's own renewal: %q, want ack %s", out, attackerIP)
