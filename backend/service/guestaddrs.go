@@ -167,16 +167,9 @@ func networkReservations(n api.Network, vms []api.VM) map[netip.Addr]string {
 		for _, ip := range derivedReserve(*n.Subnet) {
 			add(ip, "") // other hosts' DHCP server addresses
 		}
-		for _, l := range dhcpBindings(n, vms) {
-			add(l.IP, l.VM)
-		}
 	}
-	for _, vm := range vms {
-		for _, ifc := range vm.Interfaces {
-			if ifc.Network == n.Name && ifc.IPv4Address != "" {
-				add(ifc.IPv4Address, vm.Name)
-			}
-		}
+	for _, l := range nicAddresses(n, vms) {
+		add(l.IP, l.VM)
 	}
 	return out
 }

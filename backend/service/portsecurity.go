@@ -13,16 +13,23 @@ import (
 // exactly what the host's DHCP server would hand that NIC, so the two
 // always agree.
 
-// knownAddresses maps each of this host's NICs on network n (canonical
-// MAC) to the IPv4 address it is known to have: its static ipv4_address,
-// else on a DHCP network its reservation (the only address the server
-// ever hands it). NICs with neither are absent: their ports are held to
-// their MAC only.
-func knownAddresses(n api.Network, vms []api.VM) map[string]string {
-	out := map[string]string{}
+// nicAddresses is the IPv4 address each of this host's NICs on network n
+// is known to have: its static ipv4_address, else on a DHCP network its
+// reservation (the only address the server ever hands it). NICs with
+// neither are absent: their ports are held to their MAC only, and the
+// guest's own report is all there is of their address.
+func nicAddresses(n api.Network, vms []api.VM) []api.Lease {
+	byMAC := map[string]api.Lease{}
+	var order []string
+	set := func(l api.Lease) {
+		if _, ok := byMAC[l.MAC]; !ok {
+			order = append(order, l.MAC)
+		}
+		byMAC[l.MAC] = l
+	}
 	if n.DHCP {
 		for _, l := range dhcpBindings(n, vms) {
-			out[l.MAC] = l.IP
+			set(l)
 		}
 	}
 	for _, vm := range vms {
@@ -33,8 +40,21 @@ func knownAddresses(n api.Network, vms []api.VM) map[string]string {
 			}
 			// The guest is configured with its static address whether or
 			// not the DHCP server could reserve it.
-			out[hw.String()] = ifc.IPv4Address
+			set(api.Lease{MAC: hw.String(), IP: ifc.IPv4Address, VM: vm.Name})
 		}
+	}
+	out := make([]api.Lease, 0, len(order))
+	for _, mac := range order {
+		out = append(out, byMAC[mac])
+	}
+	return out
+}
+
+// knownAddresses is nicAddresses as port security takes it: MAC -> IPv4.
+func knownAddresses(n api.Network, vms []api.VM) map[string]string {
+	out := map[string]string{}
+	for _, l := range nicAddresses(n, vms) {
+		out[l.MAC] = l.IP
 	}
 	return out
 }
