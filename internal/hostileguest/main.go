@@ -50,6 +50,14 @@ func main() {
 	}
 }
 
+// link is the guest's first non-loopback NIC with an AF_PACKET socket on
+// it: it sends whole frames, with any source MAC the attacker likes, and
+// sees every frame that arrives.
+type link struct {
+	ifc *net.Interface
+	fd  int
+}
+
 // nic is the guest's first non-loopback interface with a MAC.
 func nic() (*net.Interface, error) {
 	ifs, err := net.Interfaces()
@@ -64,30 +72,47 @@ func nic() (*net.Interface, error) {
 	return nil, errors.New("no network interface")
 }
 
+// nicIPv4 is the last IPv4 address of ifc, nil when it has none.
+func nicIPv4(ifc *net.Interface) net.IP {
+	var ip net.IP
+	if as, err := ifc.Addrs(); err == nil {
+		for _, a := range as {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+				ip = n.IP.To4()
+			}
+		}
+	}
+	return ip
+}
+
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// rawSocket is an AF_PACKET socket on ifc: it sends whole frames, with
-// any source MAC the attacker likes, and sees every frame that arrives.
-func rawSocket(ifc *net.Interface) (int, error) {
+func openLink() (*link, error) {
+	ifc, err := nic()
+	if err != nil {
+		return nil, err
+	}
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 	if err != nil {
-		return -1, err
+		return nil, err
 	}
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifc.Index}); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return nil, err
 	}
 	tv := unix.Timeval{Usec: 200000}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return nil, err
 	}
-	return fd, nil
+	return &link{ifc: ifc, fd: fd}, nil
 }
+
+func (l *link) Close() error { return unix.Close(l.fd) }
 
 // sendDHCP sends m from a DHCP client's port in an Ethernet frame from src,
 // with IPv4 source ciaddr (0.0.0.0 when unset) to the broadcast address.
-func sendDHCP(fd int, ifc *net.Interface, src net.HardwareAddr, m *dhcpv4.DHCPv4) error {
+func (l *link) sendDHCP(src net.HardwareAddr, m *dhcpv4.DHCPv4) error {
 	srcIP := net.IPv4zero
 	if m.ClientIPAddr != nil && !m.ClientIPAddr.IsUnspecified() {
 		srcIP = m.ClientIPAddr
@@ -103,17 +128,17 @@ func sendDHCP(fd int, ifc *net.Interface, src net.HardwareAddr, m *dhcpv4.DHCPv4
 	if err := gopacket.SerializeLayers(buf, opts, &eth, &ip, &udp, gopacket.Payload(m.ToBytes())); err != nil {
 		return err
 	}
-	to := &unix.SockaddrLinklayer{Ifindex: ifc.Index, Halen: 6, Protocol: htons(unix.ETH_P_ALL)}
+	to := &unix.SockaddrLinklayer{Ifindex: l.ifc.Index, Halen: 6, Protocol: htons(unix.ETH_P_ALL)}
 	copy(to.Addr[:], layers.EthernetBroadcast)
-	return unix.Sendto(fd, buf.Bytes(), 0, to)
+	return unix.Sendto(l.fd, buf.Bytes(), 0, to)
 }
 
 // awaitReply returns the first DHCP reply to xid within d, or nil.
-func awaitReply(fd int, xid dhcpv4.TransactionID, d time.Duration) *dhcpv4.DHCPv4 {
+func (l *link) awaitReply(xid dhcpv4.TransactionID, d time.Duration) *dhcpv4.DHCPv4 {
 	buf := make([]byte, 65536)
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, _, err := unix.Recvfrom(l.fd, buf, 0)
 		if err != nil {
 			continue
 		}
@@ -145,11 +170,12 @@ func dhcpCmd(args []string) error {
 	wait := fs.Duration("wait", 3*time.Second, "how long to wait for a reply")
 	_ = fs.Parse(args)
 
-	ifc, err := nic()
+	l, err := openLink()
 	if err != nil {
 		return err
 	}
-	hw, srcMAC := ifc.HardwareAddr, ifc.HardwareAddr
+	defer l.Close()
+	hw, srcMAC := l.ifc.HardwareAddr, l.ifc.HardwareAddr
 	if *chaddr != "" {
 		if hw, err = net.ParseMAC(*chaddr); err != nil {
 			return err
@@ -183,15 +209,10 @@ func dhcpCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	fd, err := rawSocket(ifc)
-	if err != nil {
+	if err := l.sendDHCP(srcMAC, m); err != nil {
 		return err
 	}
-	defer unix.Close(fd)
-	if err := sendDHCP(fd, ifc, srcMAC, m); err != nil {
-		return err
-	}
-	if r := awaitReply(fd, m.TransactionID, *wait); r != nil {
+	if r := l.awaitReply(m.TransactionID, *wait); r != nil {
 		fmt.Printf("reply %s %s\n", strings.ToLower(r.MessageType().String()), r.YourIPAddr)
 		return nil
 	}
@@ -205,23 +226,19 @@ func renewCmd(args []string) error {
 	fs := flag.NewFlagSet("renew", flag.ExitOnError)
 	wait := fs.Duration("wait", 5*time.Second, "how long to wait for each reply")
 	_ = fs.Parse(args)
-	ifc, err := nic()
+	l, err := openLink()
 	if err != nil {
 		return err
 	}
-	fd, err := rawSocket(ifc)
+	defer l.Close()
+	disc, err := dhcpv4.NewDiscovery(l.ifc.HardwareAddr, dhcpv4.WithBroadcast(true))
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
-	disc, err := dhcpv4.NewDiscovery(ifc.HardwareAddr, dhcpv4.WithBroadcast(true))
-	if err != nil {
+	if err := l.sendDHCP(l.ifc.HardwareAddr, disc); err != nil {
 		return err
 	}
-	if err := sendDHCP(fd, ifc, ifc.HardwareAddr, disc); err != nil {
-		return err
-	}
-	offer := awaitReply(fd, disc.TransactionID, *wait)
+	offer := l.awaitReply(disc.TransactionID, *wait)
 	if offer == nil || offer.MessageType() != dhcpv4.MessageTypeOffer {
 		return errors.New("no offer")
 	}
@@ -229,10 +246,10 @@ func renewCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := sendDHCP(fd, ifc, ifc.HardwareAddr, req); err != nil {
+	if err := l.sendDHCP(l.ifc.HardwareAddr, req); err != nil {
 		return err
 	}
-	ack := awaitReply(fd, req.TransactionID, *wait)
+	ack := l.awaitReply(req.TransactionID, *wait)
 	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
 		return fmt.Errorf("no ack (got %v)", ack)
 	}
