@@ -2,12 +2,12 @@ package hostd
 
 import (
 	"encoding/json"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 )
 
 // TestNetworkDHCPEmbedded: on the embedded default (no switch behind the
@@ -83,28 +83,10 @@ func TestNetworkDHCPEmbedded(t *testing.T) {
 	}
 	// An existing interface is accepted and reported (nothing is realized
 	// on the embedded OVSDB, so one holding addresses is fine there).
-	up := testUplinkInterface(t)
+	up := harness.UplinkInterface(t)
 	if st, _, b := call(t, "PUT", u+"/networks/up", tok, `{"vlan":9,"uplink":"`+up+`"}`); st >= 300 || !strings.Contains(string(b), `"uplink":"`+up+`"`) {
 		t.Fatalf("PUT network with uplink %s: %d %s", up, st, b)
 	}
-}
-
-// testUplinkInterface is an interface of this machine that the embedded
-// default accepts as an uplink: any that exists, is not a loopback device
-// and has a name kvm-hostd does not reserve.
-func testUplinkInterface(t *testing.T) string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ifi := range ifs {
-		if ifi.Flags&net.FlagLoopback == 0 && api.ValidateUplinkName(ifi.Name) == nil {
-			return ifi.Name
-		}
-	}
-	t.Skip("this machine has no interface but loopback ones to use as an uplink")
-	return ""
 }
 
 func waitFor(t *testing.T, cond func() bool) {

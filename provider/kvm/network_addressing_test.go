@@ -3,7 +3,6 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"net"
 	"regexp"
 	"testing"
 
@@ -63,7 +62,7 @@ resource "kvm_network" "lan" {
 	// kvm-hostd checks that the interface exists on its host and is not a
 	// loopback device; on the embedded default (which takes no interface
 	// over) any other interface of this machine will do.
-	up := testUplinkInterface(t)
+	up := harness.UplinkInterface(t)
 	both := `{ host-a = "` + up + `", host-b = "` + up + `" }`
 	onlyB := `{ host-b = "` + up + `" }`
 	servers := map[string]string{"host-a": "10.40.0.254", "host-b": "10.40.0.253"}
@@ -200,22 +199,4 @@ resource "kvm_network" "bad" {
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		Steps:                    steps,
 	})
-}
-
-// testUplinkInterface is an interface of this machine that kvm-hostd on
-// the embedded default accepts as an uplink: any that exists, is not a
-// loopback device and has a name that is not reserved.
-func testUplinkInterface(t *testing.T) string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ifi := range ifs {
-		if ifi.Flags&net.FlagLoopback == 0 && api.ValidateUplinkName(ifi.Name) == nil {
-			return ifi.Name
-		}
-	}
-	t.Skip("this machine has no interface but loopback ones to use as an uplink")
-	return ""
 }
