@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -12,9 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvmfleet/terraform-provider-kvm/backend/hypervisor"
-	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
-	"github.com/kvmfleet/terraform-provider-kvm/backend/vswitch"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
@@ -27,30 +23,14 @@ const (
 // libvirt's test driver and the embedded OVSDB.
 func authTestServer(t *testing.T) (*Server, string) {
 	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	hv, err := hypervisor.Open("test:///default", log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = hv.Close() })
-	sw, err := vswitch.Open(context.Background(), vswitch.EndpointEmbedded, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sw.Close() })
-	svc, err := service.New(context.Background(), service.Config{
-		Name: "auth", TunnelIP: "10.0.0.1", PoolDir: "/default-pool", LibvirtURI: "test:///default",
-	}, hv, sw, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := testService(t, "auth")
 	auditPath := filepath.Join(t.TempDir(), "audit.log")
 	audit, err := OpenAuditLog(auditPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = audit.Close() })
-	return New(svc, Options{Token: matrixToken, ReadToken: matrixReadToken, Audit: audit, Log: log}), auditPath
+	return New(svc, Options{Token: matrixToken, ReadToken: matrixReadToken, Audit: audit, Log: slog.New(slog.DiscardHandler)}), auditPath
 }
 
 func send(h http.Handler, method, path, token string) *httptest.ResponseRecorder {

@@ -40,6 +40,14 @@ func (s subnetSwitch) GetNetwork(ctx context.Context, name string) (*api.Network
 
 func guestTestServer(t *testing.T, wrap ...func(service.Switch) service.Switch) (*service.Service, http.Handler) {
 	t.Helper()
+	svc := testService(t, "g", wrap...)
+	return svc, New(svc, Options{Log: slog.New(slog.DiscardHandler)})
+}
+
+// testService is a service on libvirt's test driver and the embedded
+// OVSDB, its switch wrapped by wrap (fault doubles).
+func testService(t *testing.T, name string, wrap ...func(service.Switch) service.Switch) *service.Service {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	hv, err := hypervisor.Open("test:///default", log)
 	if err != nil {
@@ -56,12 +64,12 @@ func guestTestServer(t *testing.T, wrap ...func(service.Switch) service.Switch) 
 		ssw = w(ssw)
 	}
 	svc, err := service.New(context.Background(), service.Config{
-		Name: "g", TunnelIP: "10.0.0.1", PoolDir: "/default-pool", LibvirtURI: "test:///default",
+		Name: name, TunnelIP: "10.0.0.1", PoolDir: "/default-pool", LibvirtURI: "test:///default",
 	}, hv, ssw, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return svc, New(svc, Options{Log: log})
+	return svc
 }
 
 func serve(h http.Handler, method, path, accept string) *httptest.ResponseRecorder {
