@@ -47,7 +47,7 @@ func EnsureOVS(ctx context.Context, dir string) (*OVS, error) {
 // EnsureIsolatedOVS starts a private OVS in dir in a network namespace of its own
 // (created here, deleted by Stop), so that it never competes with another
 // instance for the namespace's userspace datapath (see EnsureOVS). Its bridges'
-// interfaces live in that namespace; Exec runs commands there.
+// interfaces live in that namespace (see Netns).
 func EnsureIsolatedOVS(ctx context.Context, dir string) (*OVS, error) {
 	id, err := randomUUID()
 	if err != nil {
@@ -72,11 +72,6 @@ func EnsureIsolatedOVS(ctx context.Context, dir string) (*OVS, error) {
 // Netns is the network namespace EnsureIsolatedOVS created ("" for
 // EnsureOVS): where interfaces for its bridges must be.
 func (o *OVS) Netns() string { return o.netns }
-
-// Exec runs a command where this instance lives (its namespace, if isolated).
-func (o *OVS) Exec(ctx context.Context, name string, args ...string) (string, error) {
-	return o.run(ctx, name, args...)
-}
 
 func startOVS(ctx context.Context, dir string, wrap func(context.Context, string, ...string) *exec.Cmd) (o *OVS, err error) {
 	dir, err = filepath.Abs(dir)
