@@ -96,24 +96,35 @@ func (g guestAgent) waitReady(ctx context.Context, timeout time.Duration) error 
 	}
 }
 
-// exec runs path with args in the guest as root and waits for it: its
-// exit code and combined output.
-func (g guestAgent) exec(ctx context.Context, path string, args ...string) (int, string, error) {
+// start starts path with args in the guest as root and returns its PID
+// without waiting for it: for a command that replaces the agent itself,
+// whose exit status no agent is left to report.
+func (g guestAgent) start(ctx context.Context, path string, args ...string) (int, error) {
 	if args == nil {
 		args = []string{}
 	}
 	ret, err := g.call(ctx, "guest-exec", map[string]any{"path": path, "arg": args, "capture-output": true})
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
 	var started struct {
 		PID int `json:"pid"`
 	}
 	if err := json.Unmarshal(ret, &started); err != nil {
+		return 0, err
+	}
+	return started.PID, nil
+}
+
+// exec runs path with args in the guest as root and waits for it: its
+// exit code and combined output.
+func (g guestAgent) exec(ctx context.Context, path string, args ...string) (int, string, error) {
+	pid, err := g.start(ctx, path, args...)
+	if err != nil {
 		return 0, "", err
 	}
 	for {
-		ret, err := g.call(ctx, "guest-exec-status", map[string]any{"pid": started.PID})
+		ret, err := g.call(ctx, "guest-exec-status", map[string]any{"pid": pid})
 		if err != nil {
 			return 0, "", err
 		}

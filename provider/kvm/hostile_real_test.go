@@ -253,7 +253,10 @@ func TestAccHostileGuestReal(t *testing.T) {
 
 	// Step 2: the attacker replaces its agent with a poisoning one.
 	replaceAgent := func() {
-		if _, err := agent.run(ctx, "/usr/bin/systemd-run", "--unit=kvm-hostile-agent", "--collect", hostileToolPath, "agent",
+		// The hostile agent stops the real one, which may then no longer
+		// be there to report how systemd-run exited: start it and look
+		// for the hostile agent instead of waiting for that status.
+		if _, err := agent.start(ctx, "/usr/bin/systemd-run", "--unit=kvm-hostile-agent", "--collect", hostileToolPath, "agent",
 			"-victim-mac", hostileVictimMAC, "-victim-ip", hostileVictimIP); err != nil {
 			t.Fatal(err)
 		}
