@@ -111,6 +111,39 @@ type Host struct {
 	MigrationURI string `json:"migration_uri,omitempty"`
 	// Message explains Healthy=false.
 	Message string `json:"message,omitempty"`
+	// Hugepages are the host's huge pages of the default size, for VMs
+	// with hugepages = true (admission checks Free).
+	Hugepages *HostHugepages `json:"hugepages,omitempty"`
+	// PCIDevices are the host PCI devices the operator named for
+	// passthrough (kvm-hostd --pci-device NAME=ADDRESS), as libvirt's node
+	// devices describe them.
+	PCIDevices []HostPCIDevice `json:"pci_devices,omitempty"`
+}
+
+// HostHugepages counts the host's huge pages of one size.
+type HostHugepages struct {
+	SizeKiB int64 `json:"size_kib"`
+	Total   int64 `json:"total"`
+	Free    int64 `json:"free"`
+}
+
+// HostPCIDevice is a PCI device the operator named for passthrough.
+type HostPCIDevice struct {
+	// Name is the operator's name for it (e.g. gpu0); VMs ask for it.
+	Name string `json:"name"`
+	// Address is its PCI address, domain:bus:slot.function
+	// (0000:01:00.0).
+	Address string `json:"address"`
+	Vendor  string `json:"vendor,omitempty"`
+	Product string `json:"product,omitempty"`
+	// Driver is the host driver bound to it now (vfio-pci once assigned).
+	Driver     string `json:"driver,omitempty"`
+	IOMMUGroup int64  `json:"iommu_group"`
+	// UsedBy names the VM defined with it, empty when free.
+	UsedBy string `json:"used_by,omitempty"`
+	// Present is false when libvirt does not know the address (the
+	// operator named a device this host does not have).
+	Present bool `json:"present"`
 }
 
 // IOTune limits for a disk; zero means unlimited.
@@ -223,6 +256,9 @@ type CPU struct {
 	Cores   int64    `json:"cores,omitempty"`
 	Threads int64    `json:"threads,omitempty"`
 	Pinning []string `json:"pinning,omitempty"` // host CPU set per vCPU, e.g. "0-1"
+	// EmulatorPinning is the host CPU set of QEMU's emulator threads
+	// (e.g. "0"); empty means unpinned. Applied live.
+	EmulatorPinning string `json:"emulator_pinning,omitempty"`
 }
 
 // VMDisk attaches a volume to a VM.
@@ -232,6 +268,15 @@ type VMDisk struct {
 	Bus    string `json:"bus,omitempty"` // virtio (default) | sata | scsi | ide
 	// Target is the guest device name (vda, sdb, ...), read back.
 	Target string `json:"target,omitempty"`
+	// Cache is the host cache mode: none (default) | writeback |
+	// directsync | unsafe.
+	Cache string `json:"cache,omitempty"`
+	// IO is QEMU's I/O mode: native | threads | io_uring; empty means
+	// QEMU's default.
+	IO string `json:"io,omitempty"`
+	// Discard passes the guest's TRIM/UNMAP to the volume: unmap |
+	// ignore; empty means libvirt's default (ignore).
+	Discard string `json:"discard,omitempty"`
 }
 
 // VMInterface attaches a VM to a kvm_network (an OVS bridge).
@@ -243,6 +288,9 @@ type VMInterface struct {
 	Bridge string `json:"bridge,omitempty"`
 	Port   string `json:"port,omitempty"`
 	VLAN   int64  `json:"vlan,omitempty"`
+	// Queues is the number of virtio-net queue pairs (multiqueue); 0 or 1
+	// means one.
+	Queues int64 `json:"queues,omitempty"`
 	// IPv4Address is a static address (no prefix length) inside the
 	// network's subnet. The host delivers it through a generated cloud-init
 	// network-config (unless CloudInit.NetworkConfig is given) and, on a
@@ -310,6 +358,61 @@ type VMSpec struct {
 	// GuestAgent adds the qemu-guest-agent virtio-serial channel. Nil
 	// means the default, true; reads always set it.
 	GuestAgent *bool `json:"guest_agent,omitempty"`
+	// Firmware is "bios" (default) or "efi" (libvirt's firmware
+	// auto-selection; a per-VM NVRAM store).
+	Firmware string `json:"firmware,omitempty"`
+	// SecureBoot boots with Secure Boot and Microsoft's keys enrolled
+	// (efi only; the machine is q35 with SMM).
+	SecureBoot bool `json:"secure_boot,omitempty"`
+	// TPM adds an emulated TPM (swtpm) whose state lives with the VM.
+	TPM *TPM `json:"tpm,omitempty"`
+	// Graphics adds a VNC or SPICE console.
+	Graphics *Graphics `json:"graphics,omitempty"`
+	// RNG adds a virtio-rng device fed by the host's /dev/urandom. Nil
+	// means the default, true; reads always set it.
+	RNG *bool `json:"rng,omitempty"`
+	// Hugepages backs the guest's memory with the host's huge pages.
+	Hugepages bool `json:"hugepages,omitempty"`
+	// NUMA is the guest's NUMA topology; empty means one node.
+	NUMA []NUMACell `json:"numa,omitempty"`
+	// PCIDevices names host PCI devices (kvm-hostd --pci-device) passed
+	// through to the guest.
+	PCIDevices []string `json:"pci_devices,omitempty"`
+}
+
+// RNGEnabled reports the effective rng setting.
+func (s VMSpec) RNGEnabled() bool { return s.RNG == nil || *s.RNG }
+
+// Firmware kinds.
+const (
+	FirmwareBIOS = "bios"
+	FirmwareEFI  = "efi"
+)
+
+// TPM is an emulated TPM.
+type TPM struct {
+	Version string `json:"version"` // "2.0"
+}
+
+// Graphics is a VM's graphical console.
+type Graphics struct {
+	Type   string `json:"type"`             // vnc | spice
+	Listen string `json:"listen,omitempty"` // address; default 127.0.0.1
+	// Password is write-only: accepted on PUT/PATCH, never read back.
+	Password string `json:"password,omitempty"`
+	// Port is read back: the TCP port the console listens on (-1 while
+	// the VM is not running).
+	Port int64 `json:"port,omitempty"`
+}
+
+// NUMACell is one guest NUMA node.
+type NUMACell struct {
+	// CPUs is the guest vCPU set of this node, e.g. "0-1".
+	CPUs      string `json:"cpus"`
+	MemoryMiB int64  `json:"memory_mib"`
+	// HostNodes binds the node's memory to these host NUMA nodes (e.g.
+	// "0"); empty means not bound.
+	HostNodes string `json:"host_nodes,omitempty"`
 }
 
 // GuestAgentEnabled reports the effective guest_agent setting.

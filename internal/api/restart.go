@@ -6,7 +6,8 @@ import (
 )
 
 // HardwareChanges names the attributes (vcpu, max_memory_mib, cpu, disks,
-// network_interfaces, cloud_init, guest_agent) in which going from cur to want changes
+// network_interfaces, cloud_init, guest_agent, firmware, secure_boot, tpm,
+// graphics, rng, hugepages, numa, pci_devices) in which going from cur to want changes
 // what the guest sees as hardware: a running VM takes those only with a
 // restart. cur is the VM as it is; in want, an empty pool, bus or NIC model
 // means the default, max_memory_mib 0 means memory_mib, and an interface
@@ -41,6 +42,32 @@ func HardwareChanges(cur, want VMSpec) []string {
 	// at the next boot, like the other devices.
 	if cur.GuestAgentEnabled() != want.GuestAgentEnabled() {
 		out = append(out, "guest_agent")
+	}
+	// Firmware, TPM, consoles, the RNG, memory backing, NUMA and
+	// passthrough are fixed when QEMU starts: each is one restart.
+	if orDefault(cur.Firmware, FirmwareBIOS) != orDefault(want.Firmware, FirmwareBIOS) {
+		out = append(out, "firmware")
+	}
+	if cur.SecureBoot != want.SecureBoot {
+		out = append(out, "secure_boot")
+	}
+	if (cur.TPM == nil) != (want.TPM == nil) || (cur.TPM != nil && cur.TPM.Version != want.TPM.Version) {
+		out = append(out, "tpm")
+	}
+	if !sameGraphics(cur.Graphics, want.Graphics) {
+		out = append(out, "graphics")
+	}
+	if cur.RNGEnabled() != want.RNGEnabled() {
+		out = append(out, "rng")
+	}
+	if cur.Hugepages != want.Hugepages {
+		out = append(out, "hugepages")
+	}
+	if !slices.Equal(cur.NUMA, want.NUMA) {
+		out = append(out, "numa")
+	}
+	if !slices.Equal(cur.PCIDevices, want.PCIDevices) {
+		out = append(out, "pci_devices")
 	}
 	slices.Sort(out)
 	return out
@@ -80,13 +107,30 @@ func sameCPU(a, b *CPU) bool {
 		slices.Equal(x.Pinning, y.Pinning)
 }
 
+// DefaultGraphicsListen is where a console listens unless told: only
+// the host itself (reach it through an SSH tunnel).
+const DefaultGraphicsListen = "127.0.0.1"
+
+// DefaultDiskCache is the cache mode of a disk that names none.
+const DefaultDiskCache = "none"
+
+// sameGraphics compares type and listen address; the write-only password
+// is not read back, so it cannot be compared here.
+func sameGraphics(a, b *Graphics) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Type == b.Type && orDefault(a.Listen, DefaultGraphicsListen) == orDefault(b.Listen, DefaultGraphicsListen)
+}
+
 func sameDisks(cur, want []VMDisk) bool {
 	if len(cur) != len(want) {
 		return false
 	}
 	for i, b := range want {
 		a := cur[i]
-		if a.Pool != orDefault(b.Pool, DefaultPool) || a.Volume != b.Volume || a.Bus != orDefault(b.Bus, DefaultBus) {
+		if a.Pool != orDefault(b.Pool, DefaultPool) || a.Volume != b.Volume || a.Bus != orDefault(b.Bus, DefaultBus) ||
+			orDefault(a.Cache, DefaultDiskCache) != orDefault(b.Cache, DefaultDiskCache) || a.IO != b.IO || a.Discard != b.Discard {
 			return false
 		}
 	}
@@ -100,7 +144,7 @@ func sameInterfaces(cur, want []VMInterface) bool {
 	for i, b := range want {
 		a := cur[i]
 		if b.MAC == "" || !strings.EqualFold(a.MAC, b.MAC) || a.Network != b.Network || a.Bridge != b.Bridge ||
-			a.Model != orDefault(b.Model, DefaultNICModel) || a.VLAN != b.VLAN {
+			a.Model != orDefault(b.Model, DefaultNICModel) || a.VLAN != b.VLAN || max(a.Queues, 1) != max(b.Queues, 1) {
 			return false
 		}
 	}
