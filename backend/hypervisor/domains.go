@@ -24,7 +24,7 @@ const defaultShutdownTimeout = 60 * time.Second
 func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 	var r service.Resources
 	err := l.do(ctx, func(c *libvirt.Connect) error {
-		r = service.Resources{DomainType: l.virtType, Domains: map[string]service.Allocation{}}
+		r = service.Resources{DomainType: l.virtType, Domains: map[string]service.Allocation{}, HugepageVMs: map[string]service.HugepageUse{}}
 		if p := l.probed; p != nil {
 			r.CPUMode, r.CPUDisabled, r.Probe = p.CPUMode, p.Disable, p.Reason
 		}
@@ -37,6 +37,9 @@ func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 		if free, err := c.GetFreeMemory(); err == nil {
 			r.FreeMemoryMiB = int64(free / mib)
 		}
+		if err := l.hostMemoryLayout(c, &r); err != nil {
+			return err
+		}
 		doms, err := c.ListAllDomains(0)
 		if err != nil {
 			return wrap(err, "list domains")
@@ -44,6 +47,11 @@ func (l *Libvirt) Resources(ctx context.Context) (service.Resources, error) {
 		for i := range doms {
 			info, err := doms[i].GetInfo()
 			name, nerr := doms[i].GetName()
+			if err == nil && nerr == nil {
+				if pages := domainHugepages(&doms[i], r.Hugepages.SizeKiB); pages > 0 {
+					r.HugepageVMs[name] = service.HugepageUse{Pages: pages, Running: info.State == libvirt.DOMAIN_RUNNING || info.State == libvirt.DOMAIN_PAUSED || info.State == libvirt.DOMAIN_BLOCKED}
+				}
+			}
 			doms[i].Free()
 			if err != nil || nerr != nil {
 				continue
@@ -597,6 +605,9 @@ func (l *Libvirt) applyLive(d *libvirt.Domain, active bool, cur, spec *api.VMSpe
 			return wrap(err, "set memory to %d MiB", spec.MemoryMiB)
 		}
 	}
+	if err := applyEmulatorPin(d, active, cur, spec); err != nil {
+		return err
+	}
 	if spec.Description != cur.Description {
 		if err := d.SetMetadata(libvirt.DOMAIN_METADATA_DESCRIPTION, spec.Description, "", "", flags); err != nil {
 			return wrap(err, "set description")
@@ -624,6 +635,8 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 	n.VCPU = want.VCPU
 	n.CPU = want.CPU
 	n.CPUTune = want.CPUTune
+	n.MemoryBacking = want.MemoryBacking
+	n.NUMATune = want.NUMATune
 	dev := libvirtxml.DomainDeviceList{}
 	if cur.Devices != nil {
 		dev = *cur.Devices

@@ -34,6 +34,8 @@ type instanceMeta struct {
 	CloudInit       *metaCI     `xml:"cloud-init"`
 	SeedISO         string      `xml:"seed-iso,omitempty"`
 	Snapshots       []metaSnap  `xml:"snapshots>snapshot"`
+	NUMA            []metaNUMA  `xml:"numa>cell"`
+	EmulatorPin     string      `xml:"emulator-pin,omitempty"`
 }
 
 type metaTag struct {
@@ -357,6 +359,8 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 		}
 	}
 
+	buildMemoryLayout(x, spec, m)
+
 	// Disks in order; each bus family numbers its own devices.
 	next := map[string]int{}
 	scsi := false
@@ -569,7 +573,8 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 		}
 		cpu.Pinning = pins[:last+1]
 	}
-	if cpu.Mode != "" || cpu.Sockets > 0 || cpu.Cores > 0 || cpu.Threads > 0 || len(cpu.Pinning) > 0 {
+	readMemoryLayout(x, m, &s, cpu)
+	if cpu.Mode != "" || cpu.Sockets > 0 || cpu.Cores > 0 || cpu.Threads > 0 || len(cpu.Pinning) > 0 || cpu.EmulatorPinning != "" {
 		s.CPU = cpu
 	}
 	byPath := map[string]metaDisk{}

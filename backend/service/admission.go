@@ -116,7 +116,11 @@ func (s *Service) admit(ctx context.Context, vm, kind string, want Allocation, t
 		cur = res.Domains[vm]
 	}
 	add := Allocation{VCPU: max(want.VCPU-cur.VCPU, 0), MemoryMiB: max(want.MemoryMiB-cur.MemoryMiB, 0)}
-	if err := s.fits(vm, add, total, reserved, res); err != nil {
+	err = s.fits(vm, add, total, reserved, res)
+	if err == nil && want.HugepageMiB > 0 {
+		err = s.fitsHugepages(vm, want.HugepageMiB, res)
+	}
+	if err != nil {
 		if replaced != nil {
 			s.ledger.byID[replaced.id] = replaced
 		}

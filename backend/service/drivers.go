@@ -30,12 +30,30 @@ type Resources struct {
 	// Domains is what each domain counts in AllocatedVCPU and
 	// AllocatedMemoryMiB, by name.
 	Domains map[string]Allocation
+	// Hugepages are the host's huge pages of the default size; Free
+	// excludes pages running QEMUs have reserved. Nil when unknown.
+	Hugepages *api.HostHugepages
+	// HugepageVMs are the defined domains backed by huge pages, by name.
+	HugepageVMs map[string]HugepageUse
+	// NUMANodes are the ids of the host's NUMA nodes.
+	NUMANodes []int
+}
+
+// HugepageUse is what a hugepage-backed domain needs of the host's huge
+// pages. A running one holds them already (they are not in Free); one that
+// is defined but stopped takes them when it starts.
+type HugepageUse struct {
+	Pages   int64
+	Running bool
 }
 
 // Allocation is what one domain (or a reservation for one) takes.
 type Allocation struct {
 	VCPU      int64
 	MemoryMiB int64
+	// HugepageMiB is the memory a hugepage-backed VM takes from the
+	// host's huge pages (admission only; 0 for any other VM).
+	HugepageMiB int64
 }
 
 // ImageInfo is what an image file's header says it is.

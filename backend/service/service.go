@@ -136,6 +136,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 	h.AllocatedVCPU, h.AllocatedMemoryMiB, h.VMCount = res.AllocatedVCPU, res.AllocatedMemoryMiB, res.VMCount
 	h.DomainType, h.CPUMode, h.CPUDisabled, h.Probe = res.DomainType, res.CPUMode, res.CPUDisabled, res.Probe
 	h.HypervisorType = res.DomainType
+	h.Hugepages = res.Hugepages
 	if s.sw != nil {
 		if err := s.sw.Ping(ctx); err != nil {
 			h.Healthy, h.Message = false, "ovsdb: "+err.Error()

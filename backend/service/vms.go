@@ -223,7 +223,10 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	if err := s.checkDisks(ctx, name, spec, nil); err != nil {
 		return nil, false, err
 	}
-	r, err := s.admit(ctx, name, reserveCreate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec)}, 0)
+	if err := s.checkMemoryLayout(ctx, spec); err != nil {
+		return nil, false, err
+	}
+	r, err := s.admit(ctx, name, reserveCreate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec), HugepageMiB: hugepageAllocation(spec)}, 0)
 	if err != nil {
 		return nil, false, err
 	}
@@ -333,9 +336,19 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err := s.checkDisks(ctx, name, spec, &cur.VMSpec); err != nil {
 		return nil, err
 	}
+	if err := s.checkMemoryLayout(ctx, spec); err != nil {
+		return nil, err
+	}
 	// A grow is admitted and held until libvirt counts it: after a running
 	// domain's restart, which hv.UpdateVM waits for.
-	r, err := s.admit(ctx, name, reserveUpdate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec)}, 0)
+	// Huge pages are admitted only when the VM takes more of them than
+	// it has (like memory), so a stopped hugepage VM on a host short of
+	// pages can still be retagged.
+	hugeMiB := hugepageAllocation(spec)
+	if cur.Hugepages && hugeMiB <= vmMemory(cur.VMSpec) {
+		hugeMiB = 0
+	}
+	r, err := s.admit(ctx, name, reserveUpdate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec), HugepageMiB: hugeMiB}, 0)
 	if err != nil {
 		return nil, err
 	}

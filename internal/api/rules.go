@@ -312,6 +312,9 @@ func ValidateVMSpec(spec *VMSpec) error {
 			n.MAC = strings.ToLower(n.MAC)
 		}
 	}
+	if err := validateMemoryLayout(spec); err != nil {
+		return err
+	}
 	if t := spec.ShutdownTimeoutSec; t != nil && (*t < 0 || *t > MaxShutdownTimeoutSec) {
 		return invalidf("shutdown_timeout %d is out of range (0..%d seconds)", *t, MaxShutdownTimeoutSec)
 	}
