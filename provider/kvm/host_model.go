@@ -28,6 +28,7 @@ type hostModel struct {
 	Healthy            types.Bool    `tfsdk:"healthy"`
 	DomainType         types.String  `tfsdk:"domain_type"`
 	CPUMode            types.String  `tfsdk:"cpu_mode"`
+	Hugepages          types.Object  `tfsdk:"hugepages"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
@@ -48,6 +49,7 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		Healthy:            types.BoolValue(h.Healthy),
 		DomainType:         types.StringValue(h.DomainType),
 		CPUMode:            types.StringValue(h.CPUMode),
+		Hugepages:          hostHugepagesValue(h.Hugepages),
 	}, diags
 }
 
@@ -66,12 +68,14 @@ var hostAttrTypes = map[string]attr.Type{
 	"memory_overcommit": types.Float64Type, "labels": types.MapType{ElemType: types.StringType},
 	"tunnel_ip": types.StringType, "vm_count": types.Int64Type, "version": types.StringType,
 	"healthy": types.BoolType, "domain_type": types.StringType, "cpu_mode": types.StringType,
+	"hugepages": types.ObjectType{AttrTypes: hostHugepagesAttrTypes},
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
 // by each data source (an argument of kvm_host, computed in kvm_hosts).
 func hostComputedAttributes() map[string]schema.Attribute {
 	return map[string]schema.Attribute{
+		"hugepages":            hostHugepagesAttribute(),
 		"cpus":                 schema.Int64Attribute{Computed: true, MarkdownDescription: "Host CPUs (threads) as libvirt reports them."},
 		"memory_mib":           schema.Int64Attribute{Computed: true, MarkdownDescription: "Host memory in MiB."},
 		"free_memory_mib":      schema.Int64Attribute{Computed: true, MarkdownDescription: "Free host memory in MiB."},

@@ -46,6 +46,8 @@ type vmModel struct {
 	GuestAgent        types.Bool     `tfsdk:"guest_agent"`
 	WaitForIP         types.Object   `tfsdk:"wait_for_ip"`
 	IPv4Address       types.String   `tfsdk:"ipv4_address"`
+	Hugepages         types.Bool     `tfsdk:"hugepages"`
+	NUMA              types.List     `tfsdk:"numa"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
 }
 
@@ -59,6 +61,8 @@ type vmCPUModel struct {
 	Cores   types.Int64  `tfsdk:"cores"`
 	Threads types.Int64  `tfsdk:"threads"`
 	Pinning types.List   `tfsdk:"pinning"`
+	// EmulatorPinning is applied live (vm_memory.go).
+	EmulatorPinning types.String `tfsdk:"emulator_pinning"`
 }
 
 type vmDiskModel struct {
@@ -83,7 +87,7 @@ type vmCloudInitModel struct {
 var (
 	vmCPUAttrTypes = map[string]attr.Type{
 		"mode": types.StringType, "sockets": types.Int64Type, "cores": types.Int64Type, "threads": types.Int64Type,
-		"pinning": types.ListType{ElemType: types.StringType},
+		"pinning": types.ListType{ElemType: types.StringType}, "emulator_pinning": types.StringType,
 	}
 	vmDiskAttrTypes = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType}
 	vmNICAttrTypes  = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
@@ -182,7 +186,8 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 	cpu, d := m.cpuOf(ctx)
 	diags.Append(d...)
 	if cpu != nil {
-		c := &api.CPU{Mode: knownString(cpu.Mode), Sockets: knownInt64(cpu.Sockets), Cores: knownInt64(cpu.Cores), Threads: knownInt64(cpu.Threads)}
+		c := &api.CPU{Mode: knownString(cpu.Mode), Sockets: knownInt64(cpu.Sockets), Cores: knownInt64(cpu.Cores), Threads: knownInt64(cpu.Threads),
+			EmulatorPinning: knownString(cpu.EmulatorPinning)}
 		if !cpu.Pinning.IsNull() && !cpu.Pinning.IsUnknown() {
 			diags.Append(cpu.Pinning.ElementsAs(ctx, &c.Pinning, false)...)
 		}
@@ -221,6 +226,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 	}
 	agent := m.GuestAgent.IsNull() || m.GuestAgent.IsUnknown() || m.GuestAgent.ValueBool()
 	spec.GuestAgent = &agent
+	m.memoryToAPI(ctx, &spec, &diags)
 
 	ci, d := m.cloudInitOf(ctx)
 	diags.Append(d...)
@@ -326,24 +332,26 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 
 	// cpu
 	m.CPU = types.ObjectNull(vmCPUAttrTypes)
-	if c := vm.CPU; c != nil && (c.Mode != "" || c.Sockets > 0 || c.Cores > 0 || c.Threads > 0 || len(c.Pinning) > 0) {
+	if c := vm.CPU; c != nil && (c.Mode != "" || c.Sockets > 0 || c.Cores > 0 || c.Threads > 0 || len(c.Pinning) > 0 || c.EmulatorPinning != "") {
 		pinning := types.ListNull(types.StringType)
 		if len(c.Pinning) > 0 {
 			var d diag.Diagnostics
 			pinning, d = types.ListValueFrom(ctx, types.StringType, c.Pinning)
 			diags.Append(d...)
 		}
-		var priorMode types.String
+		var priorMode, priorEmu types.String
 		if pc, _ := prior.cpuOf(ctx); pc != nil {
-			priorMode = pc.Mode
+			priorMode, priorEmu = pc.Mode, pc.EmulatorPinning
 		}
 		obj, d := types.ObjectValueFrom(ctx, vmCPUAttrTypes, vmCPUModel{
 			Mode: stringOrNull(c.Mode, priorMode), Sockets: int64OrNull(c.Sockets), Cores: int64OrNull(c.Cores),
-			Threads: int64OrNull(c.Threads), Pinning: pinning,
+			Threads: int64OrNull(c.Threads), Pinning: pinning, EmulatorPinning: stringOrNull(c.EmulatorPinning, priorEmu),
 		})
 		diags.Append(d...)
 		m.CPU = obj
 	}
+
+	memoryFromAPI(ctx, prior, vm, &m, &diags)
 
 	// disks
 	diskType := types.ObjectType{AttrTypes: vmDiskAttrTypes}

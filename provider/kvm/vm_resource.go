@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -107,7 +108,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				Validators: []validator.Int64{int64validator.Between(api.MinMemoryMiB, api.MaxMemoryMiBLimit)},
 			},
 			"cpu": schema.SingleNestedAttribute{
-				MarkdownDescription: "CPU model and topology. Changing it restarts a running VM.",
+				MarkdownDescription: "CPU model, topology and pinning. Changing it restarts a running VM, except `emulator_pinning`, which is applied live.",
 				Optional:            true,
 				Attributes: map[string]schema.Attribute{
 					"mode": schema.StringAttribute{
@@ -132,6 +133,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Optional:            true, Computed: true,
 						Validators: []validator.Int64{int64validator.AtLeast(1)},
 					},
+					"emulator_pinning": emulatorPinningAttribute(),
 					"pinning": schema.ListAttribute{
 						MarkdownDescription: "Host-CPU set per vCPU, one entry per vCPU in order, e.g. `[\"0\", \"1\"]` or `[\"0-3\", \"^2\"]`.",
 						Optional:            true,
@@ -314,6 +316,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
 		},
 	}
+	maps.Copy(resp.Schema.Attributes, vmMemoryAttributes())
 }
 
 // hostChangeReplaces makes a host change re-create the VM only when the
@@ -346,9 +349,9 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 	cpu, d := cfg.cpuOf(ctx)
 	resp.Diagnostics.Append(d...)
 	if cpu != nil {
-		if cpu.Mode.IsNull() && cpu.Sockets.IsNull() && cpu.Cores.IsNull() && cpu.Threads.IsNull() && cpu.Pinning.IsNull() {
+		if cpu.Mode.IsNull() && cpu.Sockets.IsNull() && cpu.Cores.IsNull() && cpu.Threads.IsNull() && cpu.Pinning.IsNull() && cpu.EmulatorPinning.IsNull() {
 			resp.Diagnostics.AddAttributeError(path.Root("cpu"), "Empty CPU Settings",
-				"cpu must set at least one of mode, sockets, cores, threads or pinning; remove it to use the host's defaults.")
+				"cpu must set at least one of mode, sockets, cores, threads, pinning or emulator_pinning; remove it to use the host's defaults.")
 		}
 		if known(cfg.VCPU) && !cpu.Sockets.IsUnknown() && !cpu.Cores.IsUnknown() && !cpu.Threads.IsUnknown() {
 			// Unset (null) parts are 0 here, which counts as 1.
@@ -362,6 +365,8 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 			}
 		}
 	}
+
+	validateMemoryConfig(ctx, cfg, &resp.Diagnostics)
 
 	if !cfg.WaitForIP.IsNull() && !cfg.GuestAgent.IsNull() && !cfg.GuestAgent.IsUnknown() && !cfg.GuestAgent.ValueBool() {
 		resp.Diagnostics.AddAttributeError(path.Root("wait_for_ip"), "wait_for_ip Needs the Guest Agent",
@@ -573,7 +578,7 @@ func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
 	out := api.NeedsRestart(cur, want)
 	for name, v := range map[string]attr.Value{
 		"vcpu": plan.VCPU, "max_memory_mib": plan.MaxMemoryMiB, "cpu": plan.CPU, "disks": plan.Disks,
-		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit,
+		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit, "numa": plan.NUMA,
 	} {
 		if v.IsUnknown() && !slices.Contains(out, name) {
 			out = append(out, name)
