@@ -44,7 +44,7 @@ func vmMemoryAttributes() map[string]schema.Attribute {
 				"every vCPU `0`..`vcpu-1`, and their `memory_mib` must add up to `memory_mib` (`max_memory_mib`, if set, must equal it: " +
 				"the cells fix the guest's memory). With `cpu` topology, keep a socket's vCPUs in one cell. Unset: one node. " +
 				"Changing it restarts a running VM.",
-			Optional: true,
+			Optional:   true,
 			Validators: []validator.List{listvalidator.SizeAtLeast(1)},
 			NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
 				"cpus": schema.StringAttribute{
