@@ -290,4 +290,3 @@ resource "kvm_vm" "big" {
 	}
 	t.Logf("total %s", time.Since(start).Round(time.Second))
 }
-
