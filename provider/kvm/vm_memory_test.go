@@ -158,7 +158,7 @@ cpu = { emulator_pinning = "99" }`, `(?s)host CPU 99.*CPUs 0-15`, false),
 			// The test driver reports 512 free huge pages of 2 MiB (1 GiB).
 			step(`vcpu = 1
 memory_mib = 2048
-hugepages = true`, `(?s)too few free\s+huge\s+pages.*needs 1024 pages of 2048 KiB,\s+512\s+free`, false),
+hugepages = true`, `(?s)too\s+few\s+free\s+huge\s+pages.*needs\s+1024\s+pages\s+of\s+2048\s+KiB,\s+512\s+free`, false),
 		},
 	})
 }

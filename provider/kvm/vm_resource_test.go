@@ -184,7 +184,7 @@ func TestAccVM_basic(t *testing.T) {
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("description"), knownvalue.StringExact(`web <&"'> tier`)),
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("cpu"), knownvalue.ObjectExact(map[string]knownvalue.Check{
 						"mode": knownvalue.Null(), "sockets": knownvalue.Int64Exact(1), "cores": knownvalue.Int64Exact(2),
-						"threads": knownvalue.Int64Exact(1), "pinning": knownvalue.Null(),
+						"threads": knownvalue.Int64Exact(1), "pinning": knownvalue.Null(), "emulator_pinning": knownvalue.Null(),
 					})),
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("disks"), knownvalue.ListExact([]knownvalue.Check{
 						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-root"), "bus": knownvalue.StringExact("virtio")}),
