@@ -46,6 +46,7 @@ type vmModel struct {
 	GuestAgent        types.Bool     `tfsdk:"guest_agent"`
 	WaitForIP         types.Object   `tfsdk:"wait_for_ip"`
 	IPv4Address       types.String   `tfsdk:"ipv4_address"`
+	PCIDevices        types.List     `tfsdk:"pci_devices"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
 }
 
@@ -228,6 +229,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 		spec.CloudInit = &api.CloudInit{UserData: knownString(ci.UserData), MetaData: knownString(ci.MetaData), NetworkConfig: knownString(ci.NetworkConfig)}
 	}
 
+	diags.Append(pciDevicesToAPI(ctx, m.PCIDevices, &spec)...)
 	if !m.Tags.IsNull() && !m.Tags.IsUnknown() {
 		tags := map[string]string{}
 		diags.Append(m.Tags.ElementsAs(ctx, &tags, false)...)
@@ -416,6 +418,10 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		diags.Append(d...)
 		m.CloudInit = obj
 	}
+
+	pci, d := pciDevicesFromAPI(ctx, prior.PCIDevices, vm.PCIDevices)
+	diags.Append(d...)
+	m.PCIDevices = pci
 
 	// tags
 	if len(vm.Tags) == 0 && !isEmptyKnownMap(prior.Tags) {

@@ -281,6 +281,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				MarkdownDescription: "The domain state libvirt reports: `running`, `shutoff`, `paused`, `crashed` or `other`.",
 				Computed:            true,
 			},
+			"pci_devices": vmPCIDevicesAttribute(),
 			"guest_agent": schema.BoolAttribute{
 				MarkdownDescription: "Whether the VM gets the qemu-guest-agent channel (a virtio-serial port " +
 					"`org.qemu.guest_agent.0`), through which the host reads the guest's addresses (`ipv4_address`, " +
@@ -446,6 +447,7 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 		}
 	}
 	r.checkStaticIPv4(ctx, plan, state, &resp.Diagnostics)
+	checkPCIMigration(ctx, plan, state, &resp.Diagnostics)
 	if resp.Diagnostics.HasError() {
 		return
 	}
