@@ -102,6 +102,30 @@ func TestPCINodeDeviceXML(t *testing.T) {
 		want: api.HostPCIDevice{Address: "0000:00:03.0", Vendor: "Red Hat, Inc.", VendorID: "0x1af4",
 			Product: "Virtio 1.0 network device", ProductID: "0x1041", Driver: "virtio-pci", IOMMUGroup: -1, Present: true},
 	}, {
+		// As libvirt 9.0 on a Debian 12 VM wrote it: no PCI ID database,
+		// so IDs without names, and no IOMMU.
+		name: "virtio device without names or IOMMU group, from a real libvirt",
+		doc: `<device>
+  <name>pci_0000_00_01_0</name>
+  <path>/sys/devices/pci0000:00/0000:00:01.0</path>
+  <parent>computer</parent>
+  <driver>
+    <name>virtio-pci</name>
+  </driver>
+  <capability type='pci'>
+    <class>0xffff00</class>
+    <domain>0</domain>
+    <bus>0</bus>
+    <slot>1</slot>
+    <function>0</function>
+    <product id='0x1045'/>
+    <vendor id='0x1af4'/>
+  </capability>
+</device>`,
+		ok: true,
+		want: api.HostPCIDevice{Address: "0000:00:01.0", VendorID: "0x1af4", ProductID: "0x1045", Driver: "virtio-pci",
+			IOMMUGroup: -1, Present: true},
+	}, {
 		name: "no driver bound, unnamed product, non-zero PCI domain",
 		doc: `<device>
   <name>pci_0001_00_1f_7</name>
