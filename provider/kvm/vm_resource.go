@@ -575,7 +575,7 @@ func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
 	out := api.NeedsRestart(cur, want)
 	for name, v := range map[string]attr.Value{
 		"vcpu": plan.VCPU, "max_memory_mib": plan.MaxMemoryMiB, "cpu": plan.CPU, "disks": plan.Disks,
-		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit,
+		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit, "pci_devices": plan.PCIDevices,
 	} {
 		if v.IsUnknown() && !slices.Contains(out, name) {
 			out = append(out, name)
