@@ -21,20 +21,22 @@ import (
 
 // Config is everything kvm-hostd is told on its command line.
 type Config struct {
-	Name             string
-	Listen           string
-	LibvirtURI       string
-	OVSDB            string
-	PoolDir          string
-	TokenFile        string
-	ReadTokenFile    string
-	TLSCert          string
-	TLSKey           string
-	ClientCA         string
-	TunnelIP         string
-	MigrationURI     string
-	FetchAllow       []netip.Prefix
-	Labels           map[string]string
+	Name          string
+	Listen        string
+	LibvirtURI    string
+	OVSDB         string
+	PoolDir       string
+	TokenFile     string
+	ReadTokenFile string
+	TLSCert       string
+	TLSKey        string
+	ClientCA      string
+	TunnelIP      string
+	MigrationURI  string
+	FetchAllow    []netip.Prefix
+	Labels        map[string]string
+	// PCIDevices are the host PCI devices named for passthrough.
+	PCIDevices       []service.PCIDevice
 	CPUOvercommit    float64
 	MemoryOvercommit float64
 	AuditLog         string
@@ -95,6 +97,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	hostname, _ := os.Hostname()
 	c := &Config{}
 	var labels, fetchAllow string
+	var pciDevices pciDeviceFlag
 	fs := flag.NewFlagSet("kvm-hostd", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.Name, "name", hostname, "host name reported to the provider")
@@ -113,6 +116,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.StringVar(&labels, "labels", "", "host labels for placement, e.g. zone=a,gpu=yes")
 	fs.StringVar(&fetchAllow, "fetch-allow", "", "networks that source_url downloads and host-to-host copies may reach in addition to the default, "+
 		"e.g. 127.0.0.1/32,10.1.0.0/16 (by default loopback, link-local, multicast, unspecified and this host's own addresses are refused)")
+	fs.Var(&pciDevices, "pci-device", "a host PCI device VMs may ask for by name (kvm_vm pci_devices), as NAME=ADDRESS, e.g. gpu0=0000:01:00.0; "+
+		"repeat the flag (or separate with commas) for more; the host gets the label pci.NAME=true for each device libvirt knows")
 	fs.Float64Var(&c.CPUOvercommit, "cpu-overcommit", 4, "vCPUs admitted per host CPU")
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
@@ -139,6 +144,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 			}
 		}
 	})
+	pciDevices.fromEnv = len(pciDevices.raw) > 0
 	if len(envErrs) > 0 {
 		sort.Strings(envErrs)
 		return nil, fmt.Errorf("invalid environment: %s", strings.Join(envErrs, "; "))
@@ -151,6 +157,9 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	}
 	var err error
 	if c.Labels, err = ParseLabels(labels); err != nil {
+		return nil, err
+	}
+	if c.PCIDevices, err = ParsePCIDevices(pciDevices.raw); err != nil {
 		return nil, err
 	}
 	if c.FetchAllow, err = service.ParseFetchAllow(fetchAllow); err != nil {

@@ -100,7 +100,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		Name: c.Name, Version: Version, Labels: c.Labels, TunnelIP: c.TunnelIP,
 		CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit,
 		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI, MigrationURI: c.MigrationURI,
-		FetchAllow: c.FetchAllow,
+		FetchAllow: c.FetchAllow, PCIDevices: c.PCIDevices,
 	}, m.hv, m.sw, m.Log)
 	if err != nil {
 		return err

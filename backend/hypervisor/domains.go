@@ -697,6 +697,7 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 			dev.Controllers = append(dev.Controllers, wc)
 		}
 	}
+	dev.Hostdevs = mergePCIHostdevs(dev.Hostdevs, want.Devices.Hostdevs)
 	n.Devices = &dev
 	return &n
 }

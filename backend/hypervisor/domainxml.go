@@ -36,6 +36,7 @@ type instanceMeta struct {
 	Snapshots       []metaSnap  `xml:"snapshots>snapshot"`
 	NUMA            []metaNUMA  `xml:"numa>cell"`
 	EmulatorPin     string      `xml:"emulator-pin,omitempty"`
+	PCIDevices      []metaPCI   `xml:"pci-devices>device"`
 }
 
 type metaTag struct {
@@ -485,6 +486,9 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	if ci := spec.CloudInit; ci != nil {
 		m.CloudInit = &metaCI{UserDataSHA256: api.UserDataHash(ci.UserData), MetaData: ci.MetaData, NetworkConfig: ci.NetworkConfig}
 	}
+	if err := addPCIHostdevs(x, spec, m); err != nil {
+		return nil, err
+	}
 	if err := setMeta(x, m); err != nil {
 		return nil, err
 	}
@@ -642,5 +646,6 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 	s.ShutdownTimeoutSec = m.ShutdownTimeout
 	agent := agentChannelOf(x) != nil
 	s.GuestAgent = &agent
+	readPCIHostdevs(x, m, &s)
 	return s, service.VMMeta{Owner: m.Owner, RequestID: m.RequestID}
 }

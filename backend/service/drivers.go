@@ -125,6 +125,10 @@ type Hypervisor interface {
 	// header: format, backing file and external data file.
 	InspectVolume(ctx context.Context, pool, name string) (ImageInfo, error)
 
+	// PCIDevices lists the host's PCI devices as libvirt's node devices
+	// describe them (Name, UsedBy empty; Present true).
+	PCIDevices(ctx context.Context) ([]api.HostPCIDevice, error)
+
 	ListVMs(ctx context.Context) ([]api.VM, error)
 	GetVM(ctx context.Context, name string) (*api.VM, error)
 	// GuestAddresses asks a running domain's guest agent for its NICs'

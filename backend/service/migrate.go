@@ -26,7 +26,11 @@ func (s *Service) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	if s.cfg.MigrationURI != "" && req.TargetURI == s.cfg.MigrationURI {
 		return nil, invalid("target_uri %s is this host (%s)", req.TargetURI, s.cfg.Name)
 	}
-	if _, err := s.hv.GetVM(ctx, name); err != nil {
+	vm, err := s.hv.GetVM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := refusePCIMigration(s.cfg.Name, vm); err != nil {
 		return nil, err
 	}
 	v, err := s.idem.Do(idemKey, idemFingerprint("migrate", name, req), func() (any, error) {

@@ -34,6 +34,9 @@ type Config struct {
 	// FetchAllow lists networks that downloads and copies may reach in
 	// addition to the default (see FetchPolicy).
 	FetchAllow []netip.Prefix
+	// PCIDevices are the host PCI devices the operator named for
+	// passthrough (see pci.go).
+	PCIDevices []PCIDevice
 }
 
 // Service implements the kvm-hostd API on one host.
@@ -137,6 +140,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 	h.DomainType, h.CPUMode, h.CPUDisabled, h.Probe = res.DomainType, res.CPUMode, res.CPUDisabled, res.Probe
 	h.HypervisorType = res.DomainType
 	h.Hugepages = res.Hugepages
+	s.hostPCIDevices(ctx, h)
 	if s.sw != nil {
 		if err := s.sw.Ping(ctx); err != nil {
 			h.Healthy, h.Message = false, "ovsdb: "+err.Error()

@@ -27,6 +27,9 @@ func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) {
 	vms, err := s.hv.ListVMs(ctx)
 	if err == nil {
 		s.fillAllAddresses(ctx, vms)
+		for i := range vms {
+			s.namePCIDevices(&vms[i])
+		}
 	}
 	return vms, err
 }
@@ -39,6 +42,7 @@ func (s *Service) GetVM(ctx context.Context, name string) (*api.VM, error) {
 	vm, err := s.hv.GetVM(ctx, name)
 	if err == nil {
 		s.fillAddresses(ctx, vm, s.neighbourhoodOf(nil))
+		s.namePCIDevices(vm)
 	}
 	return vm, err
 }
@@ -184,10 +188,12 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	}
 	unlock := s.locks.Lock("vm/" + name)
 	defer unlock()
+	defer func() { s.namePCIDevices(vm) }()
 
 	existing, err := s.hv.GetVM(ctx, name)
 	switch {
 	case err == nil:
+		s.namePCIDevices(existing)
 		if diff := vmSpecDiff(spec, existing.VMSpec); diff != "" {
 			return nil, false, conflict("VM %s already exists on host %s with a different %s", name, s.cfg.Name, diff)
 		}
@@ -215,6 +221,11 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 			return nil, false, err
 		}
 	}
+	unlockPCI, err := s.claimPCIDevices(ctx, name, &spec)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlockPCI()
 	unclaim, err := s.claimDisks(name, spec, nil)
 	if err != nil {
 		return nil, false, err
@@ -237,7 +248,8 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	defined.Running = false
 	crashpoint(CrashVMCreate)
 	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
-	unlockIP() // defined: the address shows as used from now on
+	unlockIP()  // defined: the address shows as used from now on
+	unlockPCI() // and so do its PCI devices
 	s.release(r)
 	unclaim() // defined: the disks show as attached from now on
 	if err != nil {
@@ -286,6 +298,8 @@ func vmSpecDiff(want, have api.VMSpec) string {
 		return "tags"
 	case want.GuestAgentEnabled() != have.GuestAgentEnabled():
 		return "guest_agent"
+	case !slices.Equal(want.PCIDevices, have.PCIDevices):
+		return fmt.Sprintf("pci_devices (%v, requested %v)", have.PCIDevices, want.PCIDevices)
 	}
 	for i := range want.Disks {
 		if want.Disks[i].Pool != have.Disks[i].Pool || want.Disks[i].Volume != have.Disks[i].Volume {
@@ -328,6 +342,11 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 			return nil, err
 		}
 	}
+	unlockPCI, err := s.claimPCIDevices(ctx, name, &spec)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockPCI()
 	unclaim, err := s.claimDisks(name, spec, &cur.VMSpec)
 	if err != nil {
 		return nil, err
@@ -355,6 +374,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	delaypoint(DelayVMUpdateAdmitted)
 	restarted, err := s.hv.UpdateVM(ctx, name, spec)
 	unlockIP()
+	unlockPCI()
 	s.release(r)
 	unclaim()
 	if err != nil {
@@ -374,6 +394,7 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 			}
 		}
 	}
+	s.namePCIDevices(vm)
 	vm.Restarted = restarted
 	return vm, nil
 }

@@ -134,11 +134,17 @@ type HostPCIDevice struct {
 	// Address is its PCI address, domain:bus:slot.function
 	// (0000:01:00.0).
 	Address string `json:"address"`
-	Vendor  string `json:"vendor,omitempty"`
-	Product string `json:"product,omitempty"`
+	// Vendor and Product are the names libvirt knows for the device's
+	// IDs; VendorID and ProductID the IDs (0x10de).
+	Vendor    string `json:"vendor,omitempty"`
+	VendorID  string `json:"vendor_id,omitempty"`
+	Product   string `json:"product,omitempty"`
+	ProductID string `json:"product_id,omitempty"`
 	// Driver is the host driver bound to it now (vfio-pci once assigned).
-	Driver     string `json:"driver,omitempty"`
-	IOMMUGroup int64  `json:"iommu_group"`
+	Driver string `json:"driver,omitempty"`
+	// IOMMUGroup is the device's IOMMU group, -1 when it has none (no
+	// IOMMU enabled: the device cannot be passed through).
+	IOMMUGroup int64 `json:"iommu_group"`
 	// UsedBy names the VM defined with it, empty when free.
 	UsedBy string `json:"used_by,omitempty"`
 	// Present is false when libvirt does not know the address (the
@@ -378,6 +384,10 @@ type VMSpec struct {
 	// PCIDevices names host PCI devices (kvm-hostd --pci-device) passed
 	// through to the guest.
 	PCIDevices []string `json:"pci_devices,omitempty"`
+	// PCIAddresses are the host addresses of PCIDevices, in the same
+	// order: resolved by the host from its --pci-device names before the
+	// domain is defined, and read back from it. Never on the wire.
+	PCIAddresses []string `json:"-"`
 }
 
 // RNGEnabled reports the effective rng setting.

@@ -29,10 +29,13 @@ type hostModel struct {
 	DomainType         types.String  `tfsdk:"domain_type"`
 	CPUMode            types.String  `tfsdk:"cpu_mode"`
 	Hugepages          types.Object  `tfsdk:"hugepages"`
+	PCIDevices         types.List    `tfsdk:"pci_devices"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
 	labels, diags := types.MapValueFrom(ctx, types.StringType, nonNilMap(h.Labels))
+	pci, d := hostPCIDevicesFromAPI(ctx, h.PCIDevices)
+	diags.Append(d...)
 	return hostModel{
 		Name:               types.StringValue(h.Name),
 		CPUs:               types.Int64Value(h.CPUs),
@@ -50,6 +53,7 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		DomainType:         types.StringValue(h.DomainType),
 		CPUMode:            types.StringValue(h.CPUMode),
 		Hugepages:          hostHugepagesValue(h.Hugepages),
+		PCIDevices:         pci,
 	}, diags
 }
 
@@ -68,7 +72,8 @@ var hostAttrTypes = map[string]attr.Type{
 	"memory_overcommit": types.Float64Type, "labels": types.MapType{ElemType: types.StringType},
 	"tunnel_ip": types.StringType, "vm_count": types.Int64Type, "version": types.StringType,
 	"healthy": types.BoolType, "domain_type": types.StringType, "cpu_mode": types.StringType,
-	"hugepages": types.ObjectType{AttrTypes: hostHugepagesAttrTypes},
+	"hugepages":   types.ObjectType{AttrTypes: hostHugepagesAttrTypes},
+	"pci_devices": types.ListType{ElemType: types.ObjectType{AttrTypes: hostPCIAttrTypes}},
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
@@ -93,5 +98,6 @@ func hostComputedAttributes() map[string]schema.Attribute {
 			"`test` on the embedded default (libvirt's test driver, which runs no guests); empty when the host is down."},
 		"cpu_mode": schema.StringAttribute{Computed: true, MarkdownDescription: "CPU mode the host gives VMs that set no `cpu.mode`, as its startup probe found working: " +
 			"`host-passthrough`, or `qemu64` (no CPU model given to QEMU: its default, which runs everywhere). Empty on the embedded default and when the host is down."},
+		"pci_devices": hostPCIDevicesAttribute(),
 	}
 }

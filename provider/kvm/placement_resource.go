@@ -100,9 +100,11 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 						Optional:            true,
 					},
 					"host_labels": schema.MapAttribute{
-						MarkdownDescription: "Labels the host must carry (every pair), from the host's `--labels` merged with the provider's `hosts.*.labels`.",
-						Optional:            true,
-						ElementType:         types.StringType,
+						MarkdownDescription: "Labels the host must carry (every pair), from the host's `--labels` merged with the provider's `hosts.*.labels`. " +
+							"Every host also carries `pci.NAME = \"true\"` for each PCI device it names for passthrough (`kvm-hostd --pci-device`) " +
+							"and has, so `{ \"pci.gpu0\" = \"true\" }` places the key on a host with device `gpu0` (for a `kvm_vm` with `pci_devices = [\"gpu0\"]`).",
+						Optional:    true,
+						ElementType: types.StringType,
 					},
 				}},
 			},

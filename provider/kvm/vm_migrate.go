@@ -54,6 +54,10 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		addAPIError(&resp.Diagnostics, "Unable to Migrate VM", fmt.Sprintf("VM %s on host %s", name, src.Name), err)
 		return false
 	}
+	if len(vm.PCIDevices) > 0 {
+		return fail("it has PCI passthrough devices (pci_devices %s), which cannot follow it to another machine; remove them first, "+
+			"or set migration = \"replace\".", strings.Join(vm.PCIDevices, ", "))
+	}
 	inv := dst.Inventory(ctx)
 	if !inv.Healthy {
 		return fail("host %s is not healthy: %s.", dst.Name, inv.Message)

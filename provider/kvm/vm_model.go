@@ -48,6 +48,7 @@ type vmModel struct {
 	IPv4Address       types.String   `tfsdk:"ipv4_address"`
 	Hugepages         types.Bool     `tfsdk:"hugepages"`
 	NUMA              types.List     `tfsdk:"numa"`
+	PCIDevices        types.List     `tfsdk:"pci_devices"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
 }
 
@@ -234,6 +235,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 		spec.CloudInit = &api.CloudInit{UserData: knownString(ci.UserData), MetaData: knownString(ci.MetaData), NetworkConfig: knownString(ci.NetworkConfig)}
 	}
 
+	diags.Append(pciDevicesToAPI(ctx, m.PCIDevices, &spec)...)
 	if !m.Tags.IsNull() && !m.Tags.IsUnknown() {
 		tags := map[string]string{}
 		diags.Append(m.Tags.ElementsAs(ctx, &tags, false)...)
@@ -424,6 +426,10 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		diags.Append(d...)
 		m.CloudInit = obj
 	}
+
+	pci, d := pciDevicesFromAPI(ctx, prior.PCIDevices, vm.PCIDevices)
+	diags.Append(d...)
+	m.PCIDevices = pci
 
 	// tags
 	if len(vm.Tags) == 0 && !isEmptyKnownMap(prior.Tags) {

@@ -283,6 +283,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 				MarkdownDescription: "The domain state libvirt reports: `running`, `shutoff`, `paused`, `crashed` or `other`.",
 				Computed:            true,
 			},
+			"pci_devices": vmPCIDevicesAttribute(),
 			"guest_agent": schema.BoolAttribute{
 				MarkdownDescription: "Whether the VM gets the qemu-guest-agent channel (a virtio-serial port " +
 					"`org.qemu.guest_agent.0`), through which the host reads the guest's addresses (`ipv4_address`, " +
@@ -451,6 +452,7 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 		}
 	}
 	r.checkStaticIPv4(ctx, plan, state, &resp.Diagnostics)
+	checkPCIMigration(ctx, plan, state, &resp.Diagnostics)
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -578,7 +580,7 @@ func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
 	out := api.NeedsRestart(cur, want)
 	for name, v := range map[string]attr.Value{
 		"vcpu": plan.VCPU, "max_memory_mib": plan.MaxMemoryMiB, "cpu": plan.CPU, "disks": plan.Disks,
-		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit, "numa": plan.NUMA,
+		"network_interfaces": plan.NetworkInterfaces, "cloud_init": plan.CloudInit, "numa": plan.NUMA, "pci_devices": plan.PCIDevices,
 	} {
 		if v.IsUnknown() && !slices.Contains(out, name) {
 			out = append(out, name)
