@@ -47,6 +47,7 @@ type vmModel struct {
 	WaitForIP         types.Object   `tfsdk:"wait_for_ip"`
 	IPv4Address       types.String   `tfsdk:"ipv4_address"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
+	vmDevicesModel
 }
 
 type vmWaitForIPModel struct {
@@ -64,6 +65,7 @@ type vmCPUModel struct {
 type vmDiskModel struct {
 	DiskID types.String `tfsdk:"disk_id"`
 	Bus    types.String `tfsdk:"bus"`
+	vmDiskDevicesModel
 }
 
 type vmNICModel struct {
@@ -72,6 +74,7 @@ type vmNICModel struct {
 	Model       types.String `tfsdk:"model"`
 	IPv4Address types.String `tfsdk:"ipv4_address"`
 	Addresses   types.List   `tfsdk:"addresses"`
+	vmNICDevicesModel
 }
 
 type vmCloudInitModel struct {
@@ -235,6 +238,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 			spec.Tags = tags
 		}
 	}
+	diags.Append(m.devicesToAPI(ctx, &spec)...)
 	return spec, diags
 }
 
@@ -429,6 +433,7 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		diags.Append(d...)
 		m.Tags = t
 	}
+	diags.Append(m.devicesFromAPI(ctx, prior, vm)...)
 	return m, diags
 }
 
