@@ -143,7 +143,8 @@ func addDeviceAttributes(attrs map[string]schema.Attribute) {
 		MarkdownDescription: "What the guest's TRIM/UNMAP (`fstrim`, `discard` mounts) does: `unmap` (default) frees the blocks " +
 			"in the volume, so a qcow2 volume shrinks on the host; `ignore` drops them. The guest sees discard support on " +
 			"virtio, scsi and sata. Disks of VMs created by provider versions without it read back what they had (`unmap` for " +
-			"qcow2 volumes, `ignore` for others). Changing it restarts a running VM.",
+			"qcow2 volumes, `ignore` for others, which the first plan after an upgrade changes to `unmap`: one restart). " +
+			"Changing it restarts a running VM.",
 		Optional: true, Computed: true,
 		Default:    stringdefault.StaticString(vmDefaultDiskDiscard),
 		Validators: []validator.String{stringvalidator.OneOf(api.DiskDiscards...)},
