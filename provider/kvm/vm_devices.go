@@ -2,7 +2,6 @@ package kvm
 
 import (
 	"context"
-	"maps"
 	"net"
 	"strconv"
 
@@ -62,12 +61,6 @@ const (
 var vmGraphicsAttrTypes = map[string]attr.Type{
 	"type": types.StringType, "listen": types.StringType, "password_wo": types.StringType,
 	"password_wo_version": types.Int64Type, "port": types.Int64Type, "address": types.StringType,
-}
-
-func init() {
-	// The nested disk and NIC objects carry the device attributes too.
-	maps.Copy(vmDiskAttrTypes, map[string]attr.Type{"cache": types.StringType, "io": types.StringType, "discard": types.StringType})
-	maps.Copy(vmNICAttrTypes, map[string]attr.Type{"queues": types.Int64Type})
 }
 
 // addDeviceAttributes puts the device attributes into kvm_vm's schema.

@@ -88,9 +88,10 @@ var (
 		"mode": types.StringType, "sockets": types.Int64Type, "cores": types.Int64Type, "threads": types.Int64Type,
 		"pinning": types.ListType{ElemType: types.StringType},
 	}
-	vmDiskAttrTypes = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType}
-	vmNICAttrTypes  = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
-		"ipv4_address": types.StringType, "addresses": types.ListType{ElemType: types.StringType}}
+	vmDiskAttrTypes = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType,
+		"cache": types.StringType, "io": types.StringType, "discard": types.StringType}
+	vmNICAttrTypes = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
+		"ipv4_address": types.StringType, "addresses": types.ListType{ElemType: types.StringType}, "queues": types.Int64Type}
 	vmWaitForIPAttrTypes = map[string]attr.Type{"timeout": types.StringType}
 	vmCloudInitAttrTypes = map[string]attr.Type{"user_data": types.StringType, "meta_data": types.StringType, "network_config": types.StringType}
 )
