@@ -209,7 +209,7 @@ func TestAccVMDevicesReal(t *testing.T) {
 			regexp.MustCompile(`<driver name='qemu' type='qcow2' cache='none' io='native' discard='unmap'/><source file='[^']*devices-data'`),
 			regexp.MustCompile(`<iothreads>1</iothreads>`),
 			regexp.MustCompile(`<controller type='scsi' index='0' model='virtio-scsi'><driver iothread='1'/>`),
-			regexp.MustCompile(`<driver queues='2'/>`),
+			regexp.MustCompile(`<model type='virtio'/><driver queues='2'[/>]`),
 			regexp.MustCompile(`<rng model='virtio'><backend model='random'>/dev/urandom</backend>`),
 		} {
 			if !want.MatchString(flat) {
