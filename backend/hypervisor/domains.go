@@ -106,6 +106,7 @@ func (l *Libvirt) vmOf(c *libvirt.Connect, d *libvirt.Domain) (*api.VM, error) {
 			for i := range spec.Interfaces {
 				spec.Interfaces[i].Port = ports[spec.Interfaces[i].MAC]
 			}
+			liveDevicesOf(lx, &spec)
 		}
 	}
 	st := stateName(state)
@@ -308,6 +309,9 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 			d.Free()
 			return api.Errorf(api.CodeConflict, "domain %s already exists", name)
 		}
+		if err := l.checkHostDevices(&spec); err != nil {
+			return err
+		}
 		disks, err := l.resolveDisks(c, spec.Disks)
 		if err != nil {
 			return err
@@ -491,6 +495,9 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 		if err != nil {
 			return wrap(err, "state of %s", name)
 		}
+		if err := l.checkHostDevices(&spec); err != nil {
+			return err
+		}
 		disks, err := l.resolveDisks(c, spec.Disks)
 		if err != nil {
 			return err
@@ -559,6 +566,8 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 				restarted = spec.Running
 			}
 		} else if err := l.applyLive(d, active, &curSpec, &spec, want); err != nil {
+			return err
+		} else if err := l.applyGraphicsPassword(c, d, active, want); err != nil {
 			return err
 		}
 		switch {
@@ -698,6 +707,7 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 		}
 	}
 	dev.Hostdevs = mergePCIHostdevs(dev.Hostdevs, want.Devices.Hostdevs)
+	mergeDevices(&n, &dev, want)
 	n.Devices = &dev
 	return &n
 }

@@ -388,9 +388,6 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			// Format and chain are explicit: QEMU must never probe them.
 			BackingStore: backingStoreXML(d.Backing),
 		}
-		if d.Format == api.FormatQCOW2 {
-			dd.Driver.Discard = "unmap"
-		}
 		if t := d.IOTune; !t.IsZero() {
 			dd.IOTune = &libvirtxml.DomainDiskIOTune{ReadBytesSec: uint64(t.ReadBytesSec), WriteBytesSec: uint64(t.WriteBytesSec),
 				ReadIopsSec: uint64(t.ReadIOPSSec), WriteIopsSec: uint64(t.WriteIOPSSec)}
@@ -470,6 +467,10 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			Target: &libvirtxml.DomainSerialTarget{Port: &port}, Log: serialLog(p.name)}}
 		x.Devices.Consoles = []libvirtxml.DomainConsole{{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
 			Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}}}
+	}
+
+	if err := buildDevices(spec, p.disks, x); err != nil {
+		return nil, err
 	}
 
 	m.Tags = nil
@@ -647,5 +648,6 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 	agent := agentChannelOf(x) != nil
 	s.GuestAgent = &agent
 	readPCIHostdevs(x, m, &s)
+	devicesOf(x, &s)
 	return s, service.VMMeta{Owner: m.Owner, RequestID: m.RequestID}
 }

@@ -90,13 +90,6 @@ func readMemoryLayout(x *libvirtxml.Domain, m *instanceMeta, s *api.VMSpec, cpu 
 	}
 }
 
-func orDefault(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
-}
-
 // applyEmulatorPin re-pins QEMU's emulator threads without a restart: to
 // the persistent definition and, when the domain runs, to the live
 // process. An empty set unpins (all host CPUs, which libvirt records as no

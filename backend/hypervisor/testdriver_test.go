@@ -172,7 +172,9 @@ func TestTestDriverVMRoundTrip(t *testing.T) {
 	want.UUID = vm.UUID
 	agent := true
 	want.GuestAgent = &agent
-	want.Disks = []api.VMDisk{{Pool: "default", Volume: d1, Bus: "virtio", Target: "vda"}, {Pool: "default", Volume: d2, Bus: "sata", Target: "sda"}}
+	want.RNG = &agent // rng defaults to true as well
+	want.Disks = []api.VMDisk{{Pool: "default", Volume: d1, Bus: "virtio", Target: "vda", Cache: "none", Discard: "unmap"},
+		{Pool: "default", Volume: d2, Bus: "sata", Target: "sda", Cache: "none", Discard: "unmap"}}
 	want.Interfaces = append([]api.VMInterface(nil), spec.Interfaces...)
 	want.Interfaces[1].MAC = got.Interfaces[1].MAC
 	// user-data is a secret: read back as its hash only.

@@ -281,7 +281,9 @@ type VMDisk struct {
 	// QEMU's default.
 	IO string `json:"io,omitempty"`
 	// Discard passes the guest's TRIM/UNMAP to the volume: unmap |
-	// ignore; empty means libvirt's default (ignore).
+	// ignore; empty means DefaultDiskDiscard (unmap, what every qcow2
+	// disk got before the attribute existed). A disk defined without a
+	// mode reads back as libvirt's default, ignore.
 	Discard string `json:"discard,omitempty"`
 }
 

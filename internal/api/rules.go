@@ -329,6 +329,9 @@ func ValidateVMSpec(spec *VMSpec) error {
 			return invalidf("%s", err)
 		}
 	}
+	if err := validateDevices(spec); err != nil {
+		return err
+	}
 	if spec.UUID != "" && !ValidUUID(spec.UUID) {
 		return invalidf("uuid %q is not a UUID like 6b4ce879-405a-4065-8c2a-b7b116ae52c8", spec.UUID)
 	}

@@ -50,6 +50,7 @@ type vmModel struct {
 	NUMA              types.List     `tfsdk:"numa"`
 	PCIDevices        types.List     `tfsdk:"pci_devices"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
+	vmDevicesModel
 }
 
 type vmWaitForIPModel struct {
@@ -69,6 +70,7 @@ type vmCPUModel struct {
 type vmDiskModel struct {
 	DiskID types.String `tfsdk:"disk_id"`
 	Bus    types.String `tfsdk:"bus"`
+	vmDiskDevicesModel
 }
 
 type vmNICModel struct {
@@ -77,6 +79,7 @@ type vmNICModel struct {
 	Model       types.String `tfsdk:"model"`
 	IPv4Address types.String `tfsdk:"ipv4_address"`
 	Addresses   types.List   `tfsdk:"addresses"`
+	vmNICDevicesModel
 }
 
 type vmCloudInitModel struct {
@@ -90,9 +93,10 @@ var (
 		"mode": types.StringType, "sockets": types.Int64Type, "cores": types.Int64Type, "threads": types.Int64Type,
 		"pinning": types.ListType{ElemType: types.StringType}, "emulator_pinning": types.StringType,
 	}
-	vmDiskAttrTypes = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType}
-	vmNICAttrTypes  = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
-		"ipv4_address": types.StringType, "addresses": types.ListType{ElemType: types.StringType}}
+	vmDiskAttrTypes = map[string]attr.Type{"disk_id": types.StringType, "bus": types.StringType,
+		"cache": types.StringType, "io": types.StringType, "discard": types.StringType}
+	vmNICAttrTypes = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
+		"ipv4_address": types.StringType, "addresses": types.ListType{ElemType: types.StringType}, "queues": types.Int64Type}
 	vmWaitForIPAttrTypes = map[string]attr.Type{"timeout": types.StringType}
 	vmCloudInitAttrTypes = map[string]attr.Type{"user_data": types.StringType, "meta_data": types.StringType, "network_config": types.StringType}
 )
@@ -243,6 +247,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 			spec.Tags = tags
 		}
 	}
+	diags.Append(m.devicesToAPI(ctx, &spec)...)
 	return spec, diags
 }
 
@@ -443,6 +448,7 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		diags.Append(d...)
 		m.Tags = t
 	}
+	diags.Append(m.devicesFromAPI(ctx, prior, vm)...)
 	return m, diags
 }
 

@@ -318,6 +318,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 		},
 	}
 	maps.Copy(resp.Schema.Attributes, vmMemoryAttributes())
+	addDeviceAttributes(resp.Schema.Attributes)
 }
 
 // hostChangeReplaces makes a host change re-create the VM only when the
@@ -388,6 +389,7 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 		seenIP[ip] = i
 	}
 
+	validateDevices(ctx, cfg, &resp.Diagnostics)
 	disks, d := cfg.disksOf(ctx)
 	resp.Diagnostics.Append(d...)
 	seen := map[string]int{}
@@ -544,6 +546,7 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 					"to apply changes to: %s. It will not be destroyed.", plan.Name.ValueString(), state.Host.ValueString(), strings.Join(restartFor, ", ")))
 		}
 	}
+	keepGraphicsAddress(ctx, state, &plan, &resp.Diagnostics)
 	resp.Diagnostics.Append(resp.Plan.Set(ctx, &plan)...)
 }
 
@@ -601,6 +604,7 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	h := lookupHost(r.fleet, plan.Host.ValueString(), &resp.Diagnostics)
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
+	resp.Diagnostics.Append(graphicsPasswordFromConfig(ctx, req.Config, &spec)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -698,6 +702,7 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	h := lookupHost(r.fleet, plan.Host.ValueString(), &resp.Diagnostics)
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
+	resp.Diagnostics.Append(graphicsPasswordFromConfig(ctx, req.Config, &spec)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}

@@ -187,8 +187,10 @@ func TestAccVM_basic(t *testing.T) {
 						"threads": knownvalue.Int64Exact(1), "pinning": knownvalue.Null(), "emulator_pinning": knownvalue.Null(),
 					})),
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("disks"), knownvalue.ListExact([]knownvalue.Check{
-						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-root"), "bus": knownvalue.StringExact("virtio")}),
-						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-data"), "bus": knownvalue.StringExact("sata")}),
+						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-root"), "bus": knownvalue.StringExact("virtio"),
+							"cache": knownvalue.StringExact("none"), "io": knownvalue.Null(), "discard": knownvalue.StringExact("unmap")}),
+						knownvalue.ObjectExact(map[string]knownvalue.Check{"disk_id": knownvalue.StringExact("host-a/default/web-1-data"), "bus": knownvalue.StringExact("sata"),
+							"cache": knownvalue.StringExact("none"), "io": knownvalue.Null(), "discard": knownvalue.StringExact("unmap")}),
 					})),
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("network_interfaces").AtSliceIndex(0).AtMapKey("mac"),
 						knownvalue.StringRegexp(regexp.MustCompile(`^52:54:00(:[0-9a-f]{2}){3}$`))),
@@ -496,7 +498,7 @@ func TestVMRestartAttributes(t *testing.T) {
 	nic := func(network string) attr.Value {
 		return types.ObjectValueMust(vmNICAttrTypes, map[string]attr.Value{
 			"network": types.StringValue(network), "mac": types.StringValue("52:54:00:00:00:0" + network[len(network)-1:]), "model": types.StringValue("virtio"),
-			"ipv4_address": types.StringNull(), "addresses": types.ListNull(types.StringType),
+			"ipv4_address": types.StringNull(), "addresses": types.ListNull(types.StringType), "queues": types.Int64Value(1),
 		})
 	}
 	nics := func(vs ...attr.Value) types.List {
@@ -526,7 +528,8 @@ func TestVMRestartAttributes(t *testing.T) {
 	// A disk whose ID is known only at apply (a kvm_disk being created) is a
 	// change, also when appended after the same disks.
 	disk := func(id types.String) attr.Value {
-		return types.ObjectValueMust(vmDiskAttrTypes, map[string]attr.Value{"disk_id": id, "bus": types.StringValue("virtio")})
+		return types.ObjectValueMust(vmDiskAttrTypes, map[string]attr.Value{"disk_id": id, "bus": types.StringValue("virtio"),
+			"cache": types.StringValue("none"), "io": types.StringNull(), "discard": types.StringValue("unmap")})
 	}
 	disks := func(vs ...attr.Value) types.List {
 		return types.ListValueMust(types.ObjectType{AttrTypes: vmDiskAttrTypes}, vs)

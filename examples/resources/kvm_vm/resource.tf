@@ -13,6 +13,21 @@ resource "kvm_disk" "web_root" {
   size_mib     = 10240
 }
 
+# A data disk on virtio-scsi; the guest's fstrim gives freed space back.
+resource "kvm_disk" "web_data" {
+  name     = "web-1-data"
+  host     = "host-a"
+  format   = "qcow2"
+  size_mib = 20480
+}
+
+# Write-only (Terraform >= 1.11): never stored in state or plan.
+variable "console_password" {
+  type      = string
+  sensitive = true
+  ephemeral = true
+}
+
 resource "kvm_network" "lan" {
   name = "lan"
   vlan = 100
@@ -32,14 +47,25 @@ resource "kvm_vm" "web" {
   }
 
   disks = [
-    { disk_id = kvm_disk.web_root.id },
+    # cache defaults to "none" and discard to "unmap".
+    { disk_id = kvm_disk.web_root.id, io = "native" },
+    { disk_id = kvm_disk.web_data.id, bus = "scsi", cache = "writeback", io = "io_uring" },
   ]
 
   network_interfaces = [
     # ipv4_address = "10.20.0.10" would give this NIC a static address
     # inside the network's subnet (delivered through cloud-init).
-    { network = kvm_network.lan.name },
+    { network = kvm_network.lan.name, queues = 2 },
   ]
+
+  # A VNC console on the host's loopback (reach it through an SSH tunnel);
+  # its port is graphics.port once the VM runs. rng (default true) gives
+  # the guest /dev/hwrng.
+  graphics = {
+    type                = "vnc"
+    password_wo         = var.console_password
+    password_wo_version = 1 # bump to apply a new password (live)
+  }
 
   # The guest runs qemu-guest-agent (guest_agent defaults to true): wait until
   # every NIC reports an IPv4 address, so ipv4_address is known after apply.
@@ -68,6 +94,10 @@ resource "kvm_vm" "web" {
 
 output "web_mac" {
   value = kvm_vm.web.network_interfaces[0].mac
+}
+
+output "web_console" {
+  value = kvm_vm.web.graphics.address
 }
 
 output "web_ip" {
