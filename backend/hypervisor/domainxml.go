@@ -34,6 +34,11 @@ type instanceMeta struct {
 	CloudInit       *metaCI     `xml:"cloud-init"`
 	SeedISO         string      `xml:"seed-iso,omitempty"`
 	Snapshots       []metaSnap  `xml:"snapshots>snapshot"`
+	// Firmware, SecureBoot and TPM as asked: read back from here only
+	// where the domain definition cannot say (the test driver).
+	Firmware   string `xml:"firmware,omitempty"`
+	SecureBoot bool   `xml:"secure-boot,omitempty"`
+	TPM        string `xml:"tpm,omitempty"`
 }
 
 type metaTag struct {
@@ -467,6 +472,8 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}}}
 	}
 
+	applyFirmware(x, spec, p.virtType, m)
+
 	m.Tags = nil
 	keys := make([]string, 0, len(spec.Tags))
 	for k := range spec.Tags {
@@ -637,5 +644,6 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 	s.ShutdownTimeoutSec = m.ShutdownTimeout
 	agent := agentChannelOf(x) != nil
 	s.GuestAgent = &agent
+	readFirmware(x, m, &s)
 	return s, service.VMMeta{Owner: m.Owner, RequestID: m.RequestID}
 }

@@ -172,6 +172,7 @@ func TestTestDriverVMRoundTrip(t *testing.T) {
 	want.UUID = vm.UUID
 	agent := true
 	want.GuestAgent = &agent
+	want.Firmware = api.FirmwareBIOS // reads always set it
 	want.Disks = []api.VMDisk{{Pool: "default", Volume: d1, Bus: "virtio", Target: "vda"}, {Pool: "default", Volume: d2, Bus: "sata", Target: "sda"}}
 	want.Interfaces = append([]api.VMInterface(nil), spec.Interfaces...)
 	want.Interfaces[1].MAC = got.Interfaces[1].MAC

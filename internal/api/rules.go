@@ -329,6 +329,9 @@ func ValidateVMSpec(spec *VMSpec) error {
 	if spec.UUID != "" && !ValidUUID(spec.UUID) {
 		return invalidf("uuid %q is not a UUID like 6b4ce879-405a-4065-8c2a-b7b116ae52c8", spec.UUID)
 	}
+	if err := CheckFirmware(spec.Firmware, spec.SecureBoot, spec.TPM); err != nil {
+		return invalidf("%s", err)
+	}
 	if ci := spec.CloudInit; ci != nil {
 		if err := CheckText("cloud_init.meta_data", ci.MetaData); err != nil {
 			return invalidf("%s", err)
