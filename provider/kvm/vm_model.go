@@ -47,6 +47,7 @@ type vmModel struct {
 	WaitForIP         types.Object   `tfsdk:"wait_for_ip"`
 	IPv4Address       types.String   `tfsdk:"ipv4_address"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
+	vmFirmwareModel
 }
 
 type vmWaitForIPModel struct {
@@ -221,6 +222,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 	}
 	agent := m.GuestAgent.IsNull() || m.GuestAgent.IsUnknown() || m.GuestAgent.ValueBool()
 	spec.GuestAgent = &agent
+	diags.Append(m.firmwareToAPI(ctx, &spec)...)
 
 	ci, d := m.cloudInitOf(ctx)
 	diags.Append(d...)
@@ -306,6 +308,9 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		WaitForIP:    prior.WaitForIP,
 		IPv4Address:  stringOrNull(vm.IPv4Address, types.StringNull()),
 	}
+	var d diag.Diagnostics
+	m.vmFirmwareModel, d = firmwareFromAPI(ctx, vm)
+	diags.Append(d...)
 	if m.WaitForIP.IsNull() || m.WaitForIP.IsUnknown() {
 		m.WaitForIP = types.ObjectNull(vmWaitForIPAttrTypes)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -314,6 +315,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			"timeouts": timeouts.Block(ctx, timeouts.Opts{Create: true, Read: true, Update: true, Delete: true}),
 		},
 	}
+	maps.Copy(resp.Schema.Attributes, vmFirmwareAttributes())
 }
 
 // hostChangeReplaces makes a host change re-create the VM only when the
@@ -363,6 +365,7 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 		}
 	}
 
+	validateFirmware(cfg, resp)
 	if !cfg.WaitForIP.IsNull() && !cfg.GuestAgent.IsNull() && !cfg.GuestAgent.IsUnknown() && !cfg.GuestAgent.ValueBool() {
 		resp.Diagnostics.AddAttributeError(path.Root("wait_for_ip"), "wait_for_ip Needs the Guest Agent",
 			"wait_for_ip reads the guest's addresses through its qemu-guest-agent: set guest_agent = true (the default) or remove wait_for_ip.")
