@@ -3,12 +3,17 @@ package kvm
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/types"
+	"github.com/hashicorp/terraform-plugin-testing/config"
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
 	"github.com/hashicorp/terraform-plugin-testing/knownvalue"
 	"github.com/hashicorp/terraform-plugin-testing/plancheck"
@@ -163,4 +168,42 @@ func TestVMRestartAttributesFirmware(t *testing.T) {
 				tc.to.Firmware, tc.to.SecureBoot, tc.to.TPM, got, tc.want)
 		}
 	}
+}
+
+// examples/windows11 applies as written (on the test driver, which boots
+// nothing) and reads back with an empty plan.
+func TestAccExampleWindows11(t *testing.T) {
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "examples", "windows11", "main.tf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	example := string(b)
+	// The tests' provider comes with its own address and configuration.
+	start, end := strings.Index(example, "terraform {"), strings.Index(example, `provider "kvm" {}`)
+	if start < 0 || end < start {
+		t.Fatal("examples/windows11/main.tf no longer has the terraform and provider blocks this test replaces")
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("not really windows"))
+	}))
+	defer srv.Close()
+	c := startHosts(t, harness.Options{Hosts: []string{"host-a"}, ExtraArgs: vmTestHostArgs})
+	cfg := example[:start] + c.ProviderHCL() + example[end+len(`provider "kvm" {}`):]
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		CheckDestroy:             testAccCheckVMDestroy(c),
+		Steps: []resource.TestStep{{
+			Config:          cfg,
+			ConfigVariables: config.Variables{"image_url": config.StringVariable(srv.URL + "/win11.qcow2")},
+			ConfigStateChecks: []statecheck.StateCheck{
+				statecheck.ExpectKnownValue("kvm_vm.win11", tfjsonpath.New("firmware"), knownvalue.StringExact("efi")),
+				statecheck.ExpectKnownValue("kvm_vm.win11", tfjsonpath.New("secure_boot"), knownvalue.Bool(true)),
+				statecheck.ExpectKnownValue("kvm_vm.win11", tfjsonpath.New("tpm").AtMapKey("version"), knownvalue.StringExact("2.0")),
+			},
+		}},
+	})
 }

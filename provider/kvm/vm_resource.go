@@ -272,7 +272,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 					"safely); `offline` shuts it down gracefully " +
 					"(`shutdown_timeout`), moves it and starts it again if `running`. Either way the UUID stays, the disks move with " +
 					"it (change their `kvm_disk` `host` too), and the target host needs `migration_uri`, room for the VM, its networks, " +
-					"and for linked clones the same base volume. A cloud-init seed ISO is copied to the same path on the new host. " +
+					"and for linked clones the same base volume. A cloud-init seed ISO is copied to the same path on the new host, a " +
+					"UEFI VM's NVRAM too, and a TPM's state moves with QEMU's; the new host needs `ovmf` and `swtpm` for them. " +
 					"On failure the VM stays on its old host.",
 				Optional: true, Computed: true,
 				Default:    stringdefault.StaticString(vmDefaultMigration),
