@@ -332,10 +332,13 @@ func uploadNVRAM(uri, path string, data []byte, replace bool) error {
 		if err != nil {
 			return err
 		}
-		// WITH_BUILD creates the directory on a host that never ran a
-		// UEFI VM; libvirt's QEMU driver makes it otherwise.
-		if p, err = c.StoragePoolCreateXML(doc, libvirt.STORAGE_POOL_CREATE_WITH_BUILD); err != nil {
-			return fmt.Errorf("open %s on the target: %w", dir, err)
+		// Without building first: a build would set the pool's owner
+		// and mode on libvirt's own directory. Only a host that never
+		// ran a UEFI VM lacks it; then it is built.
+		if p, err = c.StoragePoolCreateXML(doc, 0); err != nil {
+			if p, err = c.StoragePoolCreateXML(doc, libvirt.STORAGE_POOL_CREATE_WITH_BUILD); err != nil {
+				return fmt.Errorf("open %s on the target: %w", dir, err)
+			}
 		}
 		defer func() { _ = p.Destroy() }()
 	}
