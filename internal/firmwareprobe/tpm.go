@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // The TPM 2.0 commands of this tool, by the numbers of the TPM 2.0
@@ -36,11 +37,16 @@ type tpm struct{ rw io.ReadWriteCloser }
 
 func openTPM() (*tpm, error) {
 	// The kernel's resource manager: no handles or sessions to flush.
-	f, err := os.OpenFile("/dev/tpmrm0", os.O_RDWR, 0)
+	// Opened blocking, not with os.OpenFile: Go would make the pollable
+	// device non-blocking, and the kernel then runs a command in the
+	// background and answers a read that comes before it finished with
+	// 0 bytes, not EAGAIN (seen as EOF when swtpm was slow to store an NV
+	// write).
+	fd, err := syscall.Open("/dev/tpmrm0", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: "/dev/tpmrm0", Err: err}
 	}
-	return &tpm{rw: f}, nil
+	return &tpm{rw: os.NewFile(uintptr(fd), "/dev/tpmrm0")}, nil
 }
 
 func (t *tpm) Close() error { return t.rw.Close() }
