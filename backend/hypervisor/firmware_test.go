@@ -218,3 +218,18 @@ func TestTestDriverFirmware(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A UEFI VM's snapshot is refused up front, with the reason.
+func TestTestDriverSnapshotOfUEFIRefused(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t)
+	name := uniq("fwsnap")
+	if _, err := l.CreateVM(ctx, name, api.VMSpec{VCPU: 1, MemoryMiB: 64, Firmware: api.FirmwareEFI}, service.VMMeta{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.DeleteVM(ctx, name, 0) }()
+	_, err := l.CreateSnapshot(ctx, name, "s", api.SnapshotSpec{})
+	if !api.IsCode(err, api.CodeUnsupported) || !strings.Contains(err.Error(), "UEFI") {
+		t.Fatalf("snapshot of a UEFI VM: %v", err)
+	}
+}

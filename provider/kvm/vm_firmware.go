@@ -41,7 +41,8 @@ func vmFirmwareAttributes() map[string]schema.Attribute {
 				"NVRAM (variable store), made by libvirt from the firmware's template at its first start, kept across " +
 				"restarts, copied along on a migration and deleted with the VM. The host needs the `ovmf` package; one " +
 				"without it refuses the VM with a 409 saying so. Changing it restarts a running VM once (same UUID; from " +
-				"`bios` the VM moves to a q35 machine and its devices get new PCI addresses) and resets its NVRAM.",
+				"`bios` the VM moves to a q35 machine and its devices get new PCI addresses) and resets its NVRAM. A UEFI VM cannot " +
+				"have `kvm_snapshot`s: libvirt takes internal snapshots, which it refuses for a VM with a UEFI variable store.",
 			Optional: true, Computed: true,
 			Default:    stringdefault.StaticString(api.FirmwareBIOS),
 			Validators: []validator.String{stringvalidator.OneOf(api.FirmwareBIOS, api.FirmwareEFI)},
