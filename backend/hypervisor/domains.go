@@ -331,6 +331,10 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 			l.removeSeed(seed)
 			return err
 		}
+		// No domain has this name: an NVRAM file under it is stale (a
+		// failed migration here, an older kvm-hostd) and must not give
+		// the new VM another's variables.
+		l.removeNVRAM(x)
 		t0 := time.Now()
 		d, err := c.DomainDefineXML(doc)
 		if err != nil {

@@ -315,13 +315,33 @@ func recopyNVRAM(uri, path string, sent []byte) error {
 	return uploadNVRAM(uri, path, data, false)
 }
 
-func uploadNVRAM(uri, path string, data []byte, replace bool) error {
+// deleteNVRAMOn removes the copy copyNVRAMTo made on the libvirt at uri,
+// after a migration that failed: a VM created there later under the same
+// name would otherwise boot with this one's variables.
+func deleteNVRAMOn(uri, path string) error {
 	c, err := libvirt.NewConnect(uri)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	dir := filepath.Dir(path)
+	if d, err := c.LookupDomainByName(strings.TrimSuffix(filepath.Base(path), "_VARS.fd")); err == nil {
+		d.Free()
+		return nil // the domain arrived after all: the file is its own
+	}
+	return withNVRAMPool(c, filepath.Dir(path), func(p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(filepath.Base(path))
+		if err != nil {
+			return nil
+		}
+		defer v.Free()
+		return v.Delete(0)
+	})
+}
+
+// withNVRAMPool runs fn with a storage pool on dir on c: the one there, or
+// a transient one, destroyed afterwards (which leaves the directory as it
+// is).
+func withNVRAMPool(c *libvirt.Connect, dir string, fn func(*libvirt.StoragePool) error) error {
 	p, err := c.LookupStoragePoolByTargetPath(dir)
 	if err != nil {
 		var b [4]byte
@@ -344,7 +364,22 @@ func uploadNVRAM(uri, path string, data []byte, replace bool) error {
 	}
 	defer p.Free()
 	_ = p.Refresh(0)
-	name := filepath.Base(path)
+	return fn(p)
+}
+
+func uploadNVRAM(uri, path string, data []byte, replace bool) error {
+	c, err := libvirt.NewConnect(uri)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return withNVRAMPool(c, filepath.Dir(path), func(p *libvirt.StoragePool) error {
+		return uploadVolume(c, p, filepath.Base(path), data, replace)
+	})
+}
+
+// uploadVolume writes data into volume name of p: a new one, or in place.
+func uploadVolume(c *libvirt.Connect, p *libvirt.StoragePool, name string, data []byte, replace bool) error {
 	v, err := p.LookupStorageVolByName(name)
 	if err == nil && replace {
 		_ = v.Delete(0)

@@ -216,6 +216,11 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				}
 			}
 			l.markMigrating(migrated, seed, "")
+			if nvramSent != nil {
+				if derr := deleteNVRAMOn(req.TargetURI, nvram); derr != nil {
+					l.log.Warn("migration failed: could not delete the NVRAM copied to the target", "vm", name, "err", derr)
+				}
+			}
 			return restore(wrap(err, "migrate %s to %s", name, req.TargetURI))
 		}
 		if nvram != "" && nvramSent != nil {
