@@ -18,11 +18,13 @@ packages=(
 	iproute2 util-linux # ip netns, nsenter/unshare/flock for multi-host tests
 	iputils-ping        # port-security test: real traffic between VM ports
 	pkg-config gcc make # cgo for libvirt.org/go/libvirt
+	ovmf                # UEFI VMs (firmware = "efi", secure_boot): libvirt's firmware descriptors
+	swtpm swtpm-tools   # emulated TPMs (kvm_vm.tpm)
 )
-# --guest-image: also what scripts/guest-image.sh builds the image with, and the
-# UEFI firmware its boot test runs (only then, so plain `make test` stays lean).
+# --guest-image: also what scripts/guest-image.sh builds the image with (only
+# then, so plain `make test` stays lean).
 if [[ "${1:-}" == --guest-image ]]; then
-	packages+=(mmdebstrap e2fsprogs dosfstools mtools fdisk grub-pc-bin ovmf)
+	packages+=(mmdebstrap e2fsprogs dosfstools mtools fdisk grub-pc-bin)
 fi
 
 # One dpkg-query for all packages keeps the warm path fast; a package dpkg has never

@@ -325,6 +325,9 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 				}
 			}
 		}
+		if err := l.checkFirmwareCaps(c, &spec); err != nil {
+			return err
+		}
 		seed, err := l.prepareSeed(c, name, &spec)
 		if err != nil {
 			return err
@@ -340,6 +343,10 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 			l.removeSeed(seed)
 			return err
 		}
+		// No domain has this name: an NVRAM file under it is stale (a
+		// failed migration here, an older kvm-hostd) and must not give
+		// the new VM another's variables.
+		l.removeNVRAM(x)
 		t0 := time.Now()
 		d, err := c.DomainDefineXML(doc)
 		if err != nil {
@@ -375,9 +382,11 @@ func (l *Libvirt) CreateVM(ctx context.Context, name string, spec api.VMSpec, me
 	return l.GetVM(ctx, name)
 }
 
+// undefine removes a domain with everything libvirt keeps for it: its
+// NVRAM file and its TPM state (/var/lib/libvirt/swtpm/<uuid>) too.
 func undefine(d *libvirt.Domain) error {
 	err := d.UndefineFlags(libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.DOMAIN_UNDEFINE_NVRAM |
-		libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+		libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.DOMAIN_UNDEFINE_TPM)
 	if err != nil && isCode(err, libvirt.ERR_NO_SUPPORT, libvirt.ERR_INVALID_ARG, libvirt.ERR_ARGUMENT_UNSUPPORTED) {
 		err = d.Undefine()
 	}
@@ -451,6 +460,7 @@ func (l *Libvirt) DeleteVM(ctx context.Context, name string, timeout time.Durati
 		}
 		l.removeSeed(metaOf(x).SeedISO)
 		l.removeSerialLog(x)
+		l.removeFirmwareState(x)
 		return nil
 	})
 }
@@ -530,6 +540,15 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 		if spec.CloudInit == nil {
 			seed = ""
 		}
+		if curSpec.Firmware != orBIOS(spec.Firmware) || curSpec.SecureBoot != spec.SecureBoot || (spec.TPM != nil && curSpec.TPM == nil) {
+			if err := l.checkFirmwareCaps(c, &spec); err != nil {
+				return err
+			}
+		}
+		// Other firmware, or Secure Boot switched, needs another variable
+		// store: the old one is dropped once QEMU is down, and libvirt
+		// makes the new one from the matching template at the next start.
+		resetNVRAM := curSpec.Firmware != orBIOS(spec.Firmware) || curSpec.SecureBoot != spec.SecureBoot
 		m := *oldMeta
 		want, err := buildDomain(&spec, domainParams{name: name, virtType: cur.Type, disks: disks, seedISO: seed, meta: &m, probe: l.probed})
 		if err != nil {
@@ -564,6 +583,10 @@ func (l *Libvirt) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (b
 				}
 				active = false
 				restarted = spec.Running
+			}
+			if resetNVRAM {
+				l.removeNVRAM(cur)
+				l.removeNVRAM(want) // a stale file under the name, from an earlier UEFI life
 			}
 		} else if err := l.applyLive(d, active, &curSpec, &spec, want); err != nil {
 			return err
@@ -646,6 +669,24 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 	n.CPUTune = want.CPUTune
 	n.MemoryBacking = want.MemoryBacking
 	n.NUMATune = want.NUMATune
+	n.IOThreads = want.IOThreads // the SCSI controller's, also on a new machine type
+	if mergeFirmware(&n, cur, want) {
+		// A new machine type: the devices as wanted, addressed by
+		// libvirt anew (i440fx addresses and controllers mean nothing
+		// on q35 and vice versa); only the OVS interface ids stay.
+		dev := *want.Devices
+		dev.Interfaces = slices.Clone(want.Devices.Interfaces)
+		for i, ix := range dev.Interfaces {
+			if ix.MAC == nil {
+				continue
+			}
+			if o := interfaceByMAC(cur, ix.MAC.Address); o != nil {
+				dev.Interfaces[i].VirtualPort = keepPort(o.VirtualPort, ix.VirtualPort)
+			}
+		}
+		n.Devices = &dev
+		return &n
+	}
 	dev := libvirtxml.DomainDeviceList{}
 	if cur.Devices != nil {
 		dev = *cur.Devices
@@ -708,6 +749,7 @@ func mergeDomain(cur, want *libvirtxml.Domain) *libvirtxml.Domain {
 	}
 	dev.Hostdevs = mergePCIHostdevs(dev.Hostdevs, want.Devices.Hostdevs)
 	mergeDevices(&n, &dev, want)
+	dev.TPMs = mergeTPM(dev.TPMs, want.Devices.TPMs)
 	n.Devices = &dev
 	return &n
 }

@@ -37,6 +37,11 @@ type instanceMeta struct {
 	NUMA            []metaNUMA  `xml:"numa>cell"`
 	EmulatorPin     string      `xml:"emulator-pin,omitempty"`
 	PCIDevices      []metaPCI   `xml:"pci-devices>device"`
+	// Firmware, SecureBoot and TPM as asked: read back from here only
+	// where the domain definition cannot say (the test driver).
+	Firmware   string `xml:"firmware,omitempty"`
+	SecureBoot bool   `xml:"secure-boot,omitempty"`
+	TPM        string `xml:"tpm,omitempty"`
 }
 
 type metaTag struct {
@@ -472,6 +477,7 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 	if err := buildDevices(spec, p.disks, x); err != nil {
 		return nil, err
 	}
+	applyFirmware(x, spec, p.virtType, m)
 
 	m.Tags = nil
 	keys := make([]string, 0, len(spec.Tags))
@@ -649,5 +655,6 @@ func specOf(x *libvirtxml.Domain, ref volumeRef) (api.VMSpec, service.VMMeta) {
 	s.GuestAgent = &agent
 	readPCIHostdevs(x, m, &s)
 	devicesOf(x, &s)
+	readFirmware(x, m, &s)
 	return s, service.VMMeta{Owner: m.Owner, RequestID: m.RequestID}
 }

@@ -55,6 +55,8 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	var migrated []migratedDisk
 	var seed string
 	var def *libvirtxml.Domain
+	var nvram string
+	var nvramSent []byte
 	err := l.doOnce(ctx, func(c *libvirt.Connect) error {
 		d, err := c.LookupDomainByName(name)
 		if err != nil {
@@ -105,6 +107,21 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			// QEMU on the target opens the same path, so put it there.
 			if err := copySeedTo(req.TargetURI, seed); err != nil {
 				return fmt.Errorf("copying the cloud-init seed of %s to %s: %w", name, req.TargetURI, err)
+			}
+		}
+
+		// The NVRAM file, where libvirt does not take it (see
+		// copyNVRAMTo); from the live definition when running, which
+		// names the file QEMU uses.
+		nvram = nvramPath(x)
+		if active {
+			if lx, err := domXML(d, 0); err == nil && nvramPath(lx) != "" {
+				nvram = nvramPath(lx)
+			}
+		}
+		if nvram != "" {
+			if nvramSent, err = copyNVRAMTo(req.TargetURI, nvram); err != nil {
+				return fmt.Errorf("copying the NVRAM of %s to %s (nothing was changed): %w", name, req.TargetURI, err)
 			}
 		}
 
@@ -199,7 +216,18 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				}
 			}
 			l.markMigrating(migrated, seed, "")
+			if nvramSent != nil {
+				if derr := deleteNVRAMOn(req.TargetURI, nvram); derr != nil {
+					l.log.Warn("migration failed: could not delete the NVRAM copied to the target", "vm", name, "err", derr)
+				}
+			}
 			return restore(wrap(err, "migrate %s to %s", name, req.TargetURI))
+		}
+		if nvram != "" && nvramSent != nil {
+			// The source QEMU is gone: its file is final now.
+			if err := recopyNVRAM(req.TargetURI, nvram, nvramSent); err != nil {
+				l.log.Warn("migrated: could not copy the NVRAM written during the migration", "vm", name, "err", err)
+			}
 		}
 		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
 			"incremental", allOverlays && len(migrated) > 0, "stopped", startedPaused, "took", time.Since(t0))
@@ -217,6 +245,8 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 	// and of the seed, and its own serial log.
 	l.removeSeed(seed)
 	l.removeSerialLog(def)
+	// libvirt removes the TPM state of a domain that migrated out itself.
+	l.removeNVRAM(def)
 	for _, m := range migrated {
 		if err := l.deleteVolumeByPath(ctx, m.path); err != nil {
 			l.log.Warn("migrated: could not delete the source copy of a disk", "vm", name, "path", m.path, "err", err)

@@ -132,6 +132,16 @@ func (l *Libvirt) CreateSnapshot(ctx context.Context, vm, name string, spec api.
 		if err != nil {
 			return wrap(err, "state of %s", vm)
 		}
+		if x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE); err != nil {
+			return wrap(err, "read domain %s", vm)
+		} else if nvramPath(x) != "" || metaOf(x).Firmware == api.FirmwareEFI {
+			// libvirt 9.0 refuses an internal snapshot of a running VM
+			// with pflash firmware, and one of a stopped VM would leave
+			// out its NVRAM: a revert would pair old disks with new
+			// variables (boot entries, keys).
+			return api.Errorf(api.CodeUnsupported, "%s boots UEFI (firmware = efi): libvirt cannot take an internal snapshot "+
+				"of a VM with a UEFI variable store", vm)
+		}
 		if spec.IncludeMemory && !active {
 			return api.Errorf(api.CodeInvalid, "%s is not running: a snapshot with memory needs a running VM", vm)
 		}

@@ -172,7 +172,8 @@ func TestTestDriverVMRoundTrip(t *testing.T) {
 	want.UUID = vm.UUID
 	agent := true
 	want.GuestAgent = &agent
-	want.RNG = &agent // rng defaults to true as well
+	want.Firmware = api.FirmwareBIOS // reads always set it
+	want.RNG = &agent                // rng defaults to true as well
 	want.Disks = []api.VMDisk{{Pool: "default", Volume: d1, Bus: "virtio", Target: "vda", Cache: "none", Discard: "unmap"},
 		{Pool: "default", Volume: d2, Bus: "sata", Target: "sda", Cache: "none", Discard: "unmap"}}
 	want.Interfaces = append([]api.VMInterface(nil), spec.Interfaces...)

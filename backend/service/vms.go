@@ -277,6 +277,14 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	return vm, true, nil
 }
 
+// firmwareOf is a spec's firmware, "" meaning the default.
+func firmwareOf(s api.VMSpec) string {
+	if s.Firmware == "" {
+		return api.FirmwareBIOS
+	}
+	return s.Firmware
+}
+
 // vmSpecDiff names the first difference between a requested and an
 // existing spec, ignoring what the host fills in (generated MACs, bridges,
 // targets), or "" when a create request matches the domain.
@@ -300,6 +308,12 @@ func vmSpecDiff(want, have api.VMSpec) string {
 		return "guest_agent"
 	case !slices.Equal(want.PCIDevices, have.PCIDevices):
 		return fmt.Sprintf("pci_devices (%v, requested %v)", have.PCIDevices, want.PCIDevices)
+	case firmwareOf(want) != firmwareOf(have):
+		return fmt.Sprintf("firmware (%s, requested %s)", firmwareOf(have), firmwareOf(want))
+	case want.SecureBoot != have.SecureBoot:
+		return "secure_boot"
+	case (want.TPM == nil) != (have.TPM == nil) || want.TPM != nil && want.TPM.Version != have.TPM.Version:
+		return "tpm"
 	}
 	for i := range want.Disks {
 		if want.Disks[i].Pool != have.Disks[i].Pool || want.Disks[i].Volume != have.Disks[i].Volume {

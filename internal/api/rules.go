@@ -338,6 +338,9 @@ func ValidateVMSpec(spec *VMSpec) error {
 	if err := ValidatePCIDeviceNames(spec.PCIDevices); err != nil {
 		return err
 	}
+	if err := CheckFirmware(spec.Firmware, spec.SecureBoot, spec.TPM); err != nil {
+		return invalidf("%s", err)
+	}
 	if ci := spec.CloudInit; ci != nil {
 		if err := CheckText("cloud_init.meta_data", ci.MetaData); err != nil {
 			return invalidf("%s", err)

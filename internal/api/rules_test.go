@@ -174,3 +174,20 @@ func TestCheckTextAndUUID(t *testing.T) {
 		t.Error("ValidUUID")
 	}
 }
+
+func TestCheckFirmware(t *testing.T) {
+	for _, ok := range []VMSpec{{}, {Firmware: FirmwareBIOS}, {Firmware: FirmwareEFI, SecureBoot: true, TPM: &TPM{Version: "2.0"}},
+		{TPM: &TPM{Version: "2.0"}}} {
+		if err := CheckFirmware(ok.Firmware, ok.SecureBoot, ok.TPM); err != nil {
+			t.Errorf("%+v: %v", ok, err)
+		}
+	}
+	for _, bad := range []VMSpec{{SecureBoot: true}, {Firmware: FirmwareBIOS, SecureBoot: true}, {Firmware: "uefi"},
+		{TPM: &TPM{Version: "1.2"}}, {TPM: &TPM{}}} {
+		spec := bad
+		spec.VCPU, spec.MemoryMiB = 1, 64
+		if err := ValidateVMSpec(&spec); !IsCode(err, CodeInvalid) {
+			t.Errorf("%+v: %v, want invalid", bad, err)
+		}
+	}
+}

@@ -437,6 +437,12 @@ func hostDaemons(dir string) []daemon {
 	for _, q := range qemus {
 		pidFiles[q] = "qemu-system-x86"
 	}
+	// A VM's emulated TPM: swtpm exits with its QEMU, but not if that never
+	// connected to it (a start that failed half-way).
+	swtpms, _ := filepath.Glob(filepath.Join(dir, "run", "qemu", "swtpm", "*-swtpm.pid"))
+	for _, p := range swtpms {
+		pidFiles[p] = "swtpm"
+	}
 	var ds []daemon
 	for f, name := range pidFiles {
 		b, err := os.ReadFile(f)

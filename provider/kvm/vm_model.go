@@ -51,6 +51,7 @@ type vmModel struct {
 	PCIDevices        types.List     `tfsdk:"pci_devices"`
 	Timeouts          timeouts.Value `tfsdk:"timeouts"`
 	vmDevicesModel
+	vmFirmwareModel
 }
 
 type vmWaitForIPModel struct {
@@ -232,6 +233,7 @@ func (m *vmModel) toAPI(ctx context.Context) (api.VMSpec, diag.Diagnostics) {
 	agent := m.GuestAgent.IsNull() || m.GuestAgent.IsUnknown() || m.GuestAgent.ValueBool()
 	spec.GuestAgent = &agent
 	m.memoryToAPI(ctx, &spec, &diags)
+	diags.Append(m.firmwareToAPI(ctx, &spec)...)
 
 	ci, d := m.cloudInitOf(ctx)
 	diags.Append(d...)
@@ -319,6 +321,9 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 		WaitForIP:    prior.WaitForIP,
 		IPv4Address:  stringOrNull(vm.IPv4Address, types.StringNull()),
 	}
+	var d diag.Diagnostics
+	m.vmFirmwareModel, d = firmwareFromAPI(ctx, vm)
+	diags.Append(d...)
 	if m.WaitForIP.IsNull() || m.WaitForIP.IsUnknown() {
 		m.WaitForIP = types.ObjectNull(vmWaitForIPAttrTypes)
 	}

@@ -273,7 +273,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 					"safely); `offline` shuts it down gracefully " +
 					"(`shutdown_timeout`), moves it and starts it again if `running`. Either way the UUID stays, the disks move with " +
 					"it (change their `kvm_disk` `host` too), and the target host needs `migration_uri`, room for the VM, its networks, " +
-					"and for linked clones the same base volume. A cloud-init seed ISO is copied to the same path on the new host. " +
+					"and for linked clones the same base volume. A cloud-init seed ISO is copied to the same path on the new host, a " +
+					"UEFI VM's NVRAM too, and a TPM's state moves with QEMU's; the new host needs `ovmf` and `swtpm` for them. " +
 					"On failure the VM stays on its old host.",
 				Optional: true, Computed: true,
 				Default:    stringdefault.StaticString(vmDefaultMigration),
@@ -319,6 +320,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 	}
 	maps.Copy(resp.Schema.Attributes, vmMemoryAttributes())
 	addDeviceAttributes(resp.Schema.Attributes)
+	maps.Copy(resp.Schema.Attributes, vmFirmwareAttributes())
 }
 
 // hostChangeReplaces makes a host change re-create the VM only when the
@@ -370,6 +372,7 @@ func (r *VMResource) ValidateConfig(ctx context.Context, req resource.ValidateCo
 
 	validateMemoryConfig(ctx, cfg, &resp.Diagnostics)
 
+	validateFirmware(cfg, resp)
 	if !cfg.WaitForIP.IsNull() && !cfg.GuestAgent.IsNull() && !cfg.GuestAgent.IsUnknown() && !cfg.GuestAgent.ValueBool() {
 		resp.Diagnostics.AddAttributeError(path.Root("wait_for_ip"), "wait_for_ip Needs the Guest Agent",
 			"wait_for_ip reads the guest's addresses through its qemu-guest-agent: set guest_agent = true (the default) or remove wait_for_ip.")
