@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -19,7 +18,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/guestimage"
-	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
@@ -109,30 +107,8 @@ func TestAccVMDevicesReal(t *testing.T) {
 	}
 	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"d"}, OVS: true})
 	h := hs.Host("d")
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, image) })}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
-	if err := realNetUnderlay(h, gateway); err != nil {
-		t.Fatal(err)
-	}
-	c := startHosts(t, harness.Options{
-		Hosts:      []string{"host-a"},
-		LibvirtURI: "qemu:///system",
-		OVSDB:      "embedded", // replaced below by the host's own OVS
-		ListenIPs:  map[string]string{"host-a": h.IP},
-		PoolDirs:   map[string]string{"host-a": devicesPoolDir},
-		ExtraHostArgs: map[string][]string{"host-a": {
-			"--ovsdb", h.OVS.Endpoint,
-			"--fetch-allow", realstack.DefaultHostSubnet + ".0/24",
-		}},
-		Wrap: func(_ string, argv []string) *exec.Cmd { return h.Command(argv[0], argv[1:]...) },
-	})
+	imageURL := serveGuestImage(t, image)
+	c := startNSHostd(t, h, devicesPoolDir)
 	hostd := c.Host("host-a")
 	agent := guestAgent{h: h, domain: "devices", logf: t.Logf}
 	virsh := func(args ...string) (string, error) {

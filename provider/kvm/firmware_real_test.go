@@ -3,8 +3,6 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,16 +119,7 @@ func TestAccFirmwareReal(t *testing.T) {
 	ha, hb := hs.Host("a"), hs.Host("b")
 	byHost := map[string]*realstack.NSHost{"host-a": ha, "host-b": hb}
 
-	// The image, served on the root bridge's address, which both hosts reach.
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, image) })}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
+	imageURL := serveGuestImage(t, image)
 
 	const poolDir = "/var/lib/libvirt/images/kvm-firmware-test"
 	opts := harness.Options{

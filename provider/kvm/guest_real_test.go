@@ -3,8 +3,6 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,17 +245,8 @@ func TestAccGuestReal(t *testing.T) {
 
 	// The image, served on the root bridge's address, which both hosts
 	// reach over their underlay.
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFile(w, r, image)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
+	imageURL := serveGuestImage(t, image)
+	gateway := hostsGateway
 
 	hostsNet := []realNet{{host: "host-a", ns: hs.Host("a")}, {host: "host-b", ns: hs.Host("b")}}
 	byHost := map[string]*realstack.NSHost{"host-a": hs.Host("a"), "host-b": hs.Host("b")}

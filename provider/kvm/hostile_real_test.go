@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/guestimage"
-	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
@@ -128,37 +125,15 @@ func TestAccHostileGuestReal(t *testing.T) {
 	tool := buildHostileGuest(t)
 	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"x"}, OVS: true})
 	h := hs.Host("x")
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	halt := haltImage()
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	imageURL := serveToHosts(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/halt.img") {
 			http.ServeContent(w, r, "halt.img", time.Time{}, bytes.NewReader(halt))
 			return
 		}
 		http.ServeFile(w, r, image)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
-	if err := realNetUnderlay(h, gateway); err != nil {
-		t.Fatal(err)
-	}
-	c := startHosts(t, harness.Options{
-		Hosts:      []string{"host-a"},
-		LibvirtURI: "qemu:///system",
-		OVSDB:      "embedded", // replaced below by the host's own OVS
-		ListenIPs:  map[string]string{"host-a": h.IP},
-		PoolDirs:   map[string]string{"host-a": "/var/lib/libvirt/images/kvm-hostile-test"},
-		ExtraHostArgs: map[string][]string{"host-a": {
-			"--ovsdb", h.OVS.Endpoint,
-			"--fetch-allow", realstack.DefaultHostSubnet + ".0/24",
-		}},
-		Wrap: func(_ string, argv []string) *exec.Cmd { return h.Command(argv[0], argv[1:]...) },
-	})
+	})) + "/debian-bookworm.qcow2"
+	c := startNSHostd(t, h, "/var/lib/libvirt/images/kvm-hostile-test")
 	hostd := c.Host("host-a")
 	cl := testAccVMClient(t, c, "host-a")
 	pid := hostd.PID()

@@ -3,8 +3,6 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -20,7 +18,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/guestimage"
-	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
@@ -153,30 +150,8 @@ func TestAccVMMemoryLayoutReal(t *testing.T) {
 
 	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"m"}, OVS: true})
 	h := hs.Host("m")
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, image) })}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
-	if err := realNetUnderlay(h, gateway); err != nil {
-		t.Fatal(err)
-	}
-	c := startHosts(t, harness.Options{
-		Hosts:      []string{"host-a"},
-		LibvirtURI: "qemu:///system",
-		OVSDB:      "embedded", // replaced below by the host's own OVS
-		ListenIPs:  map[string]string{"host-a": h.IP},
-		PoolDirs:   map[string]string{"host-a": "/var/lib/libvirt/images/kvm-numa-test"},
-		ExtraHostArgs: map[string][]string{"host-a": {
-			"--ovsdb", h.OVS.Endpoint,
-			"--fetch-allow", realstack.DefaultHostSubnet + ".0/24",
-		}},
-		Wrap: func(_ string, argv []string) *exec.Cmd { return h.Command(argv[0], argv[1:]...) },
-	})
+	imageURL := serveGuestImage(t, image)
+	c := startNSHostd(t, h, "/var/lib/libvirt/images/kvm-numa-test")
 	cl := testAccVMClient(t, c, "host-a")
 	agent := guestAgent{h: h, domain: "numa-db", logf: t.Logf}
 	virsh := func(args ...string) (string, error) {
