@@ -23,6 +23,17 @@ func (s *Service) checkKey(e *api.VolumeEncryption, pool, name string) error {
 		"put %s.key in its kvm-hostd --key-dir, or place the disk on a host that has it", s.cfg.Name, k, pool, name, held, k)
 }
 
+// hostKeyLabels gives the host the label key.NAME = "true" for each
+// encryption key it holds, so placement can require the key the way it
+// requires a PCI device. A label the operator set (--labels) wins.
+func (s *Service) hostKeyLabels(h *api.Host) {
+	for _, k := range s.cfg.Keys {
+		if _, set := h.Labels[api.KeyLabel(k)]; !set {
+			h.Labels[api.KeyLabel(k)] = "true"
+		}
+	}
+}
+
 func joinQuoted(names []string) string {
 	out := ""
 	for i, n := range names {

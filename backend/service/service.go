@@ -146,6 +146,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 	h.HypervisorType = res.DomainType
 	h.Hugepages = res.Hugepages
 	s.hostPCIDevices(ctx, h)
+	s.hostKeyLabels(h)
 	if s.sw != nil {
 		if err := s.sw.Ping(ctx); err != nil {
 			h.Healthy, h.Message = false, "ovsdb: "+err.Error()

@@ -7,6 +7,14 @@ type VolumeEncryption struct {
 	Key string `json:"key"`
 }
 
+// KeyLabelPrefix starts the host label kvm-hostd adds for each
+// encryption key it holds: key.NAME = "true", so that placement
+// (kvm_cluster_placement host_labels) can require the key.
+const KeyLabelPrefix = "key."
+
+// KeyLabel is the host label key of the named encryption key.
+func KeyLabel(name string) string { return KeyLabelPrefix + name }
+
 // KeyName returns the master key's name, "" for a plain volume.
 func (e *VolumeEncryption) KeyName() string {
 	if e == nil {

@@ -1,6 +1,8 @@
 package kvm
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
 
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 )
 
@@ -26,6 +29,12 @@ data "kvm_host" "a" {
 
 data "kvm_host" "b" {
   name = "host-b"
+}
+
+resource "kvm_cluster_placement" "enc" {
+  request = {
+    "enc" = { vcpu = 1, memory_mib = 64, host_labels = { "key.prod" = "true" } }
+  }
 }
 
 resource "kvm_disk" "secret" {
@@ -48,7 +57,8 @@ resource "kvm_vm" "enc" {
 // Encrypted disks on libvirt's test driver: host-a holds key "prod",
 // host-b none. The disk and its VM round-trip (empty plan, import); hosts
 // report their key names; a disk on a host without its key fails at plan
-// time naming host and key; changing the key is a replace; an encrypted
+// time naming host and key; placement by the key.NAME label picks the
+// host holding the key; changing the key is a replace; an encrypted
 // linked clone and a snapshot of the VM are refused.
 func TestAccDisk_encryption(t *testing.T) {
 	keyDir := t.TempDir()
@@ -72,6 +82,9 @@ func TestAccDisk_encryption(t *testing.T) {
 					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("keys"),
 						knownvalue.ListExact([]knownvalue.Check{knownvalue.StringExact("other"), knownvalue.StringExact("prod")})),
 					statecheck.ExpectKnownValue("data.kvm_host.b", tfjsonpath.New("keys"), knownvalue.ListSizeExact(0)),
+					statecheck.ExpectKnownValue("data.kvm_host.a", tfjsonpath.New("labels").AtMapKey("key.prod"), knownvalue.StringExact("true")),
+					// Placement by the key label: only host-a holds "prod".
+					statecheck.ExpectKnownValue("kvm_cluster_placement.enc", tfjsonpath.New("assignments").AtMapKey("enc"), knownvalue.StringExact("host-a")),
 				},
 				Check: func(st *terraform.State) error {
 					for _, r := range st.RootModule().Resources {
@@ -83,6 +96,26 @@ func TestAccDisk_encryption(t *testing.T) {
 					}
 					if strings.Contains(c.Host("host-a").Log(), string(key)) {
 						return fmt.Errorf("host-a's log holds the master key")
+					}
+					ctx := context.Background()
+					// The API: inventory and volume name the key, never hold it.
+					h, err := testAccVMClient(t, c, "host-a").Host(ctx)
+					if err != nil {
+						return err
+					}
+					v, err := testAccVMClient(t, c, "host-a").GetVolume(ctx, "default", "secret")
+					if err != nil {
+						return err
+					}
+					b, _ := json.Marshal([]any{h, v})
+					if strings.Contains(string(b), string(key)) || v.Encryption == nil || v.Encryption.Key != "prod" {
+						return fmt.Errorf("API responses: %s", b)
+					}
+					// host-b, without the key, refuses such a volume: 409 naming host and key.
+					_, err = testAccVMClient(t, c, "host-b").PutVolume(ctx, "default", "x",
+						api.VolumeSpec{SizeMiB: 1, Encryption: &api.VolumeEncryption{Key: "prod"}})
+					if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), `host host-b does not hold encryption key "prod"`) {
+						return fmt.Errorf("host-b accepted an encrypted volume without the key, or said so unclearly: %v", err)
 					}
 					return nil
 				},
