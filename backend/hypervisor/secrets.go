@@ -1,6 +1,7 @@
 package hypervisor
 
 import (
+	"bytes"
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
@@ -74,9 +75,13 @@ func diskSecretUUID(keyName, pool, vol string) string {
 // SetKeys gives the hypervisor the master keys, by name. They stay in
 // this process's memory only.
 func (l *Libvirt) SetKeys(keys map[string][]byte) {
+	own := make(map[string][]byte, len(keys))
+	for name, k := range keys {
+		own[name] = bytes.Clone(k) // the caller may clear its copy
+	}
 	l.keysMu.Lock()
 	defer l.keysMu.Unlock()
-	l.keys = maps.Clone(keys)
+	l.keys = own
 }
 
 // KeyNames lists the names of the master keys this host holds.

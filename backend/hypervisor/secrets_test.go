@@ -77,3 +77,18 @@ func TestDiskEncryptionXML(t *testing.T) {
 		t.Fatalf("disk encryption %+v in\n%s", e, doc)
 	}
 }
+
+// SetKeys keeps its own copy: kvm-hostd clears the bytes it read.
+func TestSetKeysCopies(t *testing.T) {
+	l := &Libvirt{}
+	k := bytes.Repeat([]byte{9}, 32)
+	l.SetKeys(map[string][]byte{"prod": k})
+	clear(k)
+	got, ok := l.masterKey("prod")
+	if !ok || !bytes.Equal(got, bytes.Repeat([]byte{9}, 32)) {
+		t.Fatalf("key %v after the caller cleared its copy", got)
+	}
+	if names := l.KeyNames(); len(names) != 1 || names[0] != "prod" {
+		t.Fatalf("names %v", names)
+	}
+}
