@@ -141,7 +141,18 @@ func TestAccEncryptionReal(t *testing.T) {
 		opts.PoolDirs[name] = poolDir
 	}
 	c := startHosts(t, opts)
-	hcl := func(host string, running bool) string { return encryptionHCL(c.ProviderHCL(), imageURL, host, running) }
+	// A restarted kvm-hostd listens on a new port: the provider reads
+	// host-a's endpoint from a file at every plan, rewritten on restart.
+	urlFile := filepath.Join(t.TempDir(), "host-a.url")
+	writeURL := func() {
+		if err := os.WriteFile(urlFile, []byte(c.Host("host-a").URL), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeURL()
+	providerHCL := strings.Replace(c.ProviderHCL(), fmt.Sprintf("endpoint = %q", c.Host("host-a").URL),
+		fmt.Sprintf("endpoint = trimspace(file(%q))", urlFile), 1)
+	hcl := func(host string, running bool) string { return encryptionHCL(providerHCL, imageURL, host, running) }
 	agentOn := func(h *realstack.NSHost) guestAgent { return guestAgent{h: h, domain: "enc", logf: t.Logf} }
 	ready := func(h *realstack.NSHost) error {
 		t0 := time.Now()
@@ -272,6 +283,7 @@ func TestAccEncryptionReal(t *testing.T) {
 					if err := h.Start(); err != nil {
 						t.Fatalf("starting kvm-hostd: %v", err)
 					}
+					writeURL()
 				},
 				Config: hcl("host-a", true),
 				Check: func(st *terraform.State) error {
