@@ -40,8 +40,10 @@ type Config struct {
 	CPUOvercommit    float64
 	MemoryOvercommit float64
 	AuditLog         string
-	LogLevel         string
-	LogFormat        string
+	// KeyDir holds the disk-encryption master keys, NAME.key (keys.go).
+	KeyDir    string
+	LogLevel  string
+	LogFormat string
 	// ShutdownTimeout bounds how long SIGTERM waits for running requests
 	// and operations before it cancels them.
 	ShutdownTimeout time.Duration
@@ -120,6 +122,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 		"repeat the flag (or separate with commas) for more; the host gets the label pci.NAME=true for each device libvirt knows")
 	fs.Float64Var(&c.CPUOvercommit, "cpu-overcommit", 4, "vCPUs admitted per host CPU")
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
+	fs.StringVar(&c.KeyDir, "key-dir", "", "directory of named disk-encryption master keys, NAME.key (mode 0600, at least 32 random bytes), "+
+		"e.g. head -c 32 /dev/urandom > DIR/prod.key; kvm_disk encryption = { key = \"prod\" } uses prod.key; give every host that may run the VM the same file")
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")

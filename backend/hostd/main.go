@@ -86,8 +86,17 @@ func (m *Main) Open(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	keys, err := readKeyDir(c.KeyDir)
+	if err != nil {
+		return err
+	}
 	if m.hv, err = hypervisor.Open(c.LibvirtURI, m.Log); err != nil {
 		return fmt.Errorf("connecting to libvirt at %s: %w", c.LibvirtURI, err)
+	}
+	m.hv.SetHostName(c.Name)
+	m.hv.SetKeys(keys)
+	for _, k := range keys {
+		clear(k) // SetKeys holds its own copy
 	}
 	if c.OVSDB != "none" {
 		sw, err := vswitch.Open(ctx, c.OVSDB, m.Log)
@@ -100,10 +109,18 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		Name: c.Name, Version: Version, Labels: c.Labels, TunnelIP: c.TunnelIP,
 		CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit,
 		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI, MigrationURI: c.MigrationURI,
-		FetchAllow: c.FetchAllow, PCIDevices: c.PCIDevices,
+		FetchAllow: c.FetchAllow, PCIDevices: c.PCIDevices, Keys: m.hv.KeyNames(),
 	}, m.hv, m.sw, m.Log)
 	if err != nil {
 		return err
+	}
+	// Disk secrets are ephemeral in libvirtd: register them again, so the
+	// VMs start and migrations arrive after a restart of either daemon.
+	if err := m.hv.RegisterDiskSecrets(ctx, []string{service.DefaultPool}); err != nil {
+		m.Log.Warn("registering disk encryption secrets failed; they are registered again before each VM start", "err", err)
+	}
+	if len(keys) > 0 {
+		m.Log.Info("disk encryption keys loaded", "keys", m.hv.KeyNames(), "key_dir", c.KeyDir)
 	}
 	m.svc = svc
 	// DHCP servers of the networks found in OVSDB, kept in step with the

@@ -42,6 +42,12 @@ type Libvirt struct {
 	// per-volume extras live here (keyed by volume path) instead.
 	memMu   sync.Mutex
 	memMeta map[string]volMeta
+
+	// keys are the disk-encryption master keys by name (see secrets.go);
+	// name is the host's name for error messages.
+	keysMu sync.Mutex
+	keys   map[string][]byte
+	name   string
 }
 
 // Open connects to libvirt at uri.

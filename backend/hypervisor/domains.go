@@ -219,6 +219,14 @@ func (l *Libvirt) resolveDisks(c *libvirt.Connect, disks []api.VMDisk) ([]resolv
 		seen[vol.Path] = true
 		rd := resolvedDisk{VMDisk: d, Path: vol.Path, Format: vol.Format, IOTune: vol.IOTune, Backing: chain}
 		rd.Pool = pool
+		if k := vol.Encryption.KeyName(); k != "" {
+			// The secret is registered before the domain starts; a host
+			// without the key refuses the disk now.
+			if err := l.ensureDiskSecret(c, k, pool, d.Volume, vol.Path); err != nil {
+				return nil, err
+			}
+			rd.EncryptionKey = k
+		}
 		out = append(out, rd)
 	}
 	return out, nil
@@ -786,9 +794,12 @@ func randomMAC() string {
 
 // StartVM starts a defined domain; one that already runs is left alone.
 func (l *Libvirt) StartVM(ctx context.Context, name string) error {
-	return l.withDomain(ctx, name, func(_ *libvirt.Connect, d *libvirt.Domain) error {
+	return l.withDomain(ctx, name, func(c *libvirt.Connect, d *libvirt.Domain) error {
 		if active, err := d.IsActive(); err == nil && active {
 			return nil
+		}
+		if err := l.ensureSecretsOf(c, d); err != nil {
+			return err
 		}
 		if err := d.Create(); err != nil {
 			return l.startErr(d, err, name)

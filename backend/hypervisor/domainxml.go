@@ -208,6 +208,8 @@ type resolvedDisk struct {
 	// Backing is the volume's backing chain, outermost first (empty for
 	// a volume that is not a linked clone).
 	Backing []backingFile
+	// EncryptionKey names the master key of a LUKS volume ("": plain).
+	EncryptionKey string
 }
 
 // backingFile is one image in a backing chain.
@@ -392,6 +394,10 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: bus},
 			// Format and chain are explicit: QEMU must never probe them.
 			BackingStore: backingStoreXML(d.Backing),
+		}
+		if d.EncryptionKey != "" {
+			// By secret UUID only: the key never enters the XML.
+			dd.Source.Encryption = diskEncryptionXML(d.EncryptionKey, d.Pool, d.Volume)
 		}
 		if t := d.IOTune; !t.IsZero() {
 			dd.IOTune = &libvirtxml.DomainDiskIOTune{ReadBytesSec: uint64(t.ReadBytesSec), WriteBytesSec: uint64(t.WriteBytesSec),

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,9 @@ type Config struct {
 	// PCIDevices are the host PCI devices the operator named for
 	// passthrough (see pci.go).
 	PCIDevices []PCIDevice
+	// Keys names the disk-encryption master keys the host holds
+	// (kvm-hostd --key-dir); the hypervisor has the keys themselves.
+	Keys []string
 }
 
 // Service implements the kvm-hostd API on one host.
@@ -121,6 +125,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 		Version:          s.cfg.Version,
 		LibvirtURI:       s.cfg.LibvirtURI,
 		MigrationURI:     s.cfg.MigrationURI,
+		Keys:             slices.Clone(s.cfg.Keys),
 		Healthy:          true,
 	}
 	if h.Labels == nil {
@@ -141,6 +146,7 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 	h.HypervisorType = res.DomainType
 	h.Hugepages = res.Hugepages
 	s.hostPCIDevices(ctx, h)
+	s.hostKeyLabels(h)
 	if s.sw != nil {
 		if err := s.sw.Ping(ctx); err != nil {
 			h.Healthy, h.Message = false, "ovsdb: "+err.Error()

@@ -53,7 +53,11 @@ func (s *Service) PutSnapshot(ctx context.Context, vm, name string, spec api.Sna
 	case !api.IsNotFound(err):
 		return nil, false, err
 	}
-	if _, err := s.hv.GetVM(ctx, vm); err != nil {
+	cur, err := s.hv.GetVM(ctx, vm)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := s.refuseEncryptedSnapshot(ctx, cur); err != nil {
 		return nil, false, err
 	}
 	snap, err := s.hv.CreateSnapshot(ctx, vm, name, spec)

@@ -66,6 +66,9 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	if err := api.ValidateVolumeSpec(&spec); err != nil {
 		return nil, err
 	}
+	if err := s.checkKey(spec.Encryption, pool, name); err != nil {
+		return nil, err
+	}
 	if spec.SizeMiB == 0 {
 		return nil, invalid("spec.size_mib is required for a copy (the size of the source volume)")
 	}

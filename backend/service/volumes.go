@@ -102,6 +102,9 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 	if err := api.ValidateVolumeSpec(&spec); err != nil {
 		return nil, false, err
 	}
+	if err := s.checkKey(spec.Encryption, pool, name); err != nil {
+		return nil, false, err
+	}
 	unlock := s.lockPool(pool)
 	defer unlock()
 
@@ -139,6 +142,9 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 			}
 			if spec.IOTune == nil && !existing.IOTune.IsZero() {
 				spec.IOTune = existing.IOTune
+			}
+			if spec.Encryption == nil {
+				spec.Encryption = existing.Encryption
 			}
 			if err := s.hv.DeleteVolume(ctx, pool, name); err != nil {
 				return nil, false, fmt.Errorf("recreating volume %s/%s: %w", pool, name, err)
@@ -204,6 +210,8 @@ func volumeSpecDiff(spec api.VolumeSpec, v *api.Volume) string {
 		return fmt.Sprintf("source_url (%q, requested %q)", redactURL(v.SourceURL), redactURL(spec.SourceURL))
 	case spec.SourceURL == "" && spec.SizeMiB != 0 && spec.SizeMiB != v.SizeMiB && spec.BaseVolume == "":
 		return fmt.Sprintf("size (%d MiB, requested %d MiB)", v.SizeMiB, spec.SizeMiB)
+	case spec.Encryption.KeyName() != v.Encryption.KeyName() && !(spec.Recreate && spec.Encryption == nil):
+		return fmt.Sprintf("encryption key (%q, requested %q)", v.Encryption.KeyName(), spec.Encryption.KeyName())
 	}
 	return ""
 }

@@ -118,6 +118,10 @@ type Host struct {
 	// passthrough (kvm-hostd --pci-device NAME=ADDRESS), as libvirt's node
 	// devices describe them.
 	PCIDevices []HostPCIDevice `json:"pci_devices,omitempty"`
+	// Keys names the disk-encryption master keys the host holds
+	// (kvm-hostd --key-dir: NAME.key). Names only: a key value never
+	// leaves the host.
+	Keys []string `json:"keys,omitempty"`
 }
 
 // HostHugepages counts the host's huge pages of one size.
@@ -182,6 +186,9 @@ type VolumeSpec struct {
 	SourceURL      string  `json:"source_url,omitempty"`
 	SourceChecksum string  `json:"source_checksum,omitempty"` // "sha256:<hex>"
 	IOTune         *IOTune `json:"iotune,omitempty"`
+	// Encryption makes a LUKS-encrypted qcow2 whose key the host derives
+	// from the named master key.
+	Encryption *VolumeEncryption `json:"encryption,omitempty"`
 	// Recreate, when the volume already exists with the same format and
 	// base, deletes and re-creates it empty. Only a volume that no VM
 	// attaches and no volume is backed by can be recreated. Used to give a
@@ -226,6 +233,8 @@ type Volume struct {
 	SourceURL      string  `json:"source_url,omitempty"`
 	SourceChecksum string  `json:"source_checksum,omitempty"`
 	IOTune         *IOTune `json:"iotune,omitempty"`
+	// Encryption is set on a LUKS-encrypted volume.
+	Encryption *VolumeEncryption `json:"encryption,omitempty"`
 	// UsedBy lists domains that attach this volume.
 	UsedBy []string `json:"used_by,omitempty"`
 	// Children lists volumes that use this one as backing store.

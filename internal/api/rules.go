@@ -406,6 +406,9 @@ func ValidateVolumeSpec(spec *VolumeSpec) error {
 	if spec.SizeMiB == 0 && spec.BaseVolume == "" && spec.SourceURL == "" {
 		return invalidf("size_mib is required for an empty volume")
 	}
+	if err := ValidateVolumeEncryption(spec); err != nil {
+		return err
+	}
 	return ValidateIOTune(spec.IOTune)
 }
 

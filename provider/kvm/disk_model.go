@@ -24,6 +24,7 @@ type diskModel struct {
 	SourceURL      types.String   `tfsdk:"source_url"`
 	SourceChecksum types.String   `tfsdk:"source_checksum"`
 	IOTune         types.Object   `tfsdk:"iotune"`
+	Encryption     types.Object   `tfsdk:"encryption"`
 	Path           types.String   `tfsdk:"path"`
 	AllocatedMiB   types.Int64    `tfsdk:"allocated_mib"`
 	Timeouts       timeouts.Value `tfsdk:"timeouts"`
@@ -83,6 +84,7 @@ func (m *diskModel) toAPI(ctx context.Context) (api.VolumeSpec, diag.Diagnostics
 		}
 		spec.BaseVolume = base
 	}
+	spec.Encryption = m.encryption()
 	t, diags := m.iotune(ctx)
 	if !t.IsZero() {
 		spec.IOTune = t
@@ -115,6 +117,7 @@ func (m *diskModel) fromAPI(host string, v *api.Volume) {
 		m.SourceURL = prior
 	}
 	m.SourceChecksum = apiString(v.SourceChecksum)
+	m.Encryption = diskEncryptionValue(v.Encryption)
 
 	t := v.IOTune
 	if t.IsZero() {

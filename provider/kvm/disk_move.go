@@ -76,7 +76,7 @@ func (r *DiskResource) prepareMove(ctx context.Context, state, plan diskModel, n
 		return fail("host %s reports no migration_uri, so VMs cannot migrate to it; start its kvm-hostd with "+
 			"--migration-uri (KVM_HOSTD_MIGRATION_URI), e.g. qemu+tcp://<its address>/system.", newH.Name)
 	}
-	spec := api.VolumeSpec{SizeMiB: old.SizeMiB, Format: old.Format, BaseVolume: old.BaseVolume}
+	spec := api.VolumeSpec{SizeMiB: old.SizeMiB, Format: old.Format, BaseVolume: old.BaseVolume, Encryption: old.Encryption}
 	if old.BaseVolume != "" {
 		if _, err := newH.Client.GetVolume(ctx, pool, old.BaseVolume); err != nil {
 			if isNotFound(err) {
@@ -144,7 +144,7 @@ func (r *DiskResource) copyDetached(ctx context.Context, state, plan diskModel, 
 		}
 	}
 	spec := api.VolumeSpec{SizeMiB: old.SizeMiB, Format: old.Format, BaseVolume: old.BaseVolume,
-		SourceURL: old.SourceURL, SourceChecksum: old.SourceChecksum, IOTune: old.IOTune}
+		SourceURL: old.SourceURL, SourceChecksum: old.SourceChecksum, IOTune: old.IOTune, Encryption: old.Encryption}
 	if t, d := plan.iotune(ctx); !d.HasError() && !t.IsZero() {
 		spec.IOTune = t
 	}

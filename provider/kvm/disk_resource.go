@@ -153,6 +153,7 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 					"write_iops_sec":  limit("Write operations per second limit"),
 				},
 			},
+			"encryption": diskEncryptionAttribute(),
 			"path": schema.StringAttribute{
 				MarkdownDescription: "Path of the volume on the host.",
 				Computed:            true,
@@ -218,6 +219,7 @@ func (r *DiskResource) ValidateConfig(ctx context.Context, req resource.Validate
 		resp.Diagnostics.AddAttributeError(path.Root("format"), "Invalid Linked Clone Format",
 			"a linked clone (base_disk_id) is a qcow2 overlay; format must be \"qcow2\", not \"raw\".")
 	}
+	validateDiskEncryption(&cfg, &resp.Diagnostics)
 }
 
 // ModifyPlan checks what needs the provider's hosts or the prior state:
@@ -269,6 +271,7 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 				"Keep size_mib at %d or more, or replace the disk explicitly (terraform apply -replace).",
 				state.ID.ValueString(), state.SizeMiB.ValueInt64(), plan.SizeMiB.ValueInt64(), state.SizeMiB.ValueInt64()))
 	}
+	r.checkEncryptionKey(ctx, &plan, &resp.Diagnostics)
 	if resp.Diagnostics.HasError() {
 		return
 	}

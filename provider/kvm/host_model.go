@@ -30,6 +30,7 @@ type hostModel struct {
 	CPUMode            types.String  `tfsdk:"cpu_mode"`
 	Hugepages          types.Object  `tfsdk:"hugepages"`
 	PCIDevices         types.List    `tfsdk:"pci_devices"`
+	Keys               types.List    `tfsdk:"keys"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
@@ -54,6 +55,7 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		CPUMode:            types.StringValue(h.CPUMode),
 		Hugepages:          hostHugepagesValue(h.Hugepages),
 		PCIDevices:         pci,
+		Keys:               hostKeysValue(h.Keys),
 	}, diags
 }
 
@@ -74,6 +76,7 @@ var hostAttrTypes = map[string]attr.Type{
 	"healthy": types.BoolType, "domain_type": types.StringType, "cpu_mode": types.StringType,
 	"hugepages":   types.ObjectType{AttrTypes: hostHugepagesAttrTypes},
 	"pci_devices": types.ListType{ElemType: types.ObjectType{AttrTypes: hostPCIAttrTypes}},
+	"keys":        types.ListType{ElemType: types.StringType},
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
@@ -99,5 +102,6 @@ func hostComputedAttributes() map[string]schema.Attribute {
 		"cpu_mode": schema.StringAttribute{Computed: true, MarkdownDescription: "CPU mode the host gives VMs that set no `cpu.mode`, as its startup probe found working: " +
 			"`host-passthrough`, or `qemu64` (no CPU model given to QEMU: its default, which runs everywhere). Empty on the embedded default and when the host is down."},
 		"pci_devices": hostPCIDevicesAttribute(),
+		"keys":        hostKeysAttribute(),
 	}
 }

@@ -102,7 +102,9 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 					"host_labels": schema.MapAttribute{
 						MarkdownDescription: "Labels the host must carry (every pair), from the host's `--labels` merged with the provider's `hosts.*.labels`. " +
 							"Every host also carries `pci.NAME = \"true\"` for each PCI device it names for passthrough (`kvm-hostd --pci-device`) " +
-							"and has, so `{ \"pci.gpu0\" = \"true\" }` places the key on a host with device `gpu0` (for a `kvm_vm` with `pci_devices = [\"gpu0\"]`).",
+							"and has, so `{ \"pci.gpu0\" = \"true\" }` places the key on a host with device `gpu0` (for a `kvm_vm` with `pci_devices = [\"gpu0\"]`); " +
+							"and `key.NAME = \"true\"` for each disk-encryption key it holds (`kvm-hostd --key-dir`), so `{ \"key.prod\" = \"true\" }` " +
+							"places a VM whose disks have `encryption = { key = \"prod\" }` only on hosts holding that key.",
 						Optional:    true,
 						ElementType: types.StringType,
 					},

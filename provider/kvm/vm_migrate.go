@@ -125,6 +125,10 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		if err != nil {
 			return fail("disks[%d]: reading volume %s/%s on host %s failed: %s.", i, d.Pool, d.Volume, src.Name, err)
 		}
+		if k := sv.Encryption.KeyName(); k != tv.Encryption.KeyName() {
+			return fail("disks[%d]: volume %s/%s is encrypted with key %q on host %s but with %q on host %s.",
+				i, d.Pool, d.Volume, k, src.Name, tv.Encryption.KeyName(), dst.Name)
+		}
 		if sv.Format != tv.Format || sv.BaseVolume != tv.BaseVolume || sv.SizeMiB != tv.SizeMiB {
 			return fail("disks[%d]: volume %s/%s on host %s (%s, %d MiB, base %q) does not match the one on host %s (%s, %d MiB, base %q).",
 				i, d.Pool, d.Volume, dst.Name, tv.Format, tv.SizeMiB, tv.BaseVolume, src.Name, sv.Format, sv.SizeMiB, sv.BaseVolume)
@@ -133,7 +137,7 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		// copy an unwritten target: an earlier failed attempt may have
 		// written into it.
 		if _, err := dst.Client.PutVolume(ctx, d.Pool, d.Volume, api.VolumeSpec{
-			SizeMiB: tv.SizeMiB, Format: tv.Format, BaseVolume: tv.BaseVolume, IOTune: tv.IOTune, Recreate: true,
+			SizeMiB: tv.SizeMiB, Format: tv.Format, BaseVolume: tv.BaseVolume, IOTune: tv.IOTune, Encryption: tv.Encryption, Recreate: true,
 		}); err != nil {
 			return fail("disks[%d]: preparing volume %s/%s on host %s failed: %s.", i, d.Pool, d.Volume, dst.Name, err)
 		}

@@ -35,3 +35,12 @@ resource "kvm_disk" "data" {
     create = "10m"
   }
 }
+
+# A LUKS-encrypted data disk: host-a holds the master key "prod"
+# (kvm-hostd --key-dir, file prod.key); Terraform only names it.
+resource "kvm_disk" "secret" {
+  name       = "secret-1"
+  host       = "host-a"
+  size_mib   = 10240
+  encryption = { key = "prod" }
+}
