@@ -42,6 +42,10 @@ type Libvirt struct {
 	// per-volume extras live here (keyed by volume path) instead.
 	memMu   sync.Mutex
 	memMeta map[string]volMeta
+
+	// shared names the pools every host sees alike (SetSharedPools).
+	sharedMu sync.Mutex
+	shared   map[string]bool
 }
 
 // Open connects to libvirt at uri.

@@ -52,7 +52,7 @@ func (s *Service) ReadVolumeContent(ctx context.Context, pool, name string, w io
 // half-written volume is deleted, so a volume that exists after a copy
 // operation ended is complete.
 func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.VolumeCopyRequest, idemKey string) (*api.Operation, error) {
-	if err := validatePoolAndName(pool, name); err != nil {
+	if err := s.validateServedPool(pool, name); err != nil {
 		return nil, err
 	}
 	u, err := url.Parse(req.ContentURL)
@@ -68,6 +68,9 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	}
 	if spec.SizeMiB == 0 {
 		return nil, invalid("spec.size_mib is required for a copy (the size of the source volume)")
+	}
+	if err := s.poolServed(pool); err != nil {
+		return nil, err
 	}
 	v, err := s.idem.Do(idemKey, idemFingerprint("copy", pool, name, req), func() (any, error) {
 		unlock := s.lockPool(pool)
@@ -90,6 +93,11 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 				if api.IsNotFound(err) {
 					return nil, api.Errorf(api.CodeNotFound, "base volume %s/%s not found on host %s: a linked clone can only be copied to a host that has its base", pool, spec.BaseVolume, s.cfg.Name)
 				}
+				return nil, err
+			}
+		}
+		if spec.BaseVolume == "" {
+			if err := s.checkPoolSpace(ctx, pool, name, spec.SizeMiB, "the copy needs"); err != nil {
 				return nil, err
 			}
 		}
