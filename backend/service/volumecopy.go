@@ -17,7 +17,7 @@ import (
 // still writing it. A volume that is the base of others can be read: bases
 // are read-only.
 func (s *Service) ReadVolumeContent(ctx context.Context, pool, name string, w io.Writer) (int64, error) {
-	if err := validatePoolAndName(pool, name); err != nil {
+	if err := s.validateServedPool(pool, name); err != nil {
 		return 0, err
 	}
 	unlock, err := s.shareVolume(pool, name, "being read (copied to another host)")
@@ -52,7 +52,7 @@ func (s *Service) ReadVolumeContent(ctx context.Context, pool, name string, w io
 // half-written volume is deleted, so a volume that exists after a copy
 // operation ended is complete.
 func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.VolumeCopyRequest, idemKey string) (*api.Operation, error) {
-	if err := s.validateServedPool(pool, name); err != nil {
+	if err := validatePoolAndName(pool, name); err != nil {
 		return nil, err
 	}
 	u, err := url.Parse(req.ContentURL)
