@@ -269,6 +269,9 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 				"Keep size_mib at %d or more, or replace the disk explicitly (terraform apply -replace).",
 				state.ID.ValueString(), state.SizeMiB.ValueInt64(), plan.SizeMiB.ValueInt64(), state.SizeMiB.ValueInt64()))
 	}
+	if !resp.Diagnostics.HasError() {
+		r.checkDiskPool(ctx, plan, state, &resp.Diagnostics)
+	}
 	if resp.Diagnostics.HasError() {
 		return
 	}

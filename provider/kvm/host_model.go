@@ -30,11 +30,14 @@ type hostModel struct {
 	CPUMode            types.String  `tfsdk:"cpu_mode"`
 	Hugepages          types.Object  `tfsdk:"hugepages"`
 	PCIDevices         types.List    `tfsdk:"pci_devices"`
+	Pools              types.List    `tfsdk:"pools"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
 	labels, diags := types.MapValueFrom(ctx, types.StringType, nonNilMap(h.Labels))
 	pci, d := hostPCIDevicesFromAPI(ctx, h.PCIDevices)
+	diags.Append(d...)
+	pools, d := hostPoolsFromAPI(ctx, h.Pools)
 	diags.Append(d...)
 	return hostModel{
 		Name:               types.StringValue(h.Name),
@@ -54,6 +57,7 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		CPUMode:            types.StringValue(h.CPUMode),
 		Hugepages:          hostHugepagesValue(h.Hugepages),
 		PCIDevices:         pci,
+		Pools:              pools,
 	}, diags
 }
 
@@ -74,6 +78,7 @@ var hostAttrTypes = map[string]attr.Type{
 	"healthy": types.BoolType, "domain_type": types.StringType, "cpu_mode": types.StringType,
 	"hugepages":   types.ObjectType{AttrTypes: hostHugepagesAttrTypes},
 	"pci_devices": types.ListType{ElemType: types.ObjectType{AttrTypes: hostPCIAttrTypes}},
+	"pools":       types.ListType{ElemType: types.ObjectType{AttrTypes: hostPoolAttrTypes}},
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
@@ -99,5 +104,6 @@ func hostComputedAttributes() map[string]schema.Attribute {
 		"cpu_mode": schema.StringAttribute{Computed: true, MarkdownDescription: "CPU mode the host gives VMs that set no `cpu.mode`, as its startup probe found working: " +
 			"`host-passthrough`, or `qemu64` (no CPU model given to QEMU: its default, which runs everywhere). Empty on the embedded default and when the host is down."},
 		"pci_devices": hostPCIDevicesAttribute(),
+		"pools":       hostPoolsAttribute(),
 	}
 }

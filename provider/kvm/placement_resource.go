@@ -214,7 +214,8 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	}
 	in := placement.Input{Strategy: m.Strategy.ValueString(), Requests: reqs}
 	var down []string
-	for _, inv := range r.fleet.Inventories(ctx, names) {
+	invs := r.fleet.Inventories(ctx, names)
+	for _, inv := range invs {
 		if !inv.Healthy {
 			warnHostUnhealthy(diags, inv, "keys on it move to other hosts where they fit, and no new key is placed on it.")
 			down = append(down, inv.Name)
@@ -245,6 +246,7 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 		}
 	}
 
+	in.Requests, in.Hosts = withSharedPools(ctx, r.fleet, reqs, invs, previous)
 	res, err := placement.Place(in)
 	if err != nil {
 		var ue *placement.UnsatisfiableError
