@@ -41,12 +41,21 @@ func withSharedPools(ctx context.Context, fleet *Fleet, reqs map[string]placemen
 	out := maps.Clone(reqs)
 	for key, host := range previous {
 		q, ok := out[key]
-		inv, known := byName[host]
-		if !ok || !known || !inv.Healthy || fleet == nil {
+		if !ok || fleet == nil {
 			continue
 		}
 		fh, err := fleet.Host(host)
 		if err != nil {
+			continue
+		}
+		inv, known := byName[host]
+		if !known {
+			// A host no longer among the candidates: the key must
+			// move, and its VM's disks are still there.
+			inv = fh.Inventory(ctx)
+			byName[host] = inv
+		}
+		if !inv.Healthy {
 			continue
 		}
 		vm, err := fh.Client.GetVM(ctx, key)

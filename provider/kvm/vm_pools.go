@@ -89,19 +89,24 @@ func (r *VMResource) warnMigrationStorage(ctx context.Context, plan vmModel, sta
 				"on the same mount) or keep the VM where it is.", vm.Name, src.Name, dst.Name, strings.Join(ms.problems, "; "), dst.Name))
 		return
 	}
-	var msg string
-	switch {
-	case len(ms.copied) == 0:
-		msg = fmt.Sprintf("VM %s moves from host %s to host %s with no storage copy: all its disks are on shared pools (%s).",
-			vm.Name, src.Name, dst.Name, strings.Join(ms.stay, ", "))
-	default:
-		msg = fmt.Sprintf("VM %s moves from host %s to host %s; its disks %s move by copy, %s in total (at most: a linked clone copies only what it holds over its base).",
-			vm.Name, src.Name, dst.Name, strings.Join(ms.copied, ", "), gib(ms.copyMiB))
-		if len(ms.stay) > 0 {
-			msg += fmt.Sprintf(" Disks on shared pools stay in place: %s.", strings.Join(ms.stay, ", "))
+	diags.AddAttributeWarning(path.Root("host"), "VM Will Migrate", ms.message(vm.Name, src.Name, dst.Name))
+}
+
+// message is the "VM Will Migrate" warning.
+func (ms migrationStorage) message(vm, src, dst string) string {
+	if len(ms.copied) == 0 {
+		if len(ms.stay) == 0 {
+			return fmt.Sprintf("VM %s moves from host %s to host %s; it has no disks to copy.", vm, src, dst)
 		}
+		return fmt.Sprintf("VM %s moves from host %s to host %s with no storage copy: all its disks are on shared pools (%s).",
+			vm, src, dst, strings.Join(ms.stay, ", "))
 	}
-	diags.AddAttributeWarning(path.Root("host"), "VM Will Migrate", msg)
+	msg := fmt.Sprintf("VM %s moves from host %s to host %s; its disks %s move by copy, %s in total (at most: a linked clone copies only what it holds over its base).",
+		vm, src, dst, strings.Join(ms.copied, ", "), gib(ms.copyMiB))
+	if len(ms.stay) > 0 {
+		msg += fmt.Sprintf(" Disks on shared pools stay in place: %s.", strings.Join(ms.stay, ", "))
+	}
+	return msg
 }
 
 // moveShared handles a host change of a disk on a pool that both hosts
