@@ -144,7 +144,9 @@ func (r *DiskResource) checkDiskPool(ctx context.Context, plan diskModel, state 
 	known := func(v interface {
 		IsNull() bool
 		IsUnknown() bool
-	}) bool { return !v.IsNull() && !v.IsUnknown() }
+	}) bool {
+		return !v.IsNull() && !v.IsUnknown()
+	}
 	if r.fleet == nil || !known(plan.Host) || !known(plan.Pool) {
 		return
 	}
