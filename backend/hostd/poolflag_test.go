@@ -30,7 +30,7 @@ func TestPoolFlags(t *testing.T) {
 		"--shared-pool x":   `--shared-pool "x": not a served pool`,
 		"--pool default":    `is always served`,
 		"--pool a --pool a": `given twice`,
-		"--pool Bad_Name":   `--pool "Bad_Name"`,
+		"--pool bad/name":   `--pool "bad/name"`,
 	} {
 		_, err := ParseFlags(append([]string{"--name", "n"}, strings.Fields(args)...), func(string) string { return "" }, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), want) {
