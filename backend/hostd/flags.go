@@ -85,7 +85,10 @@ only allowed on a loopback address):
 Live migration: give every host --migration-uri, the libvirt URI its peers
 use to reach its libvirtd (e.g. qemu+tcp://10.0.0.12/system), and the same
 --pool-dir layout on every host (a linked clone's overlay records its base's
-path, which must exist on the target).
+path, which must exist on the target). Disks on a pool every host sees (a
+libvirt pool the operator defined on shared storage, served with --pool NAME
+and marked --shared-pool NAME; rbd and netfs pools are shared by nature) are
+not copied at all.
 
 Every flag can also be set with an environment variable, shown in brackets;
 a flag on the command line wins.
