@@ -219,8 +219,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		progress(0)
 		done := make(chan struct{})
 		go func() {
-			// Poll the job: libvirt reports remaining memory and disk.
-			t := time.NewTicker(500 * time.Millisecond)
+			// Poll the job: libvirt reports remaining memory and disk
+			// (often enough to see a short disk copy's total).
+			t := time.NewTicker(250 * time.Millisecond)
 			defer t.Stop()
 			for {
 				select {
@@ -266,7 +267,10 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			}
 		}
 		took := time.Since(t0)
-		if st, ok := completedJobOn(req.TargetURI, name); ok && st.DiskTotalSet {
+		// The destination keeps the completed job's statistics; its disk
+		// figures may be empty (the copy ran from this side), so the
+		// largest total seen while polling counts too.
+		if st, ok := completedJobOn(req.TargetURI, name); ok && st.DiskTotalSet && st.DiskTotal > diskBytes.Load() {
 			diskBytes.Store(st.DiskTotal)
 		}
 		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
