@@ -36,7 +36,12 @@ type Config struct {
 	FetchAllow    []netip.Prefix
 	Labels        map[string]string
 	// PCIDevices are the host PCI devices named for passthrough.
-	PCIDevices       []service.PCIDevice
+	PCIDevices []service.PCIDevice
+	// Pools are the libvirt storage pools the operator defined and names
+	// with --pool, served besides "default"; SharedPools those of them
+	// (or "default") marked with --shared-pool.
+	Pools            []string
+	SharedPools      []string
 	CPUOvercommit    float64
 	MemoryOvercommit float64
 	AuditLog         string
@@ -82,7 +87,10 @@ only allowed on a loopback address):
 Live migration: give every host --migration-uri, the libvirt URI its peers
 use to reach its libvirtd (e.g. qemu+tcp://10.0.0.12/system), and the same
 --pool-dir layout on every host (a linked clone's overlay records its base's
-path, which must exist on the target).
+path, which must exist on the target). Disks on a pool every host sees (a
+libvirt pool the operator defined on shared storage, served with --pool NAME
+and marked --shared-pool NAME; rbd and netfs pools are shared by nature) are
+not copied at all.
 
 Every flag can also be set with an environment variable, shown in brackets;
 a flag on the command line wins.
@@ -99,7 +107,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	hostname, _ := os.Hostname()
 	c := &Config{}
 	var labels, fetchAllow string
-	var pciDevices pciDeviceFlag
+	var pciDevices, pools, sharedPools pciDeviceFlag
 	fs := flag.NewFlagSet("kvm-hostd", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.Name, "name", hostname, "host name reported to the provider")
@@ -120,6 +128,10 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 		"e.g. 127.0.0.1/32,10.1.0.0/16 (by default loopback, link-local, multicast, unspecified and this host's own addresses are refused)")
 	fs.Var(&pciDevices, "pci-device", "a host PCI device VMs may ask for by name (kvm_vm pci_devices), as NAME=ADDRESS, e.g. gpu0=0000:01:00.0; "+
 		"repeat the flag (or separate with commas) for more; the host gets the label pci.NAME=true for each device libvirt knows")
+	fs.Var(&pools, "pool", "a libvirt storage pool the operator defined (dir, rbd, netfs, ...) that kvm-hostd serves besides \"default\"; "+
+		"it is never defined or deleted by kvm-hostd; repeat the flag (or separate with commas) for more")
+	fs.Var(&sharedPools, "shared-pool", "a served directory pool that every host sees under the same name and path (e.g. an NFS mount): "+
+		"VMs migrate without copying its disks; rbd and netfs pools are shared without it; repeat or separate with commas")
 	fs.Float64Var(&c.CPUOvercommit, "cpu-overcommit", 4, "vCPUs admitted per host CPU")
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
 	fs.StringVar(&c.KeyDir, "key-dir", "", "directory of named disk-encryption master keys, NAME.key (mode 0600, at least 32 random bytes), "+
@@ -149,6 +161,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 		}
 	})
 	pciDevices.fromEnv = len(pciDevices.raw) > 0
+	pools.fromEnv = len(pools.raw) > 0
+	sharedPools.fromEnv = len(sharedPools.raw) > 0
 	if len(envErrs) > 0 {
 		sort.Strings(envErrs)
 		return nil, fmt.Errorf("invalid environment: %s", strings.Join(envErrs, "; "))
@@ -164,6 +178,9 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 		return nil, err
 	}
 	if c.PCIDevices, err = ParsePCIDevices(pciDevices.raw); err != nil {
+		return nil, err
+	}
+	if c.Pools, c.SharedPools, err = ParsePools(pools.raw, sharedPools.raw); err != nil {
 		return nil, err
 	}
 	if c.FetchAllow, err = service.ParseFetchAllow(fetchAllow); err != nil {

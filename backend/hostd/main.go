@@ -110,6 +110,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		CPUOvercommit: c.CPUOvercommit, MemoryOvercommit: c.MemoryOvercommit,
 		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI, MigrationURI: c.MigrationURI,
 		FetchAllow: c.FetchAllow, PCIDevices: c.PCIDevices, Keys: m.hv.KeyNames(),
+		Pools: c.Pools, SharedPools: c.SharedPools,
 	}, m.hv, m.sw, m.Log)
 	if err != nil {
 		return err

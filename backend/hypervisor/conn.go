@@ -48,6 +48,9 @@ type Libvirt struct {
 	keysMu sync.Mutex
 	keys   map[string][]byte
 	name   string
+	// shared names the pools every host sees alike (SetSharedPools).
+	sharedMu sync.Mutex
+	shared   map[string]bool
 }
 
 // Open connects to libvirt at uri.

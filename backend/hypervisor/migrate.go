@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -12,6 +13,14 @@ import (
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
+
+// sharedDisk is a disk on a shared pool: the target opens the same volume,
+// so the migration neither copies nor deletes it.
+type sharedDisk struct {
+	target string // vda
+	path   string
+	pool   string
+}
 
 // migratedDisk is one disk whose storage a migration copies.
 type migratedDisk struct {
@@ -42,6 +51,12 @@ type migratedDisk struct {
 //
 // After success the source copies of the migrated volumes are deleted
 // (libvirt never deletes them); their bases stay.
+//
+// Disks on a shared pool (SetSharedPools) are not copied: the target must
+// see the same volume at the same path (checked before anything changes),
+// libvirt is told to migrate only the other disks
+// (VIR_MIGRATE_PARAM_MIGRATE_DISKS), and a VM whose disks are all shared
+// migrates with no storage copy at all. Shared volumes are never deleted.
 func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateRequest, progress func(float64)) error {
 	if l.test {
 		return api.Errorf(api.CodeUnsupported, "the libvirt test driver cannot migrate")
@@ -53,6 +68,8 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		progress = func(float64) {}
 	}
 	var migrated []migratedDisk
+	var shared []sharedDisk
+	var diskBytes atomic.Uint64 // the most the job reported for disks
 	var seed string
 	var def *libvirtxml.Domain
 	var nvram string
@@ -90,6 +107,12 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			}
 			md := migratedDisk{target: disk.Target.Dev, path: p}
 			if v, err := c.LookupStorageVolByPath(p); err == nil {
+				pool, isShared := l.sharedVolume(v)
+				if isShared {
+					v.Free()
+					shared = append(shared, sharedDisk{target: disk.Target.Dev, path: p, pool: pool})
+					continue
+				}
 				if vx, err := volXML(v); err == nil && vx.BackingStore != nil && vx.BackingStore.Path != "" {
 					md.overlay = true
 				}
@@ -100,6 +123,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		}
 		if err := pingLibvirt(req.TargetURI); err != nil {
 			return fmt.Errorf("the target libvirt %s does not answer (nothing was changed): %w", req.TargetURI, err)
+		}
+		if err := sharedOnTarget(req.TargetURI, shared); err != nil {
+			return api.Errorf(api.CodeConflict, "VM %s cannot migrate to %s without copying its disks (nothing was changed): %v", name, req.TargetHost, err)
 		}
 		seed = meta.SeedISO
 		if seed != "" {
@@ -167,6 +193,13 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		if startedPaused {
 			flags |= libvirt.MIGRATE_PAUSED
 		}
+		if len(shared) > 0 {
+			// libvirt refuses to leave a disk behind on what it takes for
+			// a local file system (a dir pool the operator marked shared
+			// need not be on a cluster file system libvirt recognises):
+			// the operator has said every host sees it.
+			flags |= libvirt.MIGRATE_UNSAFE
+		}
 		if len(migrated) > 0 {
 			if allOverlays {
 				flags |= libvirt.MIGRATE_NON_SHARED_INC
@@ -186,8 +219,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 		progress(0)
 		done := make(chan struct{})
 		go func() {
-			// Poll the job: libvirt reports remaining memory and disk.
-			t := time.NewTicker(500 * time.Millisecond)
+			// Poll the job: libvirt reports remaining memory and disk
+			// (often enough to see a short disk copy's total).
+			t := time.NewTicker(250 * time.Millisecond)
 			defer t.Stop()
 			for {
 				select {
@@ -198,6 +232,9 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 					return
 				case <-t.C:
 					if ji, err := d.GetJobInfo(); err == nil {
+						if ji.DiskTotalSet && ji.DiskTotal > diskBytes.Load() {
+							diskBytes.Store(ji.DiskTotal)
+						}
 						total := ji.DataTotal
 						if total > 0 && ji.DataTotalSet {
 							progress(float64(ji.DataProcessed) / float64(total) * 0.95)
@@ -229,8 +266,16 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				l.log.Warn("migrated: could not copy the NVRAM written during the migration", "vm", name, "err", err)
 			}
 		}
+		took := time.Since(t0)
+		// The destination keeps the completed job's statistics; its disk
+		// figures may be empty (the copy ran from this side), so the
+		// largest total seen while polling counts too.
+		if st, ok := completedJobOn(req.TargetURI, name); ok && st.DiskTotalSet && st.DiskTotal > diskBytes.Load() {
+			diskBytes.Store(st.DiskTotal)
+		}
 		l.log.Info("domain migrated", "name", name, "target", req.TargetURI, "disks", len(migrated),
-			"incremental", allOverlays && len(migrated) > 0, "stopped", startedPaused, "took", time.Since(t0))
+			"shared_disks", len(shared), "disk_total_bytes", diskBytes.Load(),
+			"incremental", allOverlays && len(migrated) > 0, "stopped", startedPaused, "took", took)
 		if startedPaused {
 			if err := destroyOn(req.TargetURI, name); err != nil {
 				return fmt.Errorf("VM %s was migrated but could not be stopped on %s again: %w", name, req.TargetURI, err)

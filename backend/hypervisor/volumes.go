@@ -205,7 +205,9 @@ func (l *Libvirt) withPool(ctx context.Context, pool string, refresh bool, fn fu
 			return wrap(err, "pool %s", pool)
 		}
 		defer p.Free()
-		if refresh && !l.test {
+		// Other hosts add and delete volumes in a shared pool: only a
+		// refresh shows them.
+		if (refresh || l.isShared(pool)) && !l.test {
 			_ = p.Refresh(0)
 		}
 		return fn(c, p)

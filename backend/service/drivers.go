@@ -84,6 +84,13 @@ type Hypervisor interface {
 	// EnsurePool makes sure a directory pool named pool exists at dir and
 	// is active (defined persistent, autostart).
 	EnsurePool(ctx context.Context, pool, dir string) error
+	// PoolInfo reads a pool's type, capacity and free space (Shared is
+	// the service's to fill in); CodeNotFound when libvirt has no pool
+	// of that name, an error when it is not running.
+	PoolInfo(ctx context.Context, pool string) (api.HostPool, error)
+	// SetSharedPools names the pools every host sees alike: migration
+	// neither copies nor deletes the disks on them.
+	SetSharedPools(shared map[string]bool)
 
 	ListVolumes(ctx context.Context, pool string) ([]api.Volume, error)
 	// GetVolume reads one volume cheaply: no UsedBy or Children.

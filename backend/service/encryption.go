@@ -12,7 +12,18 @@ import (
 // here.
 func (s *Service) checkKey(e *api.VolumeEncryption, pool, name string) error {
 	k := e.KeyName()
-	if k == "" || slices.Contains(s.cfg.Keys, k) {
+	if k == "" {
+		return nil
+	}
+	// A disk's secret is registered by the host that creates or starts
+	// it; a VM moving onto a shared volume does neither on its new host,
+	// which would then have no secret to open it with. Until migration
+	// registers it there, encrypted volumes stay on local pools.
+	if s.sharedPools[pool] {
+		return api.Errorf(api.CodeInvalid, "volume %s/%s: encrypted disks cannot be on shared pool %s yet (it would not open "+
+			"on the host a VM migrates to); put it on a local pool such as %s", pool, name, pool, DefaultPool)
+	}
+	if slices.Contains(s.cfg.Keys, k) {
 		return nil
 	}
 	held := "none"

@@ -41,6 +41,11 @@ type Config struct {
 	// Keys names the disk-encryption master keys the host holds
 	// (kvm-hostd --key-dir); the hypervisor has the keys themselves.
 	Keys []string
+	// Pools are the operator's libvirt storage pools served besides
+	// "default" (--pool); SharedPools are the served directory pools
+	// every host sees under the same name and path (--shared-pool).
+	Pools       []string
+	SharedPools []string
 }
 
 // Service implements the kvm-hostd API on one host.
@@ -71,6 +76,9 @@ type Service struct {
 	hostNet hostNet
 	// dhcp holds the DHCP servers of this host's networks (see dhcp.go).
 	dhcp dhcpServers
+	// sharedPools are the served pools every host sees alike (see
+	// pools.go), by name.
+	sharedPools map[string]bool
 }
 
 // New builds a Service and ensures the default pool exists.
@@ -89,11 +97,25 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
 	}
+	shared, err := checkPoolsAtStart(ctx, hv, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.sharedPools = shared
+	// Migration leaves a disk on a shared pool in place (and never deletes
+	// it after the VM left): tell the driver which pools those are.
+	hv.SetSharedPools(shared)
 	if err := hv.RecoverMigrations(ctx); err != nil {
 		return nil, fmt.Errorf("settling migrations left by a previous run: %w", err)
 	}
-	if err := s.sweepPartials(ctx, DefaultPool); err != nil {
-		return nil, fmt.Errorf("deleting unfinished volumes in pool %q: %w", DefaultPool, err)
+	for _, pool := range s.servedPools() {
+		if shared[pool] {
+			// Another host may be filling a volume there right now.
+			continue
+		}
+		if err := s.sweepPartials(ctx, pool); err != nil {
+			return nil, fmt.Errorf("deleting unfinished volumes in pool %q: %w", pool, err)
+		}
 	}
 	return s, nil
 }
@@ -147,6 +169,10 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 	h.Hugepages = res.Hugepages
 	s.hostPCIDevices(ctx, h)
 	s.hostKeyLabels(h)
+	if h.Pools, err = s.hostPools(ctx); err != nil {
+		h.Healthy, h.Message = false, "libvirt: "+err.Error()
+		return h
+	}
 	if s.sw != nil {
 		if err := s.sw.Ping(ctx); err != nil {
 			h.Healthy, h.Message = false, "ovsdb: "+err.Error()

@@ -139,6 +139,9 @@ func (s *Service) claimDisks(vm string, spec api.VMSpec, cur *api.VMSpec) (func(
 // linked clones: a guest writing to a base corrupts every clone.
 func (s *Service) checkDisks(ctx context.Context, vm string, spec api.VMSpec, cur *api.VMSpec) error {
 	for i, d := range spec.Disks {
+		if err := s.poolServed(d.Pool); err != nil {
+			return api.Errorf(api.CodeNotFound, "disks[%d]: %s", i, s.notServed(d.Pool))
+		}
 		attached := cur != nil && slices.ContainsFunc(cur.Disks, func(c api.VMDisk) bool { return c.Pool == d.Pool && c.Volume == d.Volume })
 		if attached {
 			if _, err := s.hv.GetVolume(ctx, d.Pool, d.Volume); err != nil {

@@ -17,7 +17,7 @@ import (
 // still writing it. A volume that is the base of others can be read: bases
 // are read-only.
 func (s *Service) ReadVolumeContent(ctx context.Context, pool, name string, w io.Writer) (int64, error) {
-	if err := validatePoolAndName(pool, name); err != nil {
+	if err := s.validateServedPool(pool, name); err != nil {
 		return 0, err
 	}
 	unlock, err := s.shareVolume(pool, name, "being read (copied to another host)")
@@ -72,6 +72,9 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 	if spec.SizeMiB == 0 {
 		return nil, invalid("spec.size_mib is required for a copy (the size of the source volume)")
 	}
+	if err := s.poolServed(pool); err != nil {
+		return nil, err
+	}
 	v, err := s.idem.Do(idemKey, idemFingerprint("copy", pool, name, req), func() (any, error) {
 		unlock := s.lockPool(pool)
 		defer unlock()
@@ -93,6 +96,11 @@ func (s *Service) CopyVolume(ctx context.Context, pool, name string, req api.Vol
 				if api.IsNotFound(err) {
 					return nil, api.Errorf(api.CodeNotFound, "base volume %s/%s not found on host %s: a linked clone can only be copied to a host that has its base", pool, spec.BaseVolume, s.cfg.Name)
 				}
+				return nil, err
+			}
+		}
+		if spec.BaseVolume == "" {
+			if err := s.checkPoolSpace(ctx, pool, name, spec.SizeMiB, "the copy needs"); err != nil {
 				return nil, err
 			}
 		}

@@ -35,10 +35,21 @@ func validatePoolAndName(pool, name string) error {
 	return nil
 }
 
+// validateServedPool is validatePoolAndName for a pool this host serves.
+func (s *Service) validateServedPool(pool, name string) error {
+	if err := validatePoolAndName(pool, name); err != nil {
+		return err
+	}
+	return s.poolServed(pool)
+}
+
 // ListVolumes lists a pool's volumes.
 func (s *Service) ListVolumes(ctx context.Context, pool string) ([]api.Volume, error) {
 	if err := api.ValidateName("pool", pool); err != nil {
 		return nil, invalid("%s", err)
+	}
+	if err := s.poolServed(pool); err != nil {
+		return nil, err
 	}
 	all, err := s.hv.ListVolumes(ctx, pool)
 	if err != nil {
@@ -64,6 +75,9 @@ func (s *Service) GetVolume(ctx context.Context, pool, name string, usage bool) 
 	}
 	if err := api.ValidateName("stored volume", name); err != nil {
 		return nil, invalid("%s", err)
+	}
+	if err := s.poolServed(pool); err != nil {
+		return nil, err
 	}
 	get := s.hv.GetVolume
 	if usage {
@@ -100,6 +114,9 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		return nil, false, err
 	}
 	if err := api.ValidateVolumeSpec(&spec); err != nil {
+		return nil, false, err
+	}
+	if err := s.poolServed(pool); err != nil {
 		return nil, false, err
 	}
 	if err := s.checkKey(spec.Encryption, pool, name); err != nil {
@@ -178,6 +195,11 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		defer unclaim()
 	}
 	if spec.SourceURL != "" {
+		// The image's size is known only once it arrives; a size_mib
+		// given with it is checked now.
+		if err := s.checkPoolSpace(ctx, pool, name, spec.SizeMiB, "it needs"); err != nil {
+			return nil, false, err
+		}
 		create := spec
 		if create.SizeMiB == 0 {
 			create.SizeMiB = 1 // placeholder; the image defines the size
@@ -190,6 +212,13 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 		}
 		v, err := s.partialView(ctx, pool, name, f)
 		return v, true, err
+	}
+	if spec.BaseVolume == "" {
+		// A linked clone starts empty and shares its base: O(1), like
+		// the base it grows from, which has been admitted already.
+		if err := s.checkPoolSpace(ctx, pool, name, spec.SizeMiB, "it needs"); err != nil {
+			return nil, false, err
+		}
 	}
 	v, err = s.hv.CreateVolume(ctx, pool, name, spec)
 	if err != nil {
@@ -281,7 +310,7 @@ func (p *progressReader) Read(b []byte) (int, error) {
 // UpdateVolume grows a volume and/or changes its I/O limits. Shrinking is
 // refused: it would destroy data.
 func (s *Service) UpdateVolume(ctx context.Context, pool, name string, u api.VolumeUpdate) (*api.Volume, error) {
-	if err := validatePoolAndName(pool, name); err != nil {
+	if err := s.validateServedPool(pool, name); err != nil {
 		return nil, err
 	}
 	if err := api.ValidateIOTune(u.IOTune); err != nil {
@@ -306,6 +335,9 @@ func (s *Service) UpdateVolume(ctx context.Context, pool, name string, u api.Vol
 		if *u.SizeMiB > MaxVolumeMiB {
 			return nil, invalid("size_mib %d is out of range (1..%d)", *u.SizeMiB, MaxVolumeMiB)
 		}
+		if err := s.checkPoolSpace(ctx, pool, name, *u.SizeMiB-v.SizeMiB, "growing it needs"); err != nil {
+			return nil, err
+		}
 		if err := s.hv.ResizeVolume(ctx, pool, name, *u.SizeMiB); err != nil {
 			return nil, fmt.Errorf("growing volume %s/%s to %d MiB: %w", pool, name, *u.SizeMiB, err)
 		}
@@ -321,7 +353,7 @@ func (s *Service) UpdateVolume(ctx context.Context, pool, name string, u api.Vol
 // DeleteVolume deletes a volume that no domain attaches and no other volume
 // is backed by; otherwise it refuses with a conflict naming the users.
 func (s *Service) DeleteVolume(ctx context.Context, pool, name string) error {
-	if err := validatePoolAndName(pool, name); err != nil {
+	if err := s.validateServedPool(pool, name); err != nil {
 		return err
 	}
 	// A volume still being filled is not complete, so nothing uses it:

@@ -122,6 +122,36 @@ type Host struct {
 	// (kvm-hostd --key-dir: NAME.key). Names only: a key value never
 	// leaves the host.
 	Keys []string `json:"keys,omitempty"`
+	// Pools are the storage pools the host serves: "default" (kvm-hostd
+	// --pool-dir) and each --pool, as libvirt reports them.
+	Pools []HostPool `json:"pools,omitempty"`
+}
+
+// HostPool is one storage pool a host serves.
+type HostPool struct {
+	Name string `json:"name"`
+	// Type is libvirt's pool type: dir, rbd, netfs, ...
+	Type string `json:"type"`
+	// Shared: every host that serves a pool of this name sees the same
+	// volumes (rbd and netfs by nature; a dir pool marked with
+	// --shared-pool), so a VM migrates without copying its disks there.
+	Shared      bool  `json:"shared"`
+	CapacityMiB int64 `json:"capacity_mib"`
+	FreeMiB     int64 `json:"free_mib"`
+}
+
+// SharedPoolTypes are the libvirt pool types whose volumes every host
+// serving the pool sees by nature.
+var SharedPoolTypes = []string{"rbd", "netfs", "gluster", "sheepdog", "iscsi-direct"}
+
+// Pool returns the pool of that name, or nil.
+func (h *Host) Pool(name string) *HostPool {
+	for i := range h.Pools {
+		if h.Pools[i].Name == name {
+			return &h.Pools[i]
+		}
+	}
+	return nil
 }
 
 // HostHugepages counts the host's huge pages of one size.

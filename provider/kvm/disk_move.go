@@ -22,6 +22,9 @@ import (
 // by other means, or a copy whose response was lost) is adopted once
 // complete. ok is false when the update must stop, with the error in resp.
 func (r *DiskResource) move(ctx context.Context, state, plan diskModel, h *FleetHost, cur *api.Volume, err error, resp *resource.UpdateResponse) (*api.Volume, bool) {
+	if v, handled := r.moveShared(ctx, state, plan, h, cur, err, &resp.Diagnostics); handled {
+		return v, !resp.Diagnostics.HasError()
+	}
 	if moved, handled := r.prepareMove(ctx, state, plan, h, err, resp); handled {
 		if resp.Diagnostics.HasError() {
 			return nil, false

@@ -87,8 +87,11 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 				Required: true,
 			},
 			"pool": schema.StringAttribute{
-				MarkdownDescription: "Storage pool on the host. Defaults to `\"default\"`. Changing it replaces the disk.",
-				Optional:            true, Computed: true,
+				MarkdownDescription: "Storage pool on the host: `\"default\"` (the default; kvm-hostd `--pool-dir`) or a libvirt pool " +
+					"the host serves (`--pool NAME`; see `kvm_host`'s `pools`). A pool the host does not serve, and a disk larger than " +
+					"the pool's free space, fail at plan time. On a pool the host serves as `shared`, a change of `host` together with " +
+					"the VM copies nothing: the volume is the same on both hosts. Changing it replaces the disk.",
+				Optional: true, Computed: true,
 				Default:       stringdefault.StaticString("default"),
 				Validators:    []validator.String{validName("pool")},
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
@@ -272,6 +275,9 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 				state.ID.ValueString(), state.SizeMiB.ValueInt64(), plan.SizeMiB.ValueInt64(), state.SizeMiB.ValueInt64()))
 	}
 	r.checkEncryptionKey(ctx, &plan, &resp.Diagnostics)
+	if !resp.Diagnostics.HasError() {
+		r.checkDiskPool(ctx, plan, state, &resp.Diagnostics)
+	}
 	if resp.Diagnostics.HasError() {
 		return
 	}

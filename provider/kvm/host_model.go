@@ -31,11 +31,14 @@ type hostModel struct {
 	Hugepages          types.Object  `tfsdk:"hugepages"`
 	PCIDevices         types.List    `tfsdk:"pci_devices"`
 	Keys               types.List    `tfsdk:"keys"`
+	Pools              types.List    `tfsdk:"pools"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
 	labels, diags := types.MapValueFrom(ctx, types.StringType, nonNilMap(h.Labels))
 	pci, d := hostPCIDevicesFromAPI(ctx, h.PCIDevices)
+	diags.Append(d...)
+	pools, d := hostPoolsFromAPI(ctx, h.Pools)
 	diags.Append(d...)
 	return hostModel{
 		Name:               types.StringValue(h.Name),
@@ -56,6 +59,7 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		Hugepages:          hostHugepagesValue(h.Hugepages),
 		PCIDevices:         pci,
 		Keys:               hostKeysValue(h.Keys),
+		Pools:              pools,
 	}, diags
 }
 
@@ -77,6 +81,7 @@ var hostAttrTypes = map[string]attr.Type{
 	"hugepages":   types.ObjectType{AttrTypes: hostHugepagesAttrTypes},
 	"pci_devices": types.ListType{ElemType: types.ObjectType{AttrTypes: hostPCIAttrTypes}},
 	"keys":        types.ListType{ElemType: types.StringType},
+	"pools":       types.ListType{ElemType: types.ObjectType{AttrTypes: hostPoolAttrTypes}},
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
@@ -103,5 +108,6 @@ func hostComputedAttributes() map[string]schema.Attribute {
 			"`host-passthrough`, or `qemu64` (no CPU model given to QEMU: its default, which runs everywhere). Empty on the embedded default and when the host is down."},
 		"pci_devices": hostPCIDevicesAttribute(),
 		"keys":        hostKeysAttribute(),
+		"pools":       hostPoolsAttribute(),
 	}
 }

@@ -54,7 +54,10 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 			"plan warning. A request that cannot be satisfied fails the plan with an error naming the key and the " +
 			"constraint that failed, unless the request is the one last applied and an unhealthy host is why: then " +
 			"every key keeps its host from the last apply, with a warning, so a host that is down never fails the " +
-			"plan. Hosts still enforce admission themselves when VMs are created.",
+			"plan. Hosts still enforce admission themselves when VMs are created.\n\n" +
+			"A key whose VM (the `kvm_vm` named like the key, on the key's current host) has disks on a shared pool (see " +
+			"`kvm_host`'s `pools`) only moves to hosts that serve that pool as shared too, so that the VM can follow without " +
+			"leaving its disks behind; when no candidate does, the plan fails naming `shared-pool.NAME`.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "Always `placement`: the resource has no remote object.",
@@ -216,7 +219,8 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	}
 	in := placement.Input{Strategy: m.Strategy.ValueString(), Requests: reqs}
 	var down []string
-	for _, inv := range r.fleet.Inventories(ctx, names) {
+	invs := r.fleet.Inventories(ctx, names)
+	for _, inv := range invs {
 		if !inv.Healthy {
 			warnHostUnhealthy(diags, inv, "keys on it move to other hosts where they fit, and no new key is placed on it.")
 			down = append(down, inv.Name)
@@ -247,6 +251,7 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 		}
 	}
 
+	in.Requests, in.Hosts = withSharedPools(ctx, r.fleet, reqs, invs, previous)
 	res, err := placement.Place(in)
 	if err != nil {
 		var ue *placement.UnsatisfiableError

@@ -66,6 +66,7 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		return fail("host %s reports no migration_uri, so its libvirt cannot be reached for migration; start its kvm-hostd with "+
 			"--migration-uri (KVM_HOSTD_MIGRATION_URI), e.g. qemu+tcp://<its address>/system.", dst.Name)
 	}
+	srcInv := src.Inventory(ctx)
 	mem := api.VMMemoryMiB(vm.VMSpec)
 	// libvirt moves the VM without the target's kvm-hostd, so the target
 	// admits it now, like a create, and holds the room until the domain is
@@ -110,6 +111,11 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		}
 	}
 	for i, d := range vm.Disks {
+		shared := poolShared(srcInv, d.Pool)
+		if shared && !poolShared(inv, d.Pool) {
+			return fail("disks[%d]: volume %s/%s is on pool %s, which host %s shares but host %s does not serve as a shared pool, so its data would not follow.",
+				i, d.Pool, d.Volume, d.Pool, src.Name, dst.Name)
+		}
 		tv, err := dst.Client.GetVolumeUsage(ctx, d.Pool, d.Volume)
 		if err != nil {
 			if isNotFound(err) {
@@ -120,6 +126,11 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		}
 		if len(tv.UsedBy) > 0 {
 			return fail("disks[%d]: volume %s/%s on host %s is attached to VM(s) %v there.", i, d.Pool, d.Volume, dst.Name, tv.UsedBy)
+		}
+		if shared {
+			// The same volume: nothing to prepare, and recreating it
+			// would empty the VM's disk.
+			continue
 		}
 		sv, err := src.Client.GetVolume(ctx, d.Pool, d.Volume)
 		if err != nil {

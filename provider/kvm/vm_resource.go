@@ -458,6 +458,9 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 	}
 	r.checkStaticIPv4(ctx, plan, state, &resp.Diagnostics)
 	checkPCIMigration(ctx, plan, state, &resp.Diagnostics)
+	if !resp.Diagnostics.HasError() {
+		r.warnMigrationStorage(ctx, plan, state, &resp.Diagnostics)
+	}
 	if resp.Diagnostics.HasError() {
 		return
 	}
