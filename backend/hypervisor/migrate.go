@@ -470,42 +470,7 @@ func copySeedTo(uri, path string) error {
 	}
 	defer p.Free()
 	_ = p.Refresh(0)
-	name := filepath.Base(path)
-	if old, err := p.LookupStorageVolByName(name); err == nil {
-		_ = old.Delete(0)
-		old.Free()
-	}
-	vx := libvirtxml.StorageVolume{
-		Name:     name,
-		Capacity: &libvirtxml.StorageVolumeSize{Value: uint64(len(data))},
-		Target:   &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "raw"}},
-	}
-	doc, err := vx.Marshal()
-	if err != nil {
-		return err
-	}
-	v, err := p.StorageVolCreateXML(doc, 0)
-	if err != nil {
-		return err
-	}
-	defer v.Free()
-	st, err := c.NewStream(0)
-	if err != nil {
-		return err
-	}
-	defer st.Free()
-	if err := v.Upload(st, 0, uint64(len(data)), 0); err != nil {
-		return err
-	}
-	for sent := 0; sent < len(data); {
-		n, err := st.Send(data[sent:])
-		if err != nil {
-			_ = st.Abort()
-			return err
-		}
-		sent += n
-	}
-	return st.Finish()
+	return uploadVolume(c, p, filepath.Base(path), data, true)
 }
 
 // pingLibvirt opens the libvirt at uri and asks it one cheap question.

@@ -246,21 +246,8 @@ func TestAccEncryptionReal(t *testing.T) {
 						return err
 					}
 					// A reboot from inside the guest.
-					if _, err := agentOn(ha).run(ctx, "/bin/touch", "/run/kvm-enc-before-reboot"); err != nil {
+					if err := agentOn(ha).reboot(ctx, 12*time.Minute); err != nil {
 						return err
-					}
-					if _, err := agentOn(ha).start(ctx, "/bin/systemctl", "reboot"); err != nil {
-						return err
-					}
-					for deadline := time.Now().Add(12 * time.Minute); ; {
-						code, _, err := agentOn(ha).exec(ctx, "/bin/test", "-e", "/run/kvm-enc-before-reboot")
-						if err == nil && code != 0 {
-							break
-						}
-						if time.Now().After(deadline) {
-							return fmt.Errorf("the guest did not reboot\n%s", guestConsole(ha, "enc"))
-						}
-						time.Sleep(2 * time.Second)
 					}
 					return readBack(ha, "after a guest reboot")
 				},

@@ -70,27 +70,6 @@ resource "kvm_vm" "fw" {
 `, host, imageURL, imageURL, extra)
 }
 
-// buildFirmwareProbe builds internal/firmwareprobe static for the guest.
-func buildFirmwareProbe(t *testing.T) []byte {
-	t.Helper()
-	root, err := harness.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "firmwareprobe")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./internal/firmwareprobe")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build firmwareprobe: %v\n%s", err, b)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestAccFirmwareReal proves firmware, Secure Boot, NVRAM and TPM on real
 // QEMU with the guest image, on ONE guest: it boots UEFI with Secure Boot
 // on (as the guest's own SecureBoot variable says) and sets a UEFI
@@ -114,7 +93,7 @@ func TestAccFirmwareReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probeTool := buildFirmwareProbe(t)
+	probeTool := buildGuestTool(t, "./internal/firmwareprobe")
 	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}})
 	ha, hb := hs.Host("a"), hs.Host("b")
 	byHost := map[string]*realstack.NSHost{"host-a": ha, "host-b": hb}
@@ -248,21 +227,8 @@ func TestAccFirmwareReal(t *testing.T) {
 						return fmt.Errorf("no TPM state %s on host-a", tpmDir(ha))
 					}
 					// A reboot from inside: /run is a fresh tmpfs after it.
-					if _, err := agentOn(ha).run(ctx, "/bin/touch", "/run/kvm-fw-before-reboot"); err != nil {
+					if err := agentOn(ha).reboot(ctx, 12*time.Minute); err != nil {
 						return err
-					}
-					if _, err := agentOn(ha).start(ctx, "/bin/systemctl", "reboot"); err != nil {
-						return err
-					}
-					for deadline := time.Now().Add(12 * time.Minute); ; {
-						code, _, err := agentOn(ha).exec(ctx, "/bin/test", "-e", "/run/kvm-fw-before-reboot")
-						if err == nil && code != 0 {
-							break
-						}
-						if time.Now().After(deadline) {
-							return fmt.Errorf("the guest did not reboot\n%s", guestConsole(ha, "fw"))
-						}
-						time.Sleep(2 * time.Second)
 					}
 					t.Logf("guest rebooted (test at %s)", time.Since(start).Round(time.Second))
 					if err := expect(ha, "tpm-on-host-a", "tpm-nv-read"); err != nil {

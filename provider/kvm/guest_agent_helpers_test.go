@@ -184,19 +184,44 @@ func (g guestAgent) writeFile(ctx context.Context, path string, data []byte) err
 	return err
 }
 
-// buildHostileGuest builds internal/hostileguest static for the guest.
-func buildHostileGuest(t *testing.T) []byte {
+// reboot reboots the guest from inside and waits until it runs again:
+// a marker left in /run (a fresh tmpfs at every boot) is gone. The
+// guest console is quoted when it does not come back within timeout.
+func (g guestAgent) reboot(ctx context.Context, timeout time.Duration) error {
+	const marker = "/run/kvm-test-before-reboot"
+	if _, err := g.run(ctx, "/bin/touch", marker); err != nil {
+		return err
+	}
+	if _, err := g.start(ctx, "/bin/systemctl", "reboot"); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(timeout); ; {
+		code, _, err := g.exec(ctx, "/bin/test", "-e", marker)
+		if err == nil && code != 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the guest %s did not reboot within %s\n%s", g.domain, timeout, guestConsole(g.h, g.domain))
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// buildGuestTool builds the Go package pkg (e.g. "./internal/hostileguest")
+// static for the guest, which has none of the host's libraries, and
+// returns the binary (copy it in with guestAgent.writeFile).
+func buildGuestTool(t *testing.T, pkg string) []byte {
 	t.Helper()
 	root, err := harness.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "kvm-hostile-guest")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./internal/hostileguest")
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the hostile guest tool: %v\n%s", err, b)
+		t.Fatalf("build %s for the guest: %v\n%s", pkg, err, b)
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {

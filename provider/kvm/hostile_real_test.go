@@ -122,7 +122,7 @@ func TestAccHostileGuestReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tool := buildHostileGuest(t)
+	tool := buildGuestTool(t, "./internal/hostileguest")
 	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"x"}, OVS: true})
 	h := hs.Host("x")
 	halt := haltImage()
