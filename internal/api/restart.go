@@ -9,8 +9,8 @@ import (
 // network_interfaces, cloud_init, guest_agent, firmware, secure_boot, tpm,
 // graphics, rng, hugepages, numa, pci_devices) in which going from cur to want changes
 // what the guest sees as hardware: a running VM takes those only with a
-// restart. cur is the VM as it is; in want, an empty pool, bus or NIC model
-// means the default, max_memory_mib 0 means memory_mib, and an interface
+// restart. cur is the VM as it is; in want, an empty pool, bus, NIC model,
+// disk cache or discard mode means the default, max_memory_mib 0 means memory_mib, and an interface
 // without a MAC is a new one. The names are sorted.
 func HardwareChanges(cur, want VMSpec) []string {
 	var out []string
@@ -130,7 +130,8 @@ func sameDisks(cur, want []VMDisk) bool {
 	for i, b := range want {
 		a := cur[i]
 		if a.Pool != orDefault(b.Pool, DefaultPool) || a.Volume != b.Volume || a.Bus != orDefault(b.Bus, DefaultBus) ||
-			orDefault(a.Cache, DefaultDiskCache) != orDefault(b.Cache, DefaultDiskCache) || a.IO != b.IO || a.Discard != b.Discard {
+			orDefault(a.Cache, DefaultDiskCache) != orDefault(b.Cache, DefaultDiskCache) || a.IO != b.IO ||
+			orDefault(a.Discard, DefaultDiskDiscard) != orDefault(b.Discard, DefaultDiskDiscard) {
 			return false
 		}
 	}

@@ -6,13 +6,16 @@ import (
 )
 
 func TestHardwareChanges(t *testing.T) {
-	cur := VMSpec{VCPU: 1, MemoryMiB: 64, MaxMemoryMiB: 128,
-		Disks:      []VMDisk{{Pool: "default", Volume: "a", Bus: "virtio", Target: "vda"}},
+	on := true
+	// cur as a read-back says it: every default spelled out.
+	cur := VMSpec{VCPU: 1, MemoryMiB: 64, MaxMemoryMiB: 128, Firmware: FirmwareBIOS, RNG: &on,
+		Disks:      []VMDisk{{Pool: "default", Volume: "a", Bus: "virtio", Target: "vda", Cache: "none", Discard: "unmap"}},
 		Interfaces: []VMInterface{{Network: "n", MAC: "52:54:00:00:00:01", Model: "virtio", Bridge: "kvm-n"}}}
 	live := cur
 	live.MemoryMiB = 100
 	live.MaxMemoryMiB = 128
 	live.Disks = []VMDisk{{Volume: "a"}}
+	live.Firmware, live.RNG = "", nil
 	live.Interfaces = []VMInterface{{Network: "n", MAC: "52:54:00:00:00:01", Bridge: "kvm-n"}}
 	live.Tags = map[string]string{"x": "y"}
 	live.Description = "d"
@@ -31,6 +34,11 @@ func TestHardwareChanges(t *testing.T) {
 		{"cpu mode", func(s *VMSpec) { s.CPU = &CPU{Mode: "host-model"} }, []string{"cpu"}},
 		{"bus", func(s *VMSpec) { s.Disks = []VMDisk{{Volume: "a", Bus: "sata"}} }, []string{"disks"}},
 		{"disk added", func(s *VMSpec) { s.Disks = append(s.Disks, VMDisk{Volume: "b"}) }, []string{"disks"}},
+		{"discard", func(s *VMSpec) { s.Disks = []VMDisk{{Volume: "a", Discard: "ignore"}} }, []string{"disks"}},
+		{"cache", func(s *VMSpec) { s.Disks = []VMDisk{{Volume: "a", Cache: "writeback"}} }, []string{"disks"}},
+		{"io", func(s *VMSpec) { s.Disks = []VMDisk{{Volume: "a", IO: "threads"}} }, []string{"disks"}},
+		{"firmware", func(s *VMSpec) { s.Firmware = FirmwareEFI }, []string{"firmware"}},
+		{"rng off", func(s *VMSpec) { off := false; s.RNG = &off }, []string{"rng"}},
 		{"nic model", func(s *VMSpec) {
 			s.Interfaces = []VMInterface{{Network: "n", MAC: "52:54:00:00:00:01", Bridge: "kvm-n", Model: "e1000"}}
 		}, []string{"network_interfaces"}},
