@@ -34,6 +34,9 @@ type operations struct {
 	stopAll context.CancelFunc
 	closed  bool
 	wg      sync.WaitGroup
+	// ended holds a channel per running operation, closed once its state
+	// is final (wait).
+	ended map[string]chan struct{}
 	// onDone, when set, is told how every operation ended (the audit
 	// log records it: the request that started it only said "accepted").
 	onDone func(api.Operation)
@@ -42,7 +45,7 @@ type operations struct {
 func newOperations() *operations {
 	base, stop := context.WithCancel(context.Background())
 	return &operations{ops: map[string]*api.Operation{}, byTarget: map[string]string{},
-		cancels: map[string]context.CancelFunc{}, boot: newID()[:8], base: base, stopAll: stop}
+		cancels: map[string]context.CancelFunc{}, ended: map[string]chan struct{}{}, boot: newID()[:8], base: base, stopAll: stop}
 }
 
 func newID() string {
@@ -79,6 +82,7 @@ func (o *operations) start(kind, target string, fn func(ctx context.Context, pro
 	// Detached from the request: the client polls, and may go away.
 	ctx, cancel := context.WithCancel(o.base)
 	o.cancels[op.ID] = cancel
+	o.ended[op.ID] = make(chan struct{})
 	o.wg.Add(1)
 	c := *op
 	o.mu.Unlock()
@@ -102,12 +106,33 @@ func (o *operations) start(kind, target string, fn func(ctx context.Context, pro
 			op.State, op.Progress = api.OpSucceeded, 1
 		}
 		done, final := o.onDone, *op
+		if ch, ok := o.ended[op.ID]; ok {
+			close(ch)
+			delete(o.ended, op.ID)
+		}
 		o.mu.Unlock()
 		if done != nil {
 			done(final)
 		}
 	}()
 	return &c
+}
+
+// wait blocks until operation id has ended, its state final (at once
+// when it is not running), or until ctx is done.
+func (o *operations) wait(ctx context.Context, id string) error {
+	o.mu.Lock()
+	ch, ok := o.ended[id]
+	o.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // cancel cancels the running operation for target, if any, and returns it.

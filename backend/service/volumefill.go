@@ -157,7 +157,9 @@ func (s *Service) partialView(ctx context.Context, pool, name string, f *volumeF
 }
 
 // cancelFill stops a running fill of pool/name and waits, up to ctx, until
-// its partial volume is gone. It reports whether there was one.
+// its partial volume is gone and its operation has ended (failed): a
+// client polling the operation after the DELETE sees it over. It reports
+// whether there was one.
 func (s *Service) cancelFill(ctx context.Context, pool, name string) (bool, error) {
 	f, ok := s.filling(pool, name)
 	if !ok {
@@ -167,10 +169,10 @@ func (s *Service) cancelFill(ctx context.Context, pool, name string) (bool, erro
 	s.log.Info("volume fill cancelled", "volume", pool+"/"+name, "operation", f.op.ID)
 	select {
 	case <-f.done:
-		return true, nil
 	case <-ctx.Done():
 		return true, ctx.Err()
 	}
+	return true, s.ops.wait(ctx, f.op.ID)
 }
 
 // sweepPartials deletes the partial volumes a previous run left behind
