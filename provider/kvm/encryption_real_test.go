@@ -7,8 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +18,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/guestimage"
-	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
@@ -110,15 +107,7 @@ func TestAccEncryptionReal(t *testing.T) {
 	ha, hb := hs.Host("a"), hs.Host("b")
 	byHost := map[string]*realstack.NSHost{"host-a": ha, "host-b": hb}
 
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, image) })}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
+	imageURL := serveGuestImage(t, image)
 
 	// The same master key on both hosts.
 	key := make([]byte, 32)
@@ -130,17 +119,7 @@ func TestAccEncryptionReal(t *testing.T) {
 	keyHex := hex.EncodeToString(key)
 
 	const poolDir = "/var/lib/libvirt/images/kvm-encryption-test"
-	opts := harness.Options{
-		Hosts: []string{"host-a", "host-b"}, LibvirtURI: "qemu:///system", OVSDB: "embedded",
-		ListenIPs: map[string]string{}, ExtraHostArgs: map[string][]string{}, PoolDirs: map[string]string{},
-		Wrap: func(host string, argv []string) *exec.Cmd { return byHost[host].Command(argv[0], argv[1:]...) },
-	}
-	for name, h := range byHost {
-		opts.ListenIPs[name] = h.IP
-		opts.ExtraHostArgs[name] = []string{"--migration-uri", h.URI, "--fetch-allow", realstack.DefaultHostSubnet + ".0/24", "--key-dir", keyDir}
-		opts.PoolDirs[name] = poolDir
-	}
-	c := startHosts(t, opts)
+	c := startMigrationHosts(t, byHost, poolDir, "--key-dir", keyDir)
 	// A restarted kvm-hostd listens on a new port: the provider reads
 	// host-a's endpoint from a file at every plan, rewritten on restart.
 	urlFile := filepath.Join(t.TempDir(), "host-a.url")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,7 +14,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/guestimage"
-	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
@@ -101,23 +99,7 @@ func TestAccFirmwareReal(t *testing.T) {
 	imageURL := serveGuestImage(t, image)
 
 	const poolDir = "/var/lib/libvirt/images/kvm-firmware-test"
-	opts := harness.Options{
-		Hosts:         []string{"host-a", "host-b"},
-		LibvirtURI:    "qemu:///system",
-		OVSDB:         "embedded",
-		ListenIPs:     map[string]string{},
-		ExtraHostArgs: map[string][]string{},
-		PoolDirs:      map[string]string{},
-		Wrap: func(host string, argv []string) *exec.Cmd {
-			return byHost[host].Command(argv[0], argv[1:]...)
-		},
-	}
-	for name, h := range byHost {
-		opts.ListenIPs[name] = h.IP
-		opts.ExtraHostArgs[name] = []string{"--migration-uri", h.URI, "--fetch-allow", realstack.DefaultHostSubnet + ".0/24"}
-		opts.PoolDirs[name] = poolDir
-	}
-	c := startHosts(t, opts)
+	c := startMigrationHosts(t, byHost, poolDir)
 	hcl := func(host string, tpm, running bool) string {
 		return firmwareHCL(c.ProviderHCL(), imageURL, host, tpm, running)
 	}

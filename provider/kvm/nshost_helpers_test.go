@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"slices"
 	"testing"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
@@ -58,4 +59,30 @@ func startNSHostd(t *testing.T, h *realstack.NSHost, poolDir string) *harness.Cl
 		}},
 		Wrap: func(_ string, argv []string) *exec.Cmd { return h.Command(argv[0], argv[1:]...) },
 	})
+}
+
+// startMigrationHosts starts kvm-hostd as each host of byHost (host name →
+// namespace host, no OVS of their own) with a migration URI, its pool in
+// poolDir and fetch access to the hosts' subnet; extra are further flags
+// for every host.
+func startMigrationHosts(t *testing.T, byHost map[string]*realstack.NSHost, poolDir string, extra ...string) *harness.Cluster {
+	t.Helper()
+	opts := harness.Options{
+		LibvirtURI:    "qemu:///system",
+		OVSDB:         "embedded",
+		ListenIPs:     map[string]string{},
+		ExtraHostArgs: map[string][]string{},
+		PoolDirs:      map[string]string{},
+		Wrap: func(host string, argv []string) *exec.Cmd {
+			return byHost[host].Command(argv[0], argv[1:]...)
+		},
+	}
+	for name, h := range byHost {
+		opts.Hosts = append(opts.Hosts, name)
+		opts.ListenIPs[name] = h.IP
+		opts.ExtraHostArgs[name] = append([]string{"--migration-uri", h.URI, "--fetch-allow", realstack.DefaultHostSubnet + ".0/24"}, extra...)
+		opts.PoolDirs[name] = poolDir
+	}
+	slices.Sort(opts.Hosts)
+	return startHosts(t, opts)
 }

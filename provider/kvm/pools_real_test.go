@@ -3,8 +3,6 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -168,34 +166,9 @@ func TestAccSharedPoolReal(t *testing.T) {
 		}
 	}
 
-	gateway := realstack.DefaultHostSubnet + ".254"
-	ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, image) })}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	imageURL := "http://" + ln.Addr().String() + "/debian-bookworm.qcow2"
+	imageURL := serveGuestImage(t, image)
 
-	opts := harness.Options{
-		Hosts:         []string{"host-a", "host-b"},
-		LibvirtURI:    "qemu:///system",
-		OVSDB:         "embedded",
-		ListenIPs:     map[string]string{},
-		ExtraHostArgs: map[string][]string{},
-		PoolDirs:      map[string]string{},
-		Wrap: func(host string, argv []string) *exec.Cmd {
-			return byHost[host].Command(argv[0], argv[1:]...)
-		},
-	}
-	for name, h := range byHost {
-		opts.ListenIPs[name] = h.IP
-		opts.ExtraHostArgs[name] = []string{"--migration-uri", h.URI, "--fetch-allow", realstack.DefaultHostSubnet + ".0/24",
-			"--pool", sharedPoolName, "--shared-pool", sharedPoolName}
-		opts.PoolDirs[name] = "/var/lib/libvirt/images/kvm-pools-test"
-	}
-	c := startHosts(t, opts)
+	c := startMigrationHosts(t, byHost, "/var/lib/libvirt/images/kvm-pools-test", "--pool", sharedPoolName, "--shared-pool", sharedPoolName)
 	logOf := map[string]*harness.Host{}
 	for _, h := range c.Hosts {
 		logOf[h.Name] = h
