@@ -5,11 +5,25 @@
 #
 # Order: terraform on PATH if >= 1.5 (unless FORCE_BUILD_TERRAFORM=1), then a cached
 # build in .cache/bin/terraform, else build it from the Go module proxy.
+#
+# With --modern it prints a Terraform new enough for resource identity, list
+# resources (`terraform query`) and actions (>= 1.14): TERRAFORM_MODERN_VERSION
+# (default v1.16.4), built once from the module proxy and cached outside the
+# checkout (KVM_TOOLS_CACHE, default /var/cache/kvm-provider-tools) so fresh
+# clones reuse it: the build takes minutes.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_bin="$repo_root/.cache/bin/terraform"
 min_major=1 min_minor=5
+modern=0
+if [[ "${1:-}" == --modern ]]; then
+	modern=1
+	modern_version="${TERRAFORM_MODERN_VERSION:-v1.16.4}"
+	tools_cache="${KVM_TOOLS_CACHE:-/var/cache/kvm-provider-tools}"
+	cache_bin="$tools_cache/terraform-$modern_version"
+	min_major=1 min_minor=14
+fi
 
 # Skip HashiCorp's update check: it is a network call on every `terraform version`.
 export CHECKPOINT_DISABLE=1
@@ -25,7 +39,7 @@ usable() {
 	((major > min_major || (major == min_major && minor >= min_minor)))
 }
 
-if [[ "${FORCE_BUILD_TERRAFORM:-0}" != 1 ]]; then
+if [[ "$modern" == 0 && "${FORCE_BUILD_TERRAFORM:-0}" != 1 ]]; then
 	if on_path="$(command -v terraform 2>/dev/null)" && usable "$on_path"; then
 		readlink -f "$on_path"
 		exit 0
@@ -35,10 +49,14 @@ fi
 if ! usable "$cache_bin"; then
 	# Several make/test processes may ask at once; build only once.
 	mkdir -p "$(dirname "$cache_bin")"
-	exec 9>"$repo_root/.cache/terraform-build.lock"
+	exec 9>"$cache_bin.lock"
 	flock 9
 	if ! usable "$cache_bin"; then
-		"$repo_root/scripts/build-terraform.sh" "$cache_bin" >&2
+		if [[ "$modern" == 1 ]]; then
+			TERRAFORM_BUILD_VERSION="$modern_version" "$repo_root/scripts/build-terraform.sh" "$cache_bin" >&2
+		else
+			"$repo_root/scripts/build-terraform.sh" "$cache_bin" >&2
+		fi
 	fi
 	usable "$cache_bin" || { echo "terraform-path: built $cache_bin is not usable" >&2; exit 1; }
 fi

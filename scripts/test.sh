@@ -17,6 +17,9 @@ cd "$root"
 export CHECKPOINT_DISABLE=1
 export TF_ACC=1
 export TF_ACC_TERRAFORM_PATH="$(scripts/terraform-path.sh)"
+# Resource identity, `terraform query` and actions need a newer Terraform
+# than the oldest one the suite runs on; their tests switch to this one.
+export TF_ACC_TERRAFORM_MODERN_PATH="$(scripts/terraform-path.sh --modern)"
 export KVM_HOSTD_BIN="$root/bin/kvm-hostd"
 export KVM_PROVIDER_BIN="$root/bin/terraform-provider-kvm"
 # One libvirtd serves every test package of the run (see internal/realstack).
