@@ -403,9 +403,9 @@ func TestRealDHCPHandover(t *testing.T) {
 		Wrap: func(host string, argv []string) *exec.Cmd { return ns[host].Command(argv[0], argv[1:]...) }}
 	for _, hn := range names {
 		h := ns[hn]
-		root("link", "add", "kvmu-"+h.Name, "type", "veth", "peer", "name", "up0", "netns", h.Netns)
-		root("link", "set", "kvmu-"+h.Name, "master", sw)
-		root("link", "set", "kvmu-"+h.Name, "up")
+		root("link", "add", "kvmu-"+h.Key, "type", "veth", "peer", "name", "up0", "netns", h.Netns)
+		root("link", "set", "kvmu-"+h.Key, "master", sw)
+		root("link", "set", "kvmu-"+h.Key, "up")
 		if out, err := h.Command("ip", "link", "set", "up0", "up").CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v %s", hn, err, out)
 		}

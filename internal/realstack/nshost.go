@@ -24,7 +24,16 @@ const (
 	DefaultHostSubnet    = "10.77.0" // hosts get .1, .2, ...; the bridge gets .254
 	DefaultHostStateRoot = "/var/tmp/kvm-realstack/hosts"
 	hostNetnsPrefix      = "kvmt-"
-	hostsLockFile        = "/run/kvm-realstack-hosts.lock"
+	hostVethPrefix       = "kvmv-"
+	// hostsLockFile guards the shared bridge and the allocation of host
+	// keys; it is held only while a set is being set up or torn down.
+	hostsLockFile = "/run/kvm-realstack-hosts.lock"
+	// hostsActiveFile is held shared by every live set, so the set that
+	// finds it free knows it is alone: leftovers are a crashed run's, and
+	// the bridge is its to create or remove.
+	hostsActiveFile = "/run/kvm-realstack-hosts.active"
+	// maxHostKeys bounds live hosts: a key is a two-digit index.
+	maxHostKeys = 99
 	ovsRunDir            = "/run/openvswitch" // ovs-vsctl's default
 )
 
@@ -38,13 +47,17 @@ var libvirtDirs = []struct{ sub, path string }{
 	{"log", "/var/log/libvirt"},
 }
 
-// hostNameRE bounds names so "kvmt-<name>" and the veth "kvmv-<name>" stay within
-// the 15-byte interface/netns name limit and need no quoting in shell snippets.
-var hostNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,9}$`)
+// hostNameRE bounds names so "kvmt-<key>" and the veth "kvmv-<key>" (the key
+// is a two-digit index and the name) stay within the 15-byte interface/netns
+// name limit and need no quoting in shell snippets.
+var hostNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,7}$`)
+
+// hostKeyRE matches host keys, the names of their state directories.
+var hostKeyRE = regexp.MustCompile(`^([0-9]{2})[a-z][a-z0-9]{0,7}$`)
 
 // HostsOptions configures NewHostNamespaces.
 type HostsOptions struct {
-	// Names of the hosts, e.g. {"a", "b"}: lower-case letters and digits, at most 10.
+	// Names of the hosts, e.g. {"a", "b"}: lower-case letters and digits, at most 8.
 	Names []string
 	// OVS also starts a private Open vSwitch inside each host's network namespace.
 	OVS bool
@@ -57,22 +70,28 @@ type HostsOptions struct {
 
 // NSHosts is a set of independent libvirt "hosts" on this machine, each in its own
 // network and mount namespace, joined by a Linux bridge in the root namespace — enough
-// for live migration and VXLAN overlays between hosts. Only one set exists per machine
-// at a time: NewHostNamespaces holds a lock until Close, so concurrent test processes
-// queue instead of fighting over the bridge and addresses.
+// for live migration and VXLAN overlays between hosts. Several sets may live at once
+// (tests running in parallel, in one process or several): they share the bridge and
+// its subnet, and each host gets a key, an address and names no live host has.
 type NSHosts struct {
 	Hosts []*NSHost
 	// Bridge is the root-namespace bridge; its address is Subnet.254.
 	Bridge string
 
-	opts HostsOptions
-	lock *os.File
+	opts   HostsOptions
+	active *os.File // held shared while the set lives
+	keys   []string // claimed by join, also for hosts not set up yet
 }
 
 // NSHost is one host of an NSHosts set.
 type NSHost struct {
-	Name  string
-	Netns string // network namespace, "kvmt-<name>"
+	Name string
+	// Key is unique among live hosts (e.g. "01a": the index of its address
+	// and its name): use it to name anything a test adds in the root
+	// namespace for this host, so parallel sets do not collide.
+	Key   string
+	Netns string // network namespace, "kvmt-<key>"
+	Veth  string // root end of the host's link to the bridge, "kvmv-<key>"
 	IP    string
 	// URI reaches this host's libvirtd over TCP from any namespace.
 	URI string
@@ -122,49 +141,25 @@ func NewHostNamespaces(ctx context.Context, opts HostsOptions) (hs *NSHosts, err
 		seen[n] = true
 	}
 
-	lock, err := os.OpenFile(hostsLockFile, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("realstack: %w", err)
-	}
-	if err := flock(ctx, lock, syscall.LOCK_EX); err != nil {
-		lock.Close()
-		return nil, err
-	}
-	hs = &NSHosts{Bridge: opts.Bridge, opts: opts, lock: lock}
+	hs = &NSHosts{Bridge: opts.Bridge, opts: opts}
 	defer func() {
 		if err != nil {
 			_ = hs.Close()
 		}
 	}()
-
-	// Holding the lock means no live run owns these: anything left is from a crash.
-	if err := CleanupHostNamespaces(opts.StateRoot, opts.Bridge); err != nil {
+	keys, err := hs.join(ctx)
+	if err != nil {
 		return hs, err
 	}
-	if err := os.MkdirAll(opts.StateRoot, 0o755); err != nil {
-		return hs, fmt.Errorf("realstack: %w", err)
-	}
-	// QEMU runs as libvirt-qemu and must traverse every parent of its files.
-	if err := chmodParents(opts.StateRoot); err != nil {
-		return hs, err
-	}
-
-	for _, args := range [][]string{
-		{"link", "add", opts.Bridge, "type", "bridge"},
-		{"addr", "add", opts.Subnet + ".254/24", "dev", opts.Bridge},
-		{"link", "set", opts.Bridge, "up"},
-	} {
-		if _, err := run(ctx, "ip", args...); err != nil {
-			return hs, fmt.Errorf("realstack: bridge: %w", err)
-		}
-	}
-
 	for i, name := range opts.Names {
+		idx, _ := strconv.Atoi(keys[i][:2])
 		h := &NSHost{
 			Name:     name,
-			Netns:    hostNetnsPrefix + name,
-			IP:       fmt.Sprintf("%s.%d", opts.Subnet, i+1),
-			StateDir: filepath.Join(opts.StateRoot, name),
+			Key:      keys[i],
+			Netns:    hostNetnsPrefix + keys[i],
+			Veth:     hostVethPrefix + keys[i],
+			IP:       fmt.Sprintf("%s.%d", opts.Subnet, idx),
+			StateDir: filepath.Join(opts.StateRoot, keys[i]),
 		}
 		h.URI = "qemu+tcp://" + h.IP + "/system"
 		h.LocalURI = "qemu:///system?socket=" + filepath.Join(h.StateDir, "run", "libvirt-sock")
@@ -208,7 +203,7 @@ func NewHostNamespaces(ctx context.Context, opts HostsOptions) (hs *NSHosts, err
 }
 
 func (h *NSHost) setUp(ctx context.Context, opts HostsOptions) error {
-	veth := "kvmv-" + h.Name
+	veth := h.Veth
 	for _, args := range [][]string{
 		{"netns", "add", h.Netns},
 		{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.Netns},
@@ -362,16 +357,118 @@ func (h *NSHost) nsenterArgs(name string, args []string) []string {
 	return append([]string{"-t", strconv.Itoa(h.libvirtdPID), "-m", "-n", "--", name}, args...)
 }
 
-// Close stops every daemon and QEMU of every host (by the PIDs in their private run
-// dirs), then removes the namespaces, the bridge and the state. Safe to call twice.
+// join registers the set as live and claims a key per host: under the setup
+// lock, the first live set removes a crashed run's leftovers and creates the
+// bridge; every set then takes the lowest indices no state directory holds
+// (a directory is created per key before the lock is released).
+func (hs *NSHosts) join(ctx context.Context) ([]string, error) {
+	opts := hs.opts
+	lock, err := os.OpenFile(hostsLockFile, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("realstack: %w", err)
+	}
+	defer lock.Close()
+	if err := flock(ctx, lock, syscall.LOCK_EX); err != nil {
+		return nil, err
+	}
+	active, err := os.OpenFile(hostsActiveFile, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("realstack: %w", err)
+	}
+	hs.active = active
+	alone := syscall.Flock(int(active.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil
+	if alone {
+		// No live set: anything left is from a crash.
+		if err := CleanupHostNamespaces(opts.StateRoot, opts.Bridge); err != nil {
+			return nil, err
+		}
+	}
+	// Converting the lock is safe here: every other set waits on lock.
+	if err := flock(ctx, active, syscall.LOCK_SH); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.StateRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("realstack: %w", err)
+	}
+	// QEMU runs as libvirt-qemu and must traverse every parent of its files.
+	if err := chmodParents(opts.StateRoot); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", opts.Bridge)); err != nil {
+		for _, args := range [][]string{
+			{"link", "add", opts.Bridge, "type", "bridge"},
+			{"addr", "add", opts.Subnet + ".254/24", "dev", opts.Bridge},
+			{"link", "set", opts.Bridge, "up"},
+		} {
+			if _, err := run(ctx, "ip", args...); err != nil {
+				return nil, fmt.Errorf("realstack: bridge: %w", err)
+			}
+		}
+	}
+	entries, err := os.ReadDir(opts.StateRoot)
+	if err != nil {
+		return nil, fmt.Errorf("realstack: %w", err)
+	}
+	used := map[int]bool{}
+	for _, e := range entries {
+		if m := hostKeyRE.FindStringSubmatch(e.Name()); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			used[n] = true
+		}
+	}
+	var keys []string
+	next := 1
+	for _, name := range opts.Names {
+		for next <= maxHostKeys && used[next] {
+			next++
+		}
+		if next > maxHostKeys {
+			return nil, fmt.Errorf("realstack: more than %d live namespace hosts", maxHostKeys)
+		}
+		key := fmt.Sprintf("%02d%s", next, name)
+		if err := os.Mkdir(filepath.Join(opts.StateRoot, key), 0o755); err != nil {
+			return nil, fmt.Errorf("realstack: %w", err)
+		}
+		used[next] = true
+		keys = append(keys, key)
+		hs.keys = keys
+	}
+	return keys, nil
+}
+
+// Close stops every daemon and QEMU of the set's hosts (by the PIDs in their
+// private run dirs), then removes their namespaces and state; the last live set
+// also removes the bridge. Safe to call twice.
 func (hs *NSHosts) Close() error {
-	if hs == nil || hs.lock == nil {
+	if hs == nil || hs.active == nil {
 		return nil
 	}
-	err := CleanupHostNamespaces(hs.opts.StateRoot, hs.opts.Bridge)
-	hs.lock.Close()
-	hs.lock = nil
-	return err
+	errs := []error{cleanupHosts(hs.opts.StateRoot, hs.keys)}
+
+	// A set that failed during join may not hold the setup lock's turn yet;
+	// taking it here orders the bridge's removal against other sets' joins.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if lock, err := os.OpenFile(hostsLockFile, os.O_CREATE|os.O_RDWR, 0o644); err != nil {
+		errs = append(errs, err)
+	} else {
+		if err := flock(ctx, lock, syscall.LOCK_EX); err != nil {
+			errs = append(errs, err)
+		} else {
+			// Closing the file drops this set's shared hold.
+			hs.active.Close()
+			if last, err := os.OpenFile(hostsActiveFile, os.O_CREATE|os.O_RDWR, 0o644); err == nil {
+				if syscall.Flock(int(last.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+					errs = append(errs, CleanupHostNamespaces(hs.opts.StateRoot, hs.opts.Bridge))
+				}
+				last.Close()
+			}
+		}
+		lock.Close()
+	}
+	hs.active.Close()
+	hs.active = nil
+	return errors.Join(errs...)
 }
 
 // CleanupHostNamespaces removes what NewHostNamespaces created under stateRoot: it
@@ -380,43 +477,59 @@ func (hs *NSHosts) Close() error {
 // touches nothing it has no record of. Used by Close, at start-up after a crash, and
 // by scripts/realstack-down.sh.
 func CleanupHostNamespaces(stateRoot, bridge string) error {
-	hosts, err := os.ReadDir(stateRoot)
+	entries, err := os.ReadDir(stateRoot)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("realstack: %w", err)
 	}
-	var ds []daemon
-	for _, e := range hosts {
+	var keys []string
+	for _, e := range entries {
 		if e.IsDir() {
-			ds = append(ds, hostDaemons(filepath.Join(stateRoot, e.Name()))...)
+			keys = append(keys, e.Name())
 		}
 	}
 	var errs []error
-	if err := stopDaemons(DefaultStopTimeout, ds...); err != nil {
+	if err := cleanupHosts(stateRoot, keys); err != nil {
 		errs = append(errs, err)
-	}
-	for _, e := range hosts {
-		if !e.IsDir() || !hostNameRE.MatchString(e.Name()) {
-			continue
-		}
-		ns := hostNetnsPrefix + e.Name()
-		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
-			if _, err := run(context.Background(), "ip", "netns", "del", ns); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		// A host whose namespace is already gone may have left its veth's root end.
-		_ = exec.Command("ip", "link", "del", "kvmv-"+e.Name()).Run()
 	}
 	if _, err := os.Stat(filepath.Join("/sys/class/net", bridge)); err == nil {
 		if _, err := run(context.Background(), "ip", "link", "del", bridge); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	return errors.Join(errs...)
+}
+
+// cleanupHosts stops the recorded processes of the hosts whose state
+// directories under stateRoot are named keys (all at once: libvirtd takes ~2 s
+// to exit), deletes their namespaces and veths, then their state.
+func cleanupHosts(stateRoot string, keys []string) error {
+	var ds []daemon
+	for _, k := range keys {
+		ds = append(ds, hostDaemons(filepath.Join(stateRoot, k))...)
+	}
+	var errs []error
+	if err := stopDaemons(DefaultStopTimeout, ds...); err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range keys {
+		// Plain names are state directories of runs before host keys.
+		if !hostKeyRE.MatchString(k) && !hostNameRE.MatchString(k) {
+			continue
+		}
+		ns := hostNetnsPrefix + k
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			if _, err := run(context.Background(), "ip", "netns", "del", ns); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		// A host whose namespace is already gone may have left its veth's root end.
+		_ = exec.Command("ip", "link", "del", hostVethPrefix+k).Run()
+	}
 	if len(errs) == 0 {
 		// Bind mounts die with their namespace's last process, so this only deletes
 		// our copies, never the system's /etc/libvirt.
-		for _, e := range hosts {
-			if err := os.RemoveAll(filepath.Join(stateRoot, e.Name())); err != nil {
+		for _, k := range keys {
+			if err := os.RemoveAll(filepath.Join(stateRoot, k)); err != nil {
 				errs = append(errs, err)
 			}
 		}

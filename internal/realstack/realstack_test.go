@@ -187,6 +187,35 @@ func TestHostNamespaces(t *testing.T) {
 	t.Run("live migration", func(t *testing.T) {
 		testLiveMigration(ctx, t, a, b)
 	})
+
+	// Parallel tests each start their own set: a second one, with the same
+	// host name, gets its own key, address and namespace on the shared bridge,
+	// and closing it leaves the first set's bridge in place.
+	t.Run("a second set beside it", func(t *testing.T) {
+		hs2, err := NewHostNamespaces(ctx, HostsOptions{Names: []string{"a"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2 := hs2.Host("a")
+		if a2.Key == a.Key || a2.IP == a.IP || a2.Netns == a.Netns || a2.Veth == a.Veth || a2.StateDir == a.StateDir {
+			t.Errorf("second set's host a shares names with the first: %+v vs %+v", a2, a)
+		}
+		if out, err := a2.Command("virsh", "-c", b.URI, "uri").CombinedOutput(); err != nil {
+			t.Errorf("second set cannot reach the first: %v: %s", err, out)
+		}
+		if err := hs2.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join("/run/netns", a2.Netns)); err == nil {
+			t.Errorf("namespace %s left after its set closed", a2.Netns)
+		}
+		if _, err := os.Stat(filepath.Join("/sys/class/net", hs.Bridge)); err != nil {
+			t.Errorf("bridge removed while a set still lives: %v", err)
+		}
+		if out, err := exec.CommandContext(ctx, "virsh", "-c", a.URI, "uri").CombinedOutput(); err != nil {
+			t.Errorf("first set's host a stopped answering: %v: %s", err, out)
+		}
+	})
 }
 
 // testLiveMigration moves a running 64 MiB diskless domain from one host to the other

@@ -52,8 +52,8 @@ func realNetAppctl(h *realstack.NSHost, args ...string) (string, error) {
 // and pop incoming VXLAN only for packets that reach that bridge's LOCAL
 // port; with the IP on a plain veth, packets never enter the datapath.
 func realNetUnderlay(h *realstack.NSHost, gateway string) error {
-	// The root end of the host's veth (realstack names it kvmv-<name>).
-	if err := realNetTxChecksumOff("kvmv-" + h.Name); err != nil {
+	// The root end of the host's veth (h.Veth).
+	if err := realNetTxChecksumOff(h.Veth); err != nil {
 		return err
 	}
 	if err := realNetInNetns(h, func() error { return realNetTxChecksumOff("eth0") }); err != nil {

@@ -35,7 +35,7 @@ func rootRun(name string, args ...string) error {
 
 // realUplinkWire gives host h an interface up0 cabled to the switch.
 func realUplinkWire(h *realstack.NSHost) error {
-	outer := "kvmu-" + h.Name
+	outer := "kvmu-" + h.Key
 	for _, args := range [][]string{
 		{"link", "add", outer, "type", "veth", "peer", "name", uplinkIface, "netns", h.Netns},
 		{"link", "set", outer, "master", uplinkSwitch},
