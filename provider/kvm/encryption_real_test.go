@@ -96,6 +96,7 @@ resource "kvm_vm" "enc" {
 func TestAccEncryptionReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	start := time.Now()

@@ -84,6 +84,7 @@ func TestAccFirmwareReal(t *testing.T) {
 		t.Skip("no UEFI firmware descriptors (install ovmf)")
 	}
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	start := time.Now()

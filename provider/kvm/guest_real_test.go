@@ -226,6 +226,7 @@ func TestAccGuestReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "nsenter", "ip", "sysctl", "qemu-system-x86_64",
 		"ovs-vsctl", "ovs-appctl", "ovsdb-server", "ovs-vswitchd")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	start := time.Now()

@@ -114,6 +114,7 @@ func TestAccHostileGuestReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64",
 		"ovs-vsctl", "ovs-ofctl", "ovsdb-server", "ovs-vswitchd")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()

@@ -262,6 +262,7 @@ func icmpChecksum(b []byte) uint16 {
 func TestAccNetworkReal_vxlanTraffic(t *testing.T) {
 	realstack.Require(t, "ovs-vsctl", "ovs-appctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "nsenter", "ip", "sysctl")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -92,6 +92,7 @@ func realVLANEndpoint(h *realstack.NSHost, network string, vlan int, port, addr 
 func TestAccNetworkReal_uplinkVLANs(t *testing.T) {
 	realstack.Require(t, "ovs-vsctl", "ovs-appctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "nsenter", "ip", "sysctl")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -86,3 +86,15 @@ func startMigrationHosts(t *testing.T, byHost map[string]*realstack.NSHost, pool
 	slices.Sort(opts.Hosts)
 	return startHosts(t, opts)
 }
+
+// parallelNSHostTest lets a real test on namespace hosts run beside another
+// one: each starts its own set of hosts (realstack gives them distinct
+// namespaces and addresses), and under TCG one guest keeps about one core
+// busy, so on a two-core machine two such tests take little more wall time
+// than one. Tests that set process environment (t.Setenv) cannot use it.
+// Call it before the test's own deadline starts: a parallel test waits for
+// the package's serial tests first.
+func parallelNSHostTest(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+}

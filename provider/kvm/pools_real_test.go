@@ -140,6 +140,7 @@ func lastMigration(log, vm string) (migrationRecord, error) {
 func TestAccSharedPoolReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	start := time.Now()
