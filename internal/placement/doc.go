@@ -89,16 +89,21 @@
 // stay conservative as above.
 //
 // While the imbalance exceeds Threshold and fewer than MaxMoves keys have
-// moved, the move that yields the smallest imbalance is made: a single key,
+// moved, the move that yields the smallest imbalance is made (among equal
+// ones, the smallest sum of squared shares: with several hosts equally full,
+// a move off one of them leaves the imbalance as is but evens the load) —
+// a single key,
 // or a whole affinity group kept on one host (counting one move per
 // member), to any eligible host that carries its host_labels, holds no
 // member of its anti-affinity groups and has room for its full size. Ties
 // go to the smaller key, then the smaller host name. A move is made only if
-// it strictly reduces the imbalance, and each unit moves at most once per
+// it strictly reduces the imbalance or, failing that, the sum of squared
+// shares, and each unit moves at most once per
 // plan. The result is deterministic, and once the imbalance is at most
 // Threshold a plan of the applied result proposes nothing. When this plan
 // stopped above it (MaxMoves reached, or room still held by VMs that are
 // moving away blocked a move), the next plan continues, again with at most
-// MaxMoves moves; every plan strictly lowers the imbalance, so repeated
-// plans never flap and come to rest.
+// MaxMoves moves; every plan strictly lowers the imbalance (or, at equal
+// imbalance, the sum of squared shares), so repeated plans never flap and
+// come to rest.
 package placement

@@ -264,16 +264,16 @@ func checkRebalance(t *testing.T, in Input) {
 	if err != nil {
 		return
 	}
-	prev := math.Inf(1)
+	prev, prevSpread := math.Inf(1), math.Inf(1)
 	for plan := 0; ; plan++ {
 		n := rebalanceMoves(res)
 		if n > in.Rebalance.MaxMoves {
 			t.Fatalf("plan %d: %d rebalance moves, max_moves %d", plan, n, in.Rebalance.MaxMoves)
 		}
 		next := appliedReal(in, res)
-		imb := imbalanceOf(next)
-		if n > 0 && imb >= prev-epsilon {
-			t.Fatalf("plan %d: %d moves did not lower the imbalance (%g → %g)", plan, n, prev, imb)
+		imb, spread := balanceOf(next)
+		if n > 0 && !better(imb, spread, prev, prevSpread) {
+			t.Fatalf("plan %d: %d moves lowered neither the imbalance (%g → %g) nor the spread (%g → %g)", plan, n, prev, imb, prevSpread, spread)
 		}
 		again, err := placeChecked(t, next)
 		if err != nil {
@@ -291,6 +291,6 @@ func checkRebalance(t *testing.T, in Input) {
 		if plan > 50 {
 			t.Fatal("rebalancing does not come to rest")
 		}
-		in, res, prev = next, again, imb
+		in, res, prev, prevSpread = next, again, imb, spread
 	}
 }

@@ -3,6 +3,7 @@ package placement
 import (
 	"fmt"
 	"math"
+	"sort"
 	"strings"
 )
 
@@ -37,26 +38,30 @@ func (r *Rebalance) validate() error {
 type balancer struct {
 	e     *engine
 	hosts []int     // eligible hosts: usable, with memory capacity
+	in    []bool    // by host index: eligible
 	load  []float64 // by host index: MiB held after apply
+	// Per round (snapshot): shares, the three fullest and three emptiest
+	// hosts, and the spread, so that a candidate move is measured in O(1).
+	share  []float64
+	top    []int
+	bottom []int
+	spread float64
 }
 
-// share is host h's allocated-memory share after apply.
-func (b *balancer) share(h int) float64 { return b.load[h] * b.e.hosts[h].invM }
-
-// imbalance is max share − min share over the eligible hosts, with host a
-// losing and host c gaining delta MiB (a, c = -1 for none).
-func (b *balancer) imbalance(a, c int, delta float64) (float64, int, int) {
+// balance measures the eligible hosts with host c gaining delta MiB (c =
+// -1 for none): the imbalance (max share − min share), the spread (sum of
+// squared shares), and the fullest and emptiest host. The spread breaks
+// ties: when several hosts are equally full, moving a key off one of them
+// leaves the imbalance as it is but still evens the load out.
+func (b *balancer) balance(c int, delta float64) (imb, spread float64, hiH, loH int) {
 	hi, lo := math.Inf(-1), math.Inf(1)
-	hiH, loH := -1, -1
 	for _, h := range b.hosts {
 		l := b.load[h]
-		switch h {
-		case a:
-			l -= delta
-		case c:
+		if h == c {
 			l += delta
 		}
 		s := l * b.e.hosts[h].invM
+		spread += s * s
 		if s > hi {
 			hi, hiH = s, h
 		}
@@ -64,10 +69,63 @@ func (b *balancer) imbalance(a, c int, delta float64) (float64, int, int) {
 			lo, loH = s, h
 		}
 	}
-	if len(b.hosts) < 2 {
-		return 0, hiH, loH
+	return hi - lo, spread, hiH, loH
+}
+
+// snapshot measures the current loads for a round of candidate moves.
+func (b *balancer) snapshot() {
+	b.spread = 0
+	for _, h := range b.hosts {
+		b.share[h] = b.load[h] * b.e.hosts[h].invM
+		b.spread += b.share[h] * b.share[h]
 	}
-	return hi - lo, hiH, loH
+	order := append([]int(nil), b.hosts...)
+	sort.SliceStable(order, func(i, j int) bool { return b.share[order[i]] > b.share[order[j]] })
+	n := min(3, len(order))
+	b.top = order[:n]
+	b.bottom = nil
+	for i := len(order) - 1; i >= len(order)-n; i-- {
+		b.bottom = append(b.bottom, order[i])
+	}
+}
+
+// moved measures the snapshot with host a losing credit MiB and host c
+// gaining delta: only a's and c's shares change, so the extremes of the
+// rest come from the three fullest and three emptiest hosts.
+func (b *balancer) moved(a int, credit float64, c int, delta float64) (imb, spread float64) {
+	hi, lo := math.Inf(-1), math.Inf(1)
+	spread = b.spread
+	note := func(s float64) { hi, lo = max(hi, s), min(lo, s) }
+	if b.in[a] {
+		s := (b.load[a] - credit) * b.e.hosts[a].invM
+		spread += s*s - b.share[a]*b.share[a]
+		note(s)
+	}
+	s := (b.load[c] + delta) * b.e.hosts[c].invM
+	spread += s*s - b.share[c]*b.share[c]
+	note(s)
+	for _, h := range b.top {
+		if h != a && h != c {
+			note(b.share[h])
+			break
+		}
+	}
+	for _, h := range b.bottom {
+		if h != a && h != c {
+			note(b.share[h])
+			break
+		}
+	}
+	return hi - lo, spread
+}
+
+// better orders (imbalance, spread) pairs: a lower imbalance wins, then a
+// lower spread; differences within epsilon do not count.
+func better(imb, spread, thanImb, thanSpread float64) bool {
+	if imb < thanImb-epsilon {
+		return true
+	}
+	return imb <= thanImb+epsilon && spread < thanSpread-epsilon
 }
 
 // moveUnit is what rebalancing moves at once: a single kept key, or every
@@ -82,20 +140,21 @@ type moveUnit struct {
 }
 
 // rebalance moves kept keys, one unit at a time, each time the one that
-// reduces the imbalance most, until it is at most the threshold, no move
-// reduces it, or MaxMoves keys have moved. Only keys kept on their previous
+// reduces the imbalance most (then the spread), until it is at most the
+// threshold, no move reduces either, or MaxMoves keys have moved. Only keys kept on their previous
 // host move: a key placed in this plan already went where spread or pack
 // put it.
 func (e *engine) rebalance(r *Rebalance) {
 	if r == nil || r.MaxMoves <= 0 {
 		return
 	}
-	b := &balancer{e: e, load: make([]float64, len(e.hosts))}
+	b := &balancer{e: e, load: make([]float64, len(e.hosts)), in: make([]bool, len(e.hosts)), share: make([]float64, len(e.hosts))}
 	for i := range e.hosts {
 		hs := &e.hosts[i]
 		b.load[i] = float64(hs.capM - hs.freeM)
 		if hs.usable() && hs.capM > 0 {
 			b.hosts = append(b.hosts, i)
+			b.in[i] = true
 		}
 	}
 	if len(b.hosts) < 2 {
@@ -104,12 +163,13 @@ func (e *engine) rebalance(r *Rebalance) {
 	units := e.moveUnits()
 	moved := 0
 	for moved < r.MaxMoves {
-		cur, hiH, loH := b.imbalance(-1, -1, 0)
+		cur, curSpread, hiH, loH := b.balance(-1, 0)
 		if cur <= r.Threshold+epsilon {
 			return
 		}
+		b.snapshot()
 		var best *moveUnit
-		bestTo, bestImb := -1, cur-epsilon
+		bestTo, bestImb, bestSpread := -1, cur, curSpread
 		for _, u := range units {
 			if u.from < 0 || len(u.keys) > r.MaxMoves-moved {
 				continue
@@ -120,11 +180,9 @@ func (e *engine) rebalance(r *Rebalance) {
 				}
 				// The source loses what it holds for the unit, the target
 				// gains the unit's requested size.
-				b.load[u.from] -= u.credit
-				imb, _, _ := b.imbalance(-1, to, float64(u.m))
-				b.load[u.from] += u.credit
-				if imb < bestImb {
-					best, bestTo, bestImb = u, to, imb
+				imb, spread := b.moved(u.from, u.credit, to, float64(u.m))
+				if better(imb, spread, bestImb, bestSpread) {
+					best, bestTo, bestImb, bestSpread = u, to, imb, spread
 				}
 			}
 		}
@@ -132,7 +190,7 @@ func (e *engine) rebalance(r *Rebalance) {
 			return
 		}
 		detail := fmt.Sprintf("rebalance: allocated memory share %s %.0f%% vs %s %.0f%% (imbalance %.2f > threshold %.2f; %.2f after this move)",
-			e.hosts[hiH].name, 100*b.share(hiH), e.hosts[loH].name, 100*b.share(loH), cur, r.Threshold, bestImb)
+			e.hosts[hiH].name, 100*b.share[hiH], e.hosts[loH].name, 100*b.share[loH], cur, r.Threshold, bestImb)
 		e.moveTo(best, bestTo, detail)
 		b.load[best.from] -= best.credit
 		b.load[bestTo] += float64(best.m)
