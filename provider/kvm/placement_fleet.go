@@ -33,7 +33,8 @@ func placementFleetAttributes() map[string]schema.Attribute {
 			MarkdownDescription: "Plan-time rebalancing (like DRS, but in the plan): when the hosts' memory use is uneven, the plan moves keys " +
 				"from full hosts to empty ones, and the apply live-migrates their VMs. The imbalance is the share of memory capacity " +
 				"allocated on the fullest eligible host (healthy, not in maintenance) minus that on the emptiest, as it will be after apply. " +
-				"While it exceeds `threshold`, the plan moves the key (or whole `affinity_group`) whose move lowers it most, to a host that " +
+				"While it exceeds `threshold`, the plan moves the key (or whole `affinity_group`) whose move lowers it most (among equal ones, the one " +
+				"that evens out memory use most, so equally full hosts still get relief), to a host that " +
 				"keeps every `host_labels`, `affinity_group` and `anti_affinity_group` rule and has room for it, until it is at most " +
 				"`threshold`, no move lowers it, or `max_moves` keys have moved. Each move is a plan warning with reason `rebalance`. " +
 				"The result is deterministic, and once the imbalance is within `threshold` the next plan is empty; when `max_moves` " +
