@@ -49,6 +49,10 @@ type Config struct {
 	KeyDir    string
 	LogLevel  string
 	LogFormat string
+	// Maintenance starts the host in maintenance; StateDir keeps the
+	// maintenance state across restarts (empty: not kept).
+	Maintenance bool
+	StateDir    string
 	// ShutdownTimeout bounds how long SIGTERM waits for running requests
 	// and operations before it cancels them.
 	ShutdownTimeout time.Duration
@@ -136,6 +140,10 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
 	fs.StringVar(&c.KeyDir, "key-dir", "", "directory of named disk-encryption master keys, NAME.key (mode 0600, at least 32 random bytes), "+
 		"e.g. head -c 32 /dev/urandom > DIR/prod.key; kvm_disk encryption = { key = \"prod\" } uses prod.key; give every host that may run the VM the same file")
+	fs.BoolVar(&c.Maintenance, "maintenance", false, "start in maintenance: the host admits no new VMs (409 maintenance), arriving migrations included, "+
+		"and kvm_cluster_placement moves keys off it; PUT /v1/host/maintenance switches it at run time")
+	fs.StringVar(&c.StateDir, "state-dir", "", "directory where kvm-hostd keeps its own state across restarts (the maintenance switch), "+
+		"e.g. /var/lib/kvm-hostd; empty: maintenance set through the API ends with the process")
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")

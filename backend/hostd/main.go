@@ -111,6 +111,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		PoolDir: c.PoolDir, LibvirtURI: c.LibvirtURI, MigrationURI: c.MigrationURI,
 		FetchAllow: c.FetchAllow, PCIDevices: c.PCIDevices, Keys: m.hv.KeyNames(),
 		Pools: c.Pools, SharedPools: c.SharedPools,
+		Maintenance: c.Maintenance, StateDir: c.StateDir,
 	}, m.hv, m.sw, m.Log)
 	if err != nil {
 		return err

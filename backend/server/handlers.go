@@ -59,6 +59,19 @@ func (s *Server) getHost(r *http.Request) (int, any, error) {
 	return http.StatusOK, s.svc.Host(r.Context()), nil
 }
 
+func (s *Server) putMaintenance(r *http.Request) (int, any, error) {
+	var m api.Maintenance
+	if err := decode(r, &m); err != nil {
+		return 0, nil, err
+	}
+	auditParam(r, "enabled", strconv.FormatBool(m.Enabled))
+	if m.Reason != "" {
+		auditParam(r, "reason", m.Reason)
+	}
+	out, err := s.svc.SetMaintenance(m)
+	return http.StatusOK, out, err
+}
+
 func (s *Server) listVolumes(r *http.Request) (int, any, error) {
 	vs, err := s.svc.ListVolumes(r.Context(), r.PathValue("pool"))
 	if vs == nil {

@@ -108,6 +108,7 @@ func (s *Server) routes() {
 		m.Handle(method+" "+rt.pattern, s.authenticated(rt, s.wrap(h)))
 	}
 	v1("GET /host", s.getHost)
+	v1("PUT /host/maintenance", s.putMaintenance)
 
 	v1("GET /pools/{pool}/volumes", s.listVolumes)
 	v1("GET /pools/{pool}/volumes/{name}", s.getVolume)

@@ -101,6 +101,12 @@ func (s *Service) admit(ctx context.Context, vm, kind string, want Allocation, t
 		return nil, err
 	}
 	now := time.Now()
+	if _, exists := res.Domains[vm]; !exists && (kind == reserveCreate || kind == reserveIncoming) {
+		// A retried create of a VM that is already here is not new.
+		if err := s.refuseInMaintenance(vm); err != nil {
+			return nil, err
+		}
+	}
 	var replaced *reservation
 	if kind == reserveIncoming {
 		// A repeated reservation for the same VM replaces the earlier one.

@@ -46,6 +46,11 @@ type Config struct {
 	// every host sees under the same name and path (--shared-pool).
 	Pools       []string
 	SharedPools []string
+	// Maintenance starts the host in maintenance (kvm-hostd --maintenance);
+	// StateDir, when set, is where the maintenance state is kept across
+	// restarts (see maintenance.go).
+	Maintenance bool
+	StateDir    string
 }
 
 // Service implements the kvm-hostd API on one host.
@@ -79,6 +84,8 @@ type Service struct {
 	// sharedPools are the served pools every host sees alike (see
 	// pools.go), by name.
 	sharedPools map[string]bool
+	// maint is the maintenance switch (see maintenance.go).
+	maint maintenance
 }
 
 // New builds a Service and ensures the default pool exists.
@@ -94,6 +101,9 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	}
 	s := &Service{cfg: cfg, hv: hv, sw: sw, log: log, ops: newOperations(), idem: newIdempotencyCache(time.Hour), fetcher: NewFetcher(), hostNet: realHostNet}
 	s.fetcher.CheckAddr = (&FetchPolicy{Allow: cfg.FetchAllow}).Check
+	if err := s.loadMaintenance(); err != nil {
+		return nil, err
+	}
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
 	}
@@ -150,6 +160,8 @@ func (s *Service) Host(ctx context.Context) *api.Host {
 		Keys:             slices.Clone(s.cfg.Keys),
 		Healthy:          true,
 	}
+	m := s.Maintenance()
+	h.Maintenance, h.MaintenanceReason = m.Enabled, m.Reason
 	if h.Labels == nil {
 		h.Labels = map[string]string{}
 	}

@@ -31,6 +31,7 @@ const (
 	CodeNotFound     = "not_found"    // 404
 	CodeConflict     = "conflict"     // 409: exists with another spec, in use
 	CodeFull         = "full"         // 409: admission refused, host is full
+	CodeMaintenance  = "maintenance"  // 409: the host is in maintenance and admits no new VMs
 	CodeUnsupported  = "unsupported"  // 501: the driver cannot do this
 	CodeUnavailable  = "unavailable"  // 503: libvirt or OVSDB unreachable
 	CodeInternal     = "internal"     // 500
@@ -111,6 +112,12 @@ type Host struct {
 	MigrationURI string `json:"migration_uri,omitempty"`
 	// Message explains Healthy=false.
 	Message string `json:"message,omitempty"`
+	// Maintenance: the operator is draining the host (kvm-hostd
+	// --maintenance or PUT /v1/host/maintenance). It admits no new VMs,
+	// arriving migrations included, and placement moves keys off it.
+	Maintenance bool `json:"maintenance"`
+	// MaintenanceReason is the operator's note for Maintenance, if any.
+	MaintenanceReason string `json:"maintenance_reason,omitempty"`
 	// Hugepages are the host's huge pages of the default size, for VMs
 	// with hugepages = true (admission checks Free).
 	Hugepages *HostHugepages `json:"hugepages,omitempty"`

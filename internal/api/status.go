@@ -17,6 +17,7 @@ var codeStatus = []struct {
 	{CodeMethod, http.StatusMethodNotAllowed},
 	{CodeConflict, http.StatusConflict},
 	{CodeFull, http.StatusConflict},
+	{CodeMaintenance, http.StatusConflict},
 	{CodeTooMany, http.StatusTooManyRequests},
 	{CodeUnsupported, http.StatusNotImplemented},
 	{CodeUnavailable, http.StatusServiceUnavailable},

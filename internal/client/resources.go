@@ -18,6 +18,13 @@ func (c *Client) Host(ctx context.Context) (*api.Host, error) {
 	return &h, err
 }
 
+// SetMaintenance puts the host into maintenance or takes it out.
+func (c *Client) SetMaintenance(ctx context.Context, m api.Maintenance) (*api.Maintenance, error) {
+	var out api.Maintenance
+	_, err := c.do(ctx, http.MethodPut, "/host/maintenance", nil, m, &out)
+	return &out, err
+}
+
 // Volumes.
 
 func volPath(pool, name string) string { return "/pools/" + esc(pool) + "/volumes/" + esc(name) }

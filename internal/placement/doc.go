@@ -69,4 +69,41 @@
 // that fits nowhere yields an *UnsatisfiableError naming its keys, the failing
 // constraint and the numbers behind it; the remaining units are still tried,
 // so one error reports every unsatisfiable key at once.
+//
+// # Maintenance
+//
+// A host in maintenance (Host.Maintenance) is treated like an unhealthy one:
+// every key on it is displaced (ReasonMaintenance) and placed elsewhere, and
+// no key is placed on it. Leaving maintenance moves nothing back; only
+// rebalancing does, when asked to.
+//
+// # Rebalancing
+//
+// With Input.Rebalance (MaxMoves > 0), once every key is placed, kept keys
+// move to even out memory use. The measure is the imbalance: over the
+// eligible hosts (healthy, not in maintenance, with memory capacity), the
+// largest allocated-memory share (MiB held after apply / memory capacity)
+// minus the smallest. After apply a moved VM is no longer held by its old
+// host, so this measure credits the source with what the key holds there
+// (the larger of its existing and requested memory), while capacity checks
+// stay conservative as above.
+//
+// While the imbalance exceeds Threshold and fewer than MaxMoves keys have
+// moved, the move that yields the smallest imbalance is made (among equal
+// ones, the smallest sum of squared shares: with several hosts equally full,
+// a move off one of them leaves the imbalance as is but evens the load) —
+// a single key,
+// or a whole affinity group kept on one host (counting one move per
+// member), to any eligible host that carries its host_labels, holds no
+// member of its anti-affinity groups and has room for its full size. Ties
+// go to the smaller key, then the smaller host name. A move is made only if
+// it strictly reduces the imbalance or, failing that, the sum of squared
+// shares, and each unit moves at most once per
+// plan. The result is deterministic, and once the imbalance is at most
+// Threshold a plan of the applied result proposes nothing. When this plan
+// stopped above it (MaxMoves reached, or room still held by VMs that are
+// moving away blocked a move), the next plan continues, again with at most
+// MaxMoves moves; every plan strictly lowers the imbalance (or, at equal
+// imbalance, the sum of squared shares), so repeated plans never flap and
+// come to rest.
 package placement

@@ -69,11 +69,14 @@ func (e *engine) explain(u *placeUnit, cands []int) {
 		return
 	}
 
-	var healthy, unhealthy []string
+	var healthy, unhealthy, maint []string
 	for i := range e.hosts {
-		if e.hosts[i].healthy {
+		switch {
+		case e.hosts[i].usable():
 			healthy = append(healthy, e.hosts[i].name)
-		} else {
+		case e.hosts[i].healthy:
+			maint = append(maint, e.hosts[i].name)
+		default:
 			unhealthy = append(unhealthy, e.hosts[i].name)
 		}
 	}
@@ -82,7 +85,14 @@ func (e *engine) explain(u *placeUnit, cands []int) {
 		e.fail(u.keys, "hosts", who+": no hosts are available")
 		return
 	case len(healthy) == 0:
-		e.fail(u.keys, "hosts", fmt.Sprintf("%s: no healthy host (%s unhealthy)", who, listNames(unhealthy)))
+		var why []string
+		if len(unhealthy) > 0 {
+			why = append(why, listNames(unhealthy)+" unhealthy")
+		}
+		if len(maint) > 0 {
+			why = append(why, listNames(maint)+" in maintenance")
+		}
+		e.fail(u.keys, "hosts", fmt.Sprintf("%s: no healthy host (%s)", who, strings.Join(why, "; ")))
 		return
 	case len(cands) == 0:
 		e.fail(u.keys, "host_labels", fmt.Sprintf("%s: no healthy host carries host_labels %s (%s)", who, fmtLabels(u.labels), e.labelList()))
@@ -133,7 +143,7 @@ func (e *engine) labelList() string {
 	n := 0
 	for i := range e.hosts {
 		hs := &e.hosts[i]
-		if !hs.healthy {
+		if !hs.usable() {
 			continue
 		}
 		if n == maxListed {

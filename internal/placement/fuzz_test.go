@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"testing"
@@ -27,7 +28,11 @@ func randomInput(seed uint64, nh, nr uint8, pack bool) Input {
 		if r.IntN(2) == 0 {
 			h.Labels = map[string]string{"zone": []string{"a", "b"}[r.IntN(2)]}
 		}
+		h.Maintenance = r.IntN(10) == 0
 		in.Hosts = append(in.Hosts, h)
+	}
+	if r.IntN(2) == 0 {
+		in.Rebalance = &Rebalance{Threshold: []float64{0, 0.05, 0.2, 0.5}[r.IntN(4)], MaxMoves: r.IntN(6)}
 	}
 	for i := range int(nr % 40) {
 		key := fmt.Sprintf("k%02d", i)
@@ -68,8 +73,8 @@ func checkInvariants(t *testing.T, in Input, res Result) {
 	for key, q := range in.Requests {
 		hn, ok := res.Assignments[key]
 		h, known := hosts[hn]
-		if !ok || !known || !h.Healthy {
-			t.Fatalf("%s assigned to %q (known %v, healthy %v)", key, hn, known, h.Healthy)
+		if !ok || !known || !h.Healthy || h.Maintenance {
+			t.Fatalf("%s assigned to %q (known %v, healthy %v, maintenance %v)", key, hn, known, h.Healthy, h.Maintenance)
 		}
 		if !hasLabels(&hostState{labels: h.Labels}, q.HostLabels) {
 			t.Fatalf("%s on %s lacks labels %v", key, hn, q.HostLabels)
@@ -150,6 +155,14 @@ func fuzzOne(t *testing.T, seed uint64, nh, nr uint8, pack bool) {
 	if err != nil {
 		return
 	}
+	if in.Rebalance != nil {
+		checkRebalance(t, in)
+		// The rules below are about placement alone.
+		in.Rebalance = nil
+		if res, err = placeChecked(t, in); err != nil {
+			t.Fatalf("placeable with rebalance but not without: %v", err)
+		}
+	}
 	// Replanning an unchanged world moves nothing.
 	next := applied(in, res)
 	again, err := placeChecked(t, next)
@@ -227,4 +240,57 @@ func TestRandomized(t *testing.T) {
 		t.Errorf("only %d of %d random inputs were satisfiable", ok, n)
 	}
 	t.Logf("%d of %d random inputs satisfiable", ok, n)
+}
+
+// checkRebalance: a plan moves at most MaxMoves keys for rebalancing; plans
+// of the applied result strictly lower the imbalance and come to rest, and
+// once it is at most the threshold they move nothing.
+func checkRebalance(t *testing.T, in Input) {
+	t.Helper()
+	// A running VM is part of its host's allocation; random inputs may
+	// report less, which no real host does.
+	in.Hosts = append([]Host(nil), in.Hosts...)
+	for i := range in.Hosts {
+		var c, m int64
+		for k, ex := range in.Existing {
+			if in.Previous[k] == in.Hosts[i].Name {
+				c, m = c+ex.VCPU, m+ex.MemoryMiB
+			}
+		}
+		in.Hosts[i].AllocatedVCPU = max(in.Hosts[i].AllocatedVCPU, c)
+		in.Hosts[i].AllocatedMemoryMiB = max(in.Hosts[i].AllocatedMemoryMiB, m)
+	}
+	res, err := placeChecked(t, in)
+	if err != nil {
+		return
+	}
+	prev, prevSpread := math.Inf(1), math.Inf(1)
+	for plan := 0; ; plan++ {
+		n := rebalanceMoves(res)
+		if n > in.Rebalance.MaxMoves {
+			t.Fatalf("plan %d: %d rebalance moves, max_moves %d", plan, n, in.Rebalance.MaxMoves)
+		}
+		next := appliedReal(in, res)
+		imb, spread := balanceOf(next)
+		if n > 0 && !better(imb, spread, prev, prevSpread) {
+			t.Fatalf("plan %d: %d moves lowered neither the imbalance (%g → %g) nor the spread (%g → %g)", plan, n, prev, imb, prevSpread, spread)
+		}
+		again, err := placeChecked(t, next)
+		if err != nil {
+			t.Fatalf("plan %d of the applied result: %v", plan+1, err)
+		}
+		if len(again.Moved) != rebalanceMoves(again) {
+			t.Fatalf("plan %d of the applied result moves for other reasons: %v", plan+1, again.Moved)
+		}
+		if len(again.Moved) == 0 {
+			return
+		}
+		if imb <= in.Rebalance.Threshold+epsilon {
+			t.Fatalf("plan %d: imbalance %g is within threshold %g, yet the next plan moves %v", plan+1, imb, in.Rebalance.Threshold, again.Moved)
+		}
+		if plan > 50 {
+			t.Fatal("rebalancing does not come to rest")
+		}
+		in, res, prev, prevSpread = next, again, imb, spread
+	}
 }

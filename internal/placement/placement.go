@@ -18,8 +18,11 @@ const (
 
 // Host is one candidate host, as reported by the kvm_hosts data source.
 type Host struct {
-	Name               string
-	Healthy            bool
+	Name    string
+	Healthy bool
+	// Maintenance: the operator is draining the host. Like an unhealthy
+	// host it keeps no key and receives none.
+	Maintenance        bool
 	CPUs               int64
 	MemoryMiB          int64
 	AllocatedVCPU      int64
@@ -69,6 +72,9 @@ type Input struct {
 	// Previous[key] and is therefore included in that host's Allocated*.
 	// See the package documentation for why this matters.
 	Existing map[string]Resources
+	// Rebalance, when set with MaxMoves > 0, moves kept keys to even out
+	// memory use (see the package documentation).
+	Rebalance *Rebalance
 }
 
 // Reason says why a key is not on its previous host.
@@ -79,6 +85,8 @@ const (
 	ReasonNew           Reason = "new"          // no previous host
 	ReasonHostRemoved   Reason = "host_removed" // previous host not in Hosts
 	ReasonHostUnhealthy Reason = "host_unhealthy"
+	ReasonMaintenance   Reason = "maintenance"         // previous host is in maintenance
+	ReasonRebalance     Reason = "rebalance"           // moved to even out memory use (Input.Rebalance)
 	ReasonLabels        Reason = "host_labels"         // previous host lacks a required label
 	ReasonAffinity      Reason = "affinity_group"      // joined its group elsewhere
 	ReasonAntiAffinity  Reason = "anti_affinity_group" // collided with a kept member
@@ -145,6 +153,7 @@ func (e *UnsatisfiableError) Keys() []string {
 type hostState struct {
 	name         string
 	healthy      bool
+	maint        bool
 	labels       map[string]string
 	capC, capM   int64
 	freeC, freeM int64
@@ -200,6 +209,7 @@ func Place(in Input) (Result, error) {
 		sort.Slice(e.failures, func(i, j int) bool { return e.failures[i].Keys[0] < e.failures[j].Keys[0] })
 		return Result{}, &UnsatisfiableError{Failures: e.failures}
 	}
+	e.rebalance(in.Rebalance)
 	res := Result{Assignments: make(map[string]string, len(e.keys)), Moved: map[string]Move{}}
 	for _, k := range e.keys {
 		to := e.hosts[k.host].name
@@ -222,6 +232,9 @@ func newEngine(in Input) (*engine, error) {
 		affinity:  map[string][]*keyState{},
 		anti:      map[string]map[int][]string{},
 		labelSets: map[string][]int{},
+	}
+	if err := in.Rebalance.validate(); err != nil {
+		return nil, err
 	}
 	switch in.Strategy {
 	case "", StrategySpread:
@@ -248,7 +261,7 @@ func newEngine(in Input) (*engine, error) {
 		}
 		c := h.Capacity()
 		hs := hostState{
-			name: h.Name, healthy: h.Healthy, labels: h.Labels,
+			name: h.Name, healthy: h.Healthy, maint: h.Maintenance, labels: h.Labels,
 			capC: c.VCPU, capM: c.MemoryMiB,
 			freeC: c.VCPU - h.AllocatedVCPU, freeM: c.MemoryMiB - h.AllocatedMemoryMiB,
 		}
@@ -302,6 +315,10 @@ func newEngine(in Input) (*engine, error) {
 	return e, nil
 }
 
+// usable reports whether the host may hold keys: healthy and not in
+// maintenance.
+func (h *hostState) usable() bool { return h.healthy && !h.maint }
+
 func hasLabels(h *hostState, want map[string]string) bool {
 	for k, v := range want {
 		if got, ok := h.labels[k]; !ok || got != v {
@@ -339,6 +356,8 @@ func (e *engine) keep() {
 			k.reason, k.detail = ReasonHostRemoved, fmt.Sprintf("host %s is no longer listed", in)
 		case !e.hosts[k.prev].healthy:
 			k.reason, k.detail = ReasonHostUnhealthy, fmt.Sprintf("host %s is unhealthy", in)
+		case e.hosts[k.prev].maint:
+			k.reason, k.detail = ReasonMaintenance, fmt.Sprintf("host %s is in maintenance", in)
 		case !hasLabels(&e.hosts[k.prev], k.req.HostLabels):
 			k.reason, k.detail = ReasonLabels, fmt.Sprintf("host %s lacks host_labels %s", in, fmtLabels(k.req.HostLabels))
 		default:
@@ -509,7 +528,7 @@ func (e *engine) placeRest() {
 
 	var refC, refM int64
 	for i := range e.hosts {
-		if e.hosts[i].healthy {
+		if e.hosts[i].usable() {
 			refC, refM = max(refC, e.hosts[i].capC), max(refM, e.hosts[i].capM)
 		}
 	}
@@ -605,7 +624,7 @@ func (e *engine) eligible(u *placeUnit) []int {
 	}
 	hs := []int{}
 	for i := range e.hosts {
-		if e.hosts[i].healthy && hasLabels(&e.hosts[i], u.labels) {
+		if e.hosts[i].usable() && hasLabels(&e.hosts[i], u.labels) {
 			hs = append(hs, i)
 		}
 	}

@@ -22,6 +22,13 @@ import (
 // by other means, or a copy whose response was lost) is adopted once
 // complete. ok is false when the update must stop, with the error in resp.
 func (r *DiskResource) move(ctx context.Context, state, plan diskModel, h *FleetHost, cur *api.Volume, err error, resp *resource.UpdateResponse) (*api.Volume, bool) {
+	if oldH, herr := r.fleet.Host(state.Host.ValueString()); herr == nil {
+		if gone := sourceAnswers(ctx, oldH); gone != nil {
+			resp.Diagnostics.AddAttributeError(path.Root("host"), "Unable to Move Disk",
+				fmt.Sprintf("disk %s cannot move to host %s: %s.", state.ID.ValueString(), h.Name, gone))
+			return nil, false
+		}
+	}
 	if v, handled := r.moveShared(ctx, state, plan, h, cur, err, &resp.Diagnostics); handled {
 		return v, !resp.Diagnostics.HasError()
 	}

@@ -252,6 +252,9 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 			resp.Diagnostics.AddAttributeError(path.Root("host"), "Unknown Host", err.Error())
 		}
 	}
+	if state == nil || !state.Host.Equal(plan.Host) {
+		checkNotEvacuated(r.fleet, plan.Host, &resp.Diagnostics)
+	}
 	if known(plan.BaseDiskID) {
 		bh, bp, _, err := ParseDiskID(plan.BaseDiskID.ValueString())
 		switch {
@@ -405,7 +408,7 @@ func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 		return
 	}
 	h := lookupHost(r.fleet, hostName, &resp.Diagnostics)
-	if h == nil {
+	if h == nil || evacuated(ctx, h, "disk "+state.ID.ValueString(), func() string { return diskEvacuationLoss(ctx, r.fleet, state) }, resp) {
 		return
 	}
 	v, err := h.Client.GetVolume(ctx, pool, name)

@@ -23,6 +23,9 @@ import (
 // source of one provider instance.
 type Fleet struct {
 	hosts map[string]*FleetHost
+	// evacPools caches the pools shared by the hosts that are not
+	// evacuated, for evacuation warnings.
+	evacPools sharedPoolCache
 }
 
 // FleetHost is one configured host.
@@ -33,6 +36,10 @@ type FleetHost struct {
 	// host reports itself.
 	Labels map[string]string
 	Client *client.Client
+	// Evacuate: the operator fenced the host and asks for its objects to
+	// be re-created elsewhere (see evacuate.go).
+	Evacuate bool
+	fence    fenceCheck
 }
 
 // Names returns host names in sorted order.

@@ -32,6 +32,7 @@ type hostModel struct {
 	PCIDevices         types.List    `tfsdk:"pci_devices"`
 	Keys               types.List    `tfsdk:"keys"`
 	Pools              types.List    `tfsdk:"pools"`
+	Maintenance        types.Bool    `tfsdk:"maintenance"`
 }
 
 func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnostics) {
@@ -60,6 +61,7 @@ func hostModelFromAPI(ctx context.Context, h api.Host) (hostModel, diag.Diagnost
 		PCIDevices:         pci,
 		Keys:               hostKeysValue(h.Keys),
 		Pools:              pools,
+		Maintenance:        types.BoolValue(h.Maintenance),
 	}, diags
 }
 
@@ -82,6 +84,7 @@ var hostAttrTypes = map[string]attr.Type{
 	"pci_devices": types.ListType{ElemType: types.ObjectType{AttrTypes: hostPCIAttrTypes}},
 	"keys":        types.ListType{ElemType: types.StringType},
 	"pools":       types.ListType{ElemType: types.ObjectType{AttrTypes: hostPoolAttrTypes}},
+	"maintenance": types.BoolType,
 }
 
 // hostComputedAttributes describes the inventory attributes; name is added
@@ -109,5 +112,8 @@ func hostComputedAttributes() map[string]schema.Attribute {
 		"pci_devices": hostPCIDevicesAttribute(),
 		"keys":        hostKeysAttribute(),
 		"pools":       hostPoolsAttribute(),
+		"maintenance": schema.BoolAttribute{Computed: true, MarkdownDescription: "Whether the host is in maintenance (`kvm-hostd --maintenance` or " +
+			"`PUT /v1/host/maintenance`): it admits no new VMs, arriving migrations included, and `kvm_cluster_placement` moves every key off it " +
+			"at the next plan. `false` when the host is down."},
 	}
 }

@@ -23,6 +23,7 @@ type placementModel struct {
 	Strategy    types.String `tfsdk:"strategy"`
 	Request     types.Map    `tfsdk:"request"`
 	Assignments types.Map    `tfsdk:"assignments"`
+	Rebalance   types.Object `tfsdk:"rebalance"`
 }
 
 // placementRequestModel is one element of request.
@@ -120,6 +121,7 @@ func placementHost(inv api.Host) placement.Host {
 	return placement.Host{
 		Name:               inv.Name,
 		Healthy:            inv.Healthy,
+		Maintenance:        inv.Maintenance,
 		CPUs:               inv.CPUs,
 		MemoryMiB:          inv.MemoryMiB,
 		AllocatedVCPU:      inv.AllocatedVCPU,

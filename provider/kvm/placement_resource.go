@@ -120,6 +120,7 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 			},
 		},
 	}
+	maps.Copy(resp.Schema.Attributes, placementFleetAttributes())
 }
 
 func (r *PlacementResource) Configure(_ context.Context, req resource.ConfigureRequest, resp *resource.ConfigureResponse) {
@@ -207,7 +208,9 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 			return nil
 		}
 	}
-	if m.Strategy.IsUnknown() || !requestsKnown(m.Request) {
+	rebalance, rebalanceKnown, d := placementRebalance(ctx, m.Rebalance)
+	diags.Append(d...)
+	if m.Strategy.IsUnknown() || !requestsKnown(m.Request) || !rebalanceKnown {
 		unknown()
 		return nil
 	}
@@ -217,12 +220,16 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 	if diags.HasError() {
 		return nil
 	}
-	in := placement.Input{Strategy: m.Strategy.ValueString(), Requests: reqs}
+	in := placement.Input{Strategy: m.Strategy.ValueString(), Requests: reqs, Rebalance: rebalance}
 	var down []string
 	invs := r.fleet.Inventories(ctx, names)
 	for _, inv := range invs {
-		if !inv.Healthy {
+		switch {
+		case !inv.Healthy:
 			warnHostUnhealthy(diags, inv, "keys on it move to other hosts where they fit, and no new key is placed on it.")
+			down = append(down, inv.Name)
+		case inv.Maintenance:
+			warnHostMaintenance(diags, inv)
 			down = append(down, inv.Name)
 		}
 		in.Hosts = append(in.Hosts, placementHost(inv))
@@ -260,7 +267,7 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 			// being down makes it unsatisfiable: that must not fail the
 			// plan, so the keys stay where they are until it is back.
 			diags.AddWarning("Placement Kept",
-				fmt.Sprintf("kvm_cluster_placement cannot move its keys off %s, which is unhealthy: %s. Every key keeps its host from the last apply.",
+				fmt.Sprintf("kvm_cluster_placement cannot move its keys off %s, which is unhealthy or in maintenance: %s. Every key keeps its host from the last apply.",
 					strings.Join(down, ", "), err))
 			m.Assignments = prior.Assignments
 			return nil

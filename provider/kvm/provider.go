@@ -46,6 +46,7 @@ type hostConfigModel struct {
 	Endpoint types.String `tfsdk:"endpoint"`
 	Labels   types.Map    `tfsdk:"labels"`
 	Token    types.String `tfsdk:"token"`
+	Evacuate types.Bool   `tfsdk:"evacuate"`
 }
 
 func (p *KVMProvider) Metadata(_ context.Context, _ provider.MetadataRequest, resp *provider.MetadataResponse) {
@@ -75,6 +76,7 @@ func (p *KVMProvider) Schema(_ context.Context, _ provider.SchemaRequest, resp *
 						MarkdownDescription: "Bearer token for this host, overriding the provider's `token`.",
 						Optional:            true, Sensitive: true,
 					},
+					"evacuate": hostEvacuateAttribute(),
 				}},
 			},
 			"token": schema.StringAttribute{
@@ -142,11 +144,12 @@ func (p *KVMProvider) Configure(ctx context.Context, req provider.ConfigureReque
 		endpoint, token string
 		labels          map[string]string
 		unknown         bool
+		evacuate        bool
 	}
 	hosts := map[string]hostCfg{}
 	if cfg.Hosts != nil {
 		for name, h := range cfg.Hosts {
-			hc := hostCfg{endpoint: h.Endpoint.ValueString(), token: token, unknown: h.Endpoint.IsUnknown()}
+			hc := hostCfg{endpoint: h.Endpoint.ValueString(), token: token, unknown: h.Endpoint.IsUnknown(), evacuate: h.Evacuate.ValueBool()}
 			if !h.Token.IsNull() && !h.Token.IsUnknown() {
 				hc.token = h.Token.ValueString()
 			}
@@ -190,7 +193,7 @@ func (p *KVMProvider) Configure(ctx context.Context, req provider.ConfigureReque
 				fmt.Sprintf("Host %q: %s", name, err))
 			continue
 		}
-		fleet.hosts[name] = &FleetHost{Name: name, Endpoint: hc.endpoint, Labels: hc.labels, Client: c}
+		fleet.hosts[name] = &FleetHost{Name: name, Endpoint: hc.endpoint, Labels: hc.labels, Client: c, Evacuate: hc.evacuate}
 	}
 	if resp.Diagnostics.HasError() {
 		return

@@ -310,6 +310,11 @@ func (r *SnapshotResource) Read(ctx context.Context, req resource.ReadRequest, r
 		resp.Diagnostics.AddError("Unable to Read Snapshot", fmt.Sprintf("snapshot %s: %s", state.ID.ValueString(), err))
 		return
 	}
+	if evacuated(ctx, h, "snapshot "+state.ID.ValueString(), func() string {
+		return "Lost: the snapshot itself, which lived in the VM's disks and memory on that host; it is taken anew of the re-created VM."
+	}, resp) {
+		return
+	}
 	s, err := h.Client.GetSnapshot(ctx, vm, name)
 	if isNotFound(err) {
 		// The snapshot or its whole VM is gone.

@@ -38,6 +38,11 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		return false
 	}
 
+	if err := sourceAnswers(ctx, src); err != nil {
+		resp.Diagnostics.AddAttributeError(path.Root("host"), "Unable to Migrate VM",
+			fmt.Sprintf("VM %s cannot move from host %s to host %s: %s.", name, src.Name, dst.Name, err))
+		return false
+	}
 	// A previous apply may have migrated it and lost the response.
 	if there, err := dst.Client.GetVM(ctx, name); err == nil {
 		if there.UUID == prior.ID.ValueString() {
@@ -61,6 +66,9 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 	inv := dst.Inventory(ctx)
 	if !inv.Healthy {
 		return fail("host %s is not healthy: %s.", dst.Name, inv.Message)
+	}
+	if inv.Maintenance {
+		return fail("host %s is in maintenance and admits no new VMs; choose another host (kvm_cluster_placement does).", dst.Name)
 	}
 	if inv.MigrationURI == "" {
 		return fail("host %s reports no migration_uri, so its libvirt cannot be reached for migration; start its kvm-hostd with "+

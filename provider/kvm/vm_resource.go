@@ -439,6 +439,9 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 			return
 		}
 	}
+	if state == nil || !state.Host.Equal(plan.Host) {
+		checkNotEvacuated(r.fleet, plan.Host, &resp.Diagnostics)
+	}
 	// Disk IDs from kvm_disk are usually known only now, not at validation.
 	if disks, d := plan.disksOf(ctx); !plan.Host.IsUnknown() {
 		resp.Diagnostics.Append(d...)
@@ -670,7 +673,7 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 	timeout, d := prior.Timeouts.Read(ctx, vmReadTimeout)
 	resp.Diagnostics.Append(d...)
 	h := lookupHost(r.fleet, prior.Host.ValueString(), &resp.Diagnostics)
-	if resp.Diagnostics.HasError() {
+	if resp.Diagnostics.HasError() || evacuated(ctx, h, "VM "+VMID(h.Name, prior.Name.ValueString()), func() string { return vmEvacuationLoss(ctx, r.fleet, prior) }, resp) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
