@@ -18,6 +18,7 @@ import (
 func TestAccFleetReal_maintenanceDrain(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "nsenter", "ip", "qemu-system-x86_64")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	t0 := time.Now()
