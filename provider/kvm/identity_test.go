@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/knownvalue"
 	"github.com/hashicorp/terraform-plugin-testing/plancheck"
 	"github.com/hashicorp/terraform-plugin-testing/statecheck"
+	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 )
@@ -40,8 +41,9 @@ resource "kvm_vm" "web" {
 }
 
 resource "kvm_snapshot" "s1" {
-  vm_id = kvm_vm.web.id
-  name  = "s1"
+  vm_id          = "${kvm_vm.web.host}/${kvm_vm.web.name}" # as an import reads it back
+  name           = "s1"
+  include_memory = true
 }
 
 resource "kvm_cluster_placement" "p" {
@@ -83,7 +85,19 @@ func TestAccIdentity_importByIdentity(t *testing.T) {
 			byIdentity("kvm_disk.root"),
 			byIdentity("kvm_network.lan"),
 			byIdentity("kvm_snapshot.s1"),
-			byIdentity("kvm_cluster_placement.p"),
+			{
+				// A placement import keeps every key's host; the request
+				// and hosts come from the configuration (an update that
+				// moves nothing), as with an import by ID.
+				Config: cfg, ResourceName: "kvm_cluster_placement.p",
+				ImportState: true, ImportStateKind: resource.ImportBlockWithResourceIdentity,
+				ExpectNonEmptyPlan: true,
+				ImportPlanChecks: resource.ImportPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("kvm_cluster_placement.p", plancheck.ResourceActionUpdate),
+					plancheck.ExpectKnownValue("kvm_cluster_placement.p", tfjsonpath.New("assignments"),
+						knownvalue.MapExact(map[string]knownvalue.Check{"id-web": knownvalue.StringExact("host-a")})),
+				}},
+			},
 			{
 				// The generated configuration of an identity import is
 				// the object as it is: importing it plans nothing.

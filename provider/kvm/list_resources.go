@@ -105,6 +105,10 @@ type listFilter struct {
 
 func decodeListConfig(ctx context.Context, fleet *Fleet, req list.ListRequest) (listFilter, diag.Diagnostics) {
 	var diags diag.Diagnostics
+	if fleet == nil {
+		diags.AddError("Provider Not Configured", "The kvm provider has no hosts configured, so there is nothing to list.")
+		return listFilter{}, diags
+	}
 	var cfg listConfigModel
 	diags.Append(req.Config.Get(ctx, &cfg)...)
 	if diags.HasError() {

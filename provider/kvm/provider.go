@@ -199,6 +199,7 @@ func (p *KVMProvider) Configure(ctx context.Context, req provider.ConfigureReque
 	tflog.Debug(ctx, "configured kvm provider", map[string]any{"hosts": fleet.Names()})
 	resp.DataSourceData = fleet
 	resp.ResourceData = fleet
+	resp.ListResourceData = fleet
 }
 
 func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {

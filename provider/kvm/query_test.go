@@ -109,7 +109,7 @@ resource "kvm_vm" "web" {
 			{Config: own},
 			{
 				Query: true,
-				Config: c.ProviderHCL() + `
+				Config: `
 list "kvm_vm" "all" {
   provider = kvm
 }
