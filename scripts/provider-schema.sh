@@ -3,7 +3,9 @@
 # which tfplugindocs renders into docs/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-tf="$("$root/scripts/terraform-path.sh")"
+# The newest Terraform: older ones leave out the resource identity and list
+# resource schemas the docs show.
+tf="$("$root/scripts/terraform-path.sh" --modern)"
 export TF_CLI_CONFIG_FILE="$("$root/scripts/dev-terraformrc.sh")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -348,6 +348,9 @@ func (s *Service) UpdateVM(ctx context.Context, name string, spec api.VMSpec) (*
 	if err != nil {
 		return nil, err
 	}
+	if err := refuseUnmodelledDevices(cur); err != nil {
+		return nil, err
+	}
 	if err := s.resolveInterfaces(ctx, &spec); err != nil {
 		return nil, err
 	}

@@ -47,6 +47,8 @@ func NewDiskResource() resource.Resource { return &DiskResource{} }
 
 func (r *DiskResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
 	resp.TypeName = req.ProviderTypeName + "_disk"
+	// Mutable: a move changes the host in place.
+	resp.ResourceBehavior.MutableIdentity = true
 }
 
 func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
@@ -299,6 +301,7 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 }
 
 func (r *DiskResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, diskIdentityOf)
 	var plan diskModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	if resp.Diagnostics.HasError() {
@@ -389,6 +392,7 @@ func (r *DiskResource) saveCreated(ctx context.Context, h *FleetHost, plan *disk
 }
 
 func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	defer syncIdentity(ctx, &resp.State, req.State, resp.Identity, &resp.Diagnostics, diskIdentityOf)
 	var state diskModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
 	if resp.Diagnostics.HasError() {
@@ -430,6 +434,7 @@ func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 }
 
 func (r *DiskResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, diskIdentityOf)
 	var plan, state diskModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
@@ -535,6 +540,9 @@ func (r *DiskResource) Delete(ctx context.Context, req resource.DeleteRequest, r
 }
 
 func (r *DiskResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	if !importIDFromIdentity(ctx, &req, resp, "host", "pool", "name") {
+		return
+	}
 	hostName, pool, name, err := ParseDiskID(req.ID)
 	if err != nil {
 		resp.Diagnostics.AddError("Invalid Import ID", err.Error())

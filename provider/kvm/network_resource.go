@@ -531,6 +531,7 @@ func (r *NetworkResource) realize(ctx context.Context, plan *networkModel, actio
 }
 
 func (r *NetworkResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, networkIdentityOf)
 	var plan networkModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	if resp.Diagnostics.HasError() {
@@ -717,6 +718,7 @@ func optString(s string) types.String {
 }
 
 func (r *NetworkResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	defer syncIdentity(ctx, &resp.State, req.State, resp.Identity, &resp.Diagnostics, networkIdentityOf)
 	var state networkModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
 	if resp.Diagnostics.HasError() {
@@ -748,6 +750,7 @@ func (r *NetworkResource) Read(ctx context.Context, req resource.ReadRequest, re
 }
 
 func (r *NetworkResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, networkIdentityOf)
 	var plan, state networkModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
@@ -811,6 +814,9 @@ func (r *NetworkResource) Delete(ctx context.Context, req resource.DeleteRequest
 
 // ImportState takes the network name and finds the hosts that have it.
 func (r *NetworkResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	if !importIDFromIdentity(ctx, &req, resp, "name") {
+		return
+	}
 	if err := api.ValidateName("network", req.ID); err != nil {
 		resp.Diagnostics.AddError("Invalid Import ID", fmt.Sprintf("kvm_network import ID is the network name: %s", err))
 		return

@@ -16,6 +16,9 @@ var _ resource.ResourceWithImportState = &PlacementResource{}
 // The request sizes come from the configuration on the next plan; until
 // then the imported keys are placed as if new wherever they no longer fit.
 func (r *PlacementResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	if !importIDFromIdentity(ctx, &req, resp, "assignments") {
+		return
+	}
 	assignments, err := parseAssignments(req.ID)
 	if err != nil {
 		resp.Diagnostics.AddError("Invalid Import ID", err.Error())

@@ -42,6 +42,8 @@ func NewPlacementResource() resource.Resource { return &PlacementResource{} }
 
 func (r *PlacementResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
 	resp.TypeName = req.ProviderTypeName + "_cluster_placement"
+	// Mutable: the assignments are what the identity names, and they change.
+	resp.ResourceBehavior.MutableIdentity = true
 }
 
 func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
@@ -334,6 +336,7 @@ func quoteAll(keys []string) string {
 // Create stores the planned assignments. They are computed here only when
 // the plan could not know them (provider or request values unknown then).
 func (r *PlacementResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, placementIdentityOf)
 	var plan placementModel
 	var configHosts types.Set
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
@@ -364,6 +367,7 @@ func (r *PlacementResource) finish(ctx context.Context, configHosts types.Set, m
 // Read keeps the state: placement has no remote object. A host that died
 // is noticed by the next plan's ModifyPlan, which moves its keys.
 func (r *PlacementResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	defer syncIdentity(ctx, &resp.State, req.State, resp.Identity, &resp.Diagnostics, placementIdentityOf)
 	var state placementModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
 	if resp.Diagnostics.HasError() {
@@ -373,6 +377,7 @@ func (r *PlacementResource) Read(ctx context.Context, req resource.ReadRequest, 
 }
 
 func (r *PlacementResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, placementIdentityOf)
 	var plan, prior placementModel
 	var configHosts types.Set
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)

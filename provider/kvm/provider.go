@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
+	"github.com/hashicorp/terraform-plugin-framework/list"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/provider"
 	"github.com/hashicorp/terraform-plugin-framework/provider/schema"
@@ -201,6 +202,7 @@ func (p *KVMProvider) Configure(ctx context.Context, req provider.ConfigureReque
 	tflog.Debug(ctx, "configured kvm provider", map[string]any{"hosts": fleet.Names()})
 	resp.DataSourceData = fleet
 	resp.ResourceData = fleet
+	resp.ListResourceData = fleet
 }
 
 func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
@@ -237,6 +239,12 @@ func (p *KVMProvider) Resources(_ context.Context) []func() resource.Resource {
 	return []func() resource.Resource{
 		NewDiskResource, NewNetworkResource, NewPlacementResource, NewSnapshotResource, NewVMResource,
 	}
+}
+
+// ListResources lists the resource types `terraform query` can list
+// (list_resources.go).
+func (p *KVMProvider) ListResources(_ context.Context) []func() list.ListResource {
+	return []func() list.ListResource{NewDiskListResource, NewVMListResource}
 }
 
 func (p *KVMProvider) DataSources(_ context.Context) []func() datasource.DataSource {

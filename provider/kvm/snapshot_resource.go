@@ -256,6 +256,7 @@ func (r *SnapshotResource) resolveVM(ctx context.Context, vmID string) (*FleetHo
 }
 
 func (r *SnapshotResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, snapshotIdentityOf)
 	var plan snapshotModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	if resp.Diagnostics.HasError() {
@@ -287,6 +288,7 @@ func (r *SnapshotResource) Create(ctx context.Context, req resource.CreateReques
 }
 
 func (r *SnapshotResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	defer syncIdentity(ctx, &resp.State, req.State, resp.Identity, &resp.Diagnostics, snapshotIdentityOf)
 	var state snapshotModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
 	if resp.Diagnostics.HasError() {
@@ -337,6 +339,7 @@ func (r *SnapshotResource) Read(ctx context.Context, req resource.ReadRequest, r
 // Update can only be a revert_trigger (or timeouts) change: everything
 // else replaces the snapshot.
 func (r *SnapshotResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, snapshotIdentityOf)
 	var plan, state snapshotModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
@@ -407,6 +410,9 @@ func (r *SnapshotResource) Delete(ctx context.Context, req resource.DeleteReques
 }
 
 func (r *SnapshotResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	if !importIDFromIdentity(ctx, &req, resp, "host", "vm", "name") {
+		return
+	}
 	_, vm, name, err := ParseSnapshotID(req.ID)
 	if err == nil {
 		if err = api.ValidateName("VM", vm); err == nil {

@@ -57,6 +57,8 @@ func NewVMResource() resource.Resource { return &VMResource{} }
 
 func (r *VMResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
 	resp.TypeName = req.ProviderTypeName + "_vm"
+	// Mutable: a migration moves the VM to another host in place.
+	resp.ResourceBehavior.MutableIdentity = true
 }
 
 func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
@@ -603,6 +605,7 @@ func vmRestartAttributes(ctx context.Context, state, plan vmModel) []string {
 }
 
 func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, vmIdentityOf)
 	var plan vmModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	if resp.Diagnostics.HasError() {
@@ -665,6 +668,7 @@ func apiMessage(err error) string {
 }
 
 func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	defer syncIdentity(ctx, &resp.State, req.State, resp.Identity, &resp.Diagnostics, vmIdentityOf)
 	var prior vmModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
 	if resp.Diagnostics.HasError() {
@@ -693,12 +697,14 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 		addAPIError(&resp.Diagnostics, "Unable to Read VM", fmt.Sprintf("VM %s on host %s", name, h.Name), err)
 		return
 	}
+	vm = representableVM(vm, &resp.Diagnostics) // a domain made outside Terraform (list_resources.go)
 	state, d := vmFromAPI(ctx, prior, h.Name, vm)
 	resp.Diagnostics.Append(d...)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
 }
 
 func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	defer syncIdentity(ctx, &resp.State, req.Plan, resp.Identity, &resp.Diagnostics, vmIdentityOf)
 	var plan, prior vmModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
@@ -936,6 +942,9 @@ func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, res
 }
 
 func (r *VMResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	if !importIDFromIdentity(ctx, &req, resp, "host", "name") {
+		return
+	}
 	host, name, err := ParseVMID(req.ID)
 	if err == nil {
 		err = api.ValidateName("VM", name)
