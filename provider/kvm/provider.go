@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hashicorp/terraform-plugin-framework/action"
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/provider"
@@ -22,7 +23,10 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
 )
 
-var _ provider.Provider = &KVMProvider{}
+var (
+	_ provider.Provider            = &KVMProvider{}
+	_ provider.ProviderWithActions = &KVMProvider{}
+)
 
 // KVMProvider is the provider implementation.
 type KVMProvider struct {
@@ -198,6 +202,7 @@ func (p *KVMProvider) Configure(ctx context.Context, req provider.ConfigureReque
 	tflog.Debug(ctx, "configured kvm provider", map[string]any{"hosts": fleet.Names()})
 	resp.DataSourceData = fleet
 	resp.ResourceData = fleet
+	resp.ActionData = fleet
 }
 
 func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
@@ -237,5 +242,10 @@ func (p *KVMProvider) Resources(_ context.Context) []func() resource.Resource {
 }
 
 func (p *KVMProvider) DataSources(_ context.Context) []func() datasource.DataSource {
-	return []func() datasource.DataSource{NewHostDataSource, NewHostsDataSource}
+	return []func() datasource.DataSource{NewHostDataSource, NewHostsDataSource, NewVMDataSource, NewDiskDataSource}
+}
+
+// Actions lists the provider's actions (Terraform >= 1.14).
+func (p *KVMProvider) Actions(_ context.Context) []func() action.Action {
+	return []func() action.Action{NewVMPowerAction, NewSnapshotRevertAction}
 }

@@ -219,6 +219,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Optional:  true,
 						Sensitive: true,
 					},
+					"user_data_wo": cloudInitUserDataWOAttribute(), "user_data_wo_version": cloudInitUserDataWOVersionAttribute(),
 					"meta_data": schema.StringAttribute{
 						MarkdownDescription: "`meta-data` (instance-id, local-hostname). Default: `instance-id` is the VM's name " +
 							"(with a generated network-config: the name and a hash of that config, so that a changed " +
@@ -611,6 +612,7 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
 	resp.Diagnostics.Append(graphicsPasswordFromConfig(ctx, req.Config, &spec)...)
+	resp.Diagnostics.Append(cloudInitUserDataFromConfig(ctx, req.Config, &spec)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -709,6 +711,7 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
 	resp.Diagnostics.Append(graphicsPasswordFromConfig(ctx, req.Config, &spec)...)
+	resp.Diagnostics.Append(cloudInitUserDataFromConfig(ctx, req.Config, &spec)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
