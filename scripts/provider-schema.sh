@@ -3,7 +3,9 @@
 # which tfplugindocs renders into docs/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-tf="$("$root/scripts/terraform-path.sh")"
+# The modern Terraform: older ones leave actions out of the schema they
+# print, and tfplugindocs would render no page for them.
+tf="$("$root/scripts/terraform-path.sh" --modern)"
 export TF_CLI_CONFIG_FILE="$("$root/scripts/dev-terraformrc.sh")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -240,7 +240,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			},
 			"running": schema.BoolAttribute{
 				MarkdownDescription: "Whether the VM should be running. Default `true`. Setting it to `false` shuts the VM down " +
-					"gracefully (up to `shutdown_timeout`, then powers it off).",
+					"gracefully (up to `shutdown_timeout`, then powers it off). A one-off start, stop or reboot that leaves this " +
+					"setting alone is the `kvm_vm_power` action (Terraform ≥ 1.14); this attribute is the way without actions (OpenTofu).",
 				Optional: true, Computed: true,
 				Default: booldefault.StaticBool(true),
 			},
