@@ -3,8 +3,9 @@
 # which tfplugindocs renders into docs/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The newest Terraform: older ones leave out the resource identity and list
-# resource schemas the docs show.
+# The modern Terraform: older ones leave resource identity, list resources and
+# actions out of the schema they print, and tfplugindocs would render none of
+# them.
 tf="$("$root/scripts/terraform-path.sh" --modern)"
 export TF_CLI_CONFIG_FILE="$("$root/scripts/dev-terraformrc.sh")"
 work="$(mktemp -d)"

@@ -124,6 +124,7 @@ func (s *Server) routes() {
 	v1("PATCH /vms/{name}", s.patchVM)
 	v1("DELETE /vms/{name}", s.deleteVM)
 	v1("POST /vms/{name}/migrate", s.migrateVM)
+	v1("POST /vms/{name}/power", s.powerVM)
 	v1("GET /vms/{name}/console", s.vmConsole) // text/plain unless JSON is asked for
 
 	v1("GET /reservations", s.listReservations)

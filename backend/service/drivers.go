@@ -151,6 +151,10 @@ type Hypervisor interface {
 	CreateVM(ctx context.Context, name string, spec api.VMSpec, meta VMMeta) (*api.VM, error)
 	// StartVM starts a defined domain (no-op when it runs).
 	StartVM(ctx context.Context, name string) error
+	// PowerVM starts, stops (gracefully) or reboots (stop, then start) a
+	// domain; state is one of api.PowerStates. restarted is true when a
+	// running domain was stopped and started again.
+	PowerVM(ctx context.Context, name, state string) (restarted bool, err error)
 	// UpdateVM changes a domain to match spec: live where libvirt can,
 	// else with one graceful restart (reported by restarted).
 	UpdateVM(ctx context.Context, name string, spec api.VMSpec) (restarted bool, err error)

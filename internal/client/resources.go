@@ -208,6 +208,19 @@ func (c *Client) RevertSnapshot(ctx context.Context, vm, name string) (*api.Snap
 	return &s, err
 }
 
+// PowerVM starts, stops or reboots a VM (state: one of api.PowerStates).
+// Starting and stopping are idempotent and retried like other writes; a
+// reboot is not retried, since a retry after a lost response would reboot
+// the guest a second time.
+func (c *Client) PowerVM(ctx context.Context, name, state string) (*api.VM, error) {
+	var vm api.VM
+	if state != api.PowerRebooted {
+		ctx = WithIdempotencyKey(ctx, "power-"+NewRequestID())
+	}
+	_, err := c.do(ctx, http.MethodPost, vmPath(name)+"/power", nil, api.PowerRequest{State: state}, &vm)
+	return &vm, err
+}
+
 // DeleteSnapshot deletes a snapshot.
 func (c *Client) DeleteSnapshot(ctx context.Context, vm, name string) error {
 	_, err := c.do(ctx, http.MethodDelete, snapPath(vm, name), nil, nil, nil)

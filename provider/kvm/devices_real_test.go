@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/guestimage"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/realstack"
 )
 
@@ -120,6 +122,10 @@ func TestAccVMDevicesReal(t *testing.T) {
 		return string(out), nil
 	}
 	var qemuStart time.Time
+	modern := os.Getenv(modernTerraformEnv)
+	if modern == "" && realstack.CI() {
+		t.Fatalf("%s is not set: the kvm_vm_power reboot step needs Terraform >= 1.14", modernTerraformEnv)
+	}
 
 	checkAll := func(st *terraform.State) error {
 		t.Logf("guest up after %s", time.Since(start).Round(time.Second))
@@ -274,11 +280,70 @@ sync`, devicesDataMiB<<20, devicesWriteMiB))
 		return nil
 	}
 
+	// `terraform apply -invoke` of kvm_vm_power (Terraform >= 1.14, from a
+	// working directory holding only the action, as an operator would)
+	// reboots the guest: a new boot ID and an uptime shorter than the
+	// invoke. The rest of the test runs on the oldest supported Terraform.
+	checkInvokedReboot := func(*terraform.State) error {
+		if modern == "" {
+			t.Logf("kvm_vm_power reboot not checked: set %s", modernTerraformEnv)
+			return nil
+		}
+		bootID := func() (string, error) {
+			out, err := agent.run(ctx, "/bin/cat", "/proc/sys/kernel/random/boot_id")
+			return strings.TrimSpace(out), err
+		}
+		before, err := bootID()
+		if err != nil {
+			return err
+		}
+		w, err := harness.NewWorkdir(t.TempDir(), "power", modern, "KVM_HOSTS="+c.KVMHosts(), "KVM_TOKEN="+c.Token)
+		if err != nil {
+			return err
+		}
+		if err := w.WriteConfig(actionsHCLHeader + `
+action "kvm_vm_power" "reboot" {
+  config {
+    vm_id = "host-a/devices"
+    state = "rebooted"
+  }
+}
+`); err != nil {
+			return err
+		}
+		invoked := time.Now()
+		if out, err := w.Run(ctx, "apply", "-auto-approve", "-input=false", "-no-color", "-invoke=action.kvm_vm_power.reboot"); err != nil {
+			return fmt.Errorf("%w\n%s", err, out)
+		}
+		took := time.Since(invoked)
+		if err := agent.waitReady(ctx, 5*time.Minute); err != nil {
+			return fmt.Errorf("after the reboot action: %w\n%s", err, guestConsole(h, "devices"))
+		}
+		after, err := bootID()
+		if err != nil {
+			return err
+		}
+		out, err := agent.run(ctx, "/bin/cat", "/proc/uptime")
+		if err != nil {
+			return err
+		}
+		var uptime float64
+		if _, err := fmt.Sscan(out, &uptime); err != nil {
+			return fmt.Errorf("guest /proc/uptime %q: %w", out, err)
+		}
+		if after == before || time.Duration(uptime*float64(time.Second)) > time.Since(invoked) {
+			return fmt.Errorf("kvm_vm_power rebooted nothing: boot ID %s -> %s, uptime %.0fs, invoked %s ago", before, after, uptime, time.Since(invoked).Round(time.Second))
+		}
+		t.Logf("kvm_vm_power reboot: invoke took %s, guest up %.0fs later (boot ID %s -> %s)", took.Round(time.Second), uptime, before, after)
+		return nil
+	}
+
 	resource.Test(t, resource.TestCase{
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		Steps: []resource.TestStep{
 			{Config: devicesHCL(c.ProviderHCL(), imageURL, 1), Check: checkAll},
 			{Config: devicesHCL(c.ProviderHCL(), imageURL, 2), Check: checkRotated},
+			{Config: devicesHCL(c.ProviderHCL(), imageURL, 2), Check: checkInvokedReboot},
 		},
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hashicorp/terraform-plugin-framework/action"
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/list"
 	"github.com/hashicorp/terraform-plugin-framework/path"
@@ -23,7 +24,10 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/client"
 )
 
-var _ provider.Provider = &KVMProvider{}
+var (
+	_ provider.Provider            = &KVMProvider{}
+	_ provider.ProviderWithActions = &KVMProvider{}
+)
 
 // KVMProvider is the provider implementation.
 type KVMProvider struct {
@@ -203,6 +207,7 @@ func (p *KVMProvider) Configure(ctx context.Context, req provider.ConfigureReque
 	resp.DataSourceData = fleet
 	resp.ResourceData = fleet
 	resp.ListResourceData = fleet
+	resp.ActionData = fleet
 }
 
 func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
@@ -248,5 +253,10 @@ func (p *KVMProvider) ListResources(_ context.Context) []func() list.ListResourc
 }
 
 func (p *KVMProvider) DataSources(_ context.Context) []func() datasource.DataSource {
-	return []func() datasource.DataSource{NewHostDataSource, NewHostsDataSource}
+	return []func() datasource.DataSource{NewHostDataSource, NewHostsDataSource, NewVMDataSource, NewDiskDataSource}
+}
+
+// Actions lists the provider's actions (Terraform >= 1.14).
+func (p *KVMProvider) Actions(_ context.Context) []func() action.Action {
+	return []func() action.Action{NewVMPowerAction, NewSnapshotRevertAction}
 }

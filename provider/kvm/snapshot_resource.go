@@ -109,7 +109,8 @@ func (r *SnapshotResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 			"revert_trigger": schema.StringAttribute{
 				MarkdownDescription: "Any string. When it changes to a new non-null value after the snapshot exists, " +
 					"the VM is reverted to this snapshot in place (in the run state it had when the snapshot was taken). " +
-					"Setting it when the snapshot is created does not revert.",
+					"Setting it when the snapshot is created does not revert. This is the way without actions (OpenTofu); with Terraform " +
+					"≥ 1.14 the `kvm_snapshot_revert` action reverts on demand (`terraform apply -invoke`) without a trigger value.",
 				Optional: true,
 			},
 			"created_at": schema.StringAttribute{

@@ -87,6 +87,9 @@ type vmCloudInitModel struct {
 	UserData      types.String `tfsdk:"user_data"`
 	MetaData      types.String `tfsdk:"meta_data"`
 	NetworkConfig types.String `tfsdk:"network_config"`
+	// Write-only user data (vm_cloudinit_wo.go).
+	UserDataWO        types.String `tfsdk:"user_data_wo"`
+	UserDataWOVersion types.Int64  `tfsdk:"user_data_wo_version"`
 }
 
 var (
@@ -99,7 +102,8 @@ var (
 	vmNICAttrTypes = map[string]attr.Type{"network": types.StringType, "mac": types.StringType, "model": types.StringType,
 		"ipv4_address": types.StringType, "addresses": types.ListType{ElemType: types.StringType}, "queues": types.Int64Type}
 	vmWaitForIPAttrTypes = map[string]attr.Type{"timeout": types.StringType}
-	vmCloudInitAttrTypes = map[string]attr.Type{"user_data": types.StringType, "meta_data": types.StringType, "network_config": types.StringType}
+	vmCloudInitAttrTypes = map[string]attr.Type{"user_data": types.StringType, "meta_data": types.StringType, "network_config": types.StringType,
+		"user_data_wo": types.StringType, "user_data_wo_version": types.Int64Type}
 )
 
 // knownString returns the value of a known, non-null string, else "".
@@ -429,9 +433,11 @@ func vmFromAPI(ctx context.Context, prior vmModel, host string, vm *api.VM) (vmM
 			p = *pc
 		}
 		obj, d := types.ObjectValueFrom(ctx, vmCloudInitAttrTypes, vmCloudInitModel{
-			UserData:      userDataFromHash(ci.UserDataSHA256, p.UserData),
-			MetaData:      stringOrNull(ci.MetaData, p.MetaData),
-			NetworkConfig: stringOrNull(ci.NetworkConfig, p.NetworkConfig),
+			UserData:          userDataReadBack(ci.UserDataSHA256, p),
+			MetaData:          stringOrNull(ci.MetaData, p.MetaData),
+			NetworkConfig:     stringOrNull(ci.NetworkConfig, p.NetworkConfig),
+			UserDataWO:        types.StringNull(),
+			UserDataWOVersion: int64OrNullValue(p.UserDataWOVersion),
 		})
 		diags.Append(d...)
 		m.CloudInit = obj

@@ -221,6 +221,7 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 						Optional:  true,
 						Sensitive: true,
 					},
+					"user_data_wo": cloudInitUserDataWOAttribute(), "user_data_wo_version": cloudInitUserDataWOVersionAttribute(),
 					"meta_data": schema.StringAttribute{
 						MarkdownDescription: "`meta-data` (instance-id, local-hostname). Default: `instance-id` is the VM's name " +
 							"(with a generated network-config: the name and a hash of that config, so that a changed " +
@@ -241,7 +242,8 @@ func (r *VMResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp 
 			},
 			"running": schema.BoolAttribute{
 				MarkdownDescription: "Whether the VM should be running. Default `true`. Setting it to `false` shuts the VM down " +
-					"gracefully (up to `shutdown_timeout`, then powers it off).",
+					"gracefully (up to `shutdown_timeout`, then powers it off). A one-off start, stop or reboot that leaves this " +
+					"setting alone is the `kvm_vm_power` action (Terraform ≥ 1.14); this attribute is the way without actions (OpenTofu).",
 				Optional: true, Computed: true,
 				Default: booldefault.StaticBool(true),
 			},
@@ -617,6 +619,7 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
 	resp.Diagnostics.Append(graphicsPasswordFromConfig(ctx, req.Config, &spec)...)
+	resp.Diagnostics.Append(cloudInitUserDataFromConfig(ctx, req.Config, &spec)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -718,6 +721,7 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 	spec, d := plan.toAPI(ctx)
 	resp.Diagnostics.Append(d...)
 	resp.Diagnostics.Append(graphicsPasswordFromConfig(ctx, req.Config, &spec)...)
+	resp.Diagnostics.Append(cloudInitUserDataFromConfig(ctx, req.Config, &spec)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}

@@ -488,6 +488,7 @@ func TestVMRestartAttributes(t *testing.T) {
 	restart.MaxMemoryMiB = types.Int64Value(1024)
 	restart.CloudInit = types.ObjectValueMust(vmCloudInitAttrTypes, map[string]attr.Value{
 		"user_data": types.StringValue("#cloud-config"), "meta_data": types.StringNull(), "network_config": types.StringNull(),
+		"user_data_wo": types.StringNull(), "user_data_wo_version": types.Int64Null(),
 	})
 	got := vmRestartAttributes(ctx, base, restart)
 	if strings.Join(got, ",") != "cloud_init,max_memory_mib,vcpu" {
