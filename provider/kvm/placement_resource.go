@@ -251,7 +251,11 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 		}
 	}
 
-	in.Requests, in.Hosts = withSharedPools(ctx, r.fleet, reqs, invs, previous)
+	var needs map[string][]keyNeed
+	in.Requests, in.Hosts, needs = withSharedPools(ctx, r.fleet, reqs, invs, previous)
+	if keysUnheld(diags, needs, invs) {
+		return nil
+	}
 	res, err := placement.Place(in)
 	if err != nil {
 		var ue *placement.UnsatisfiableError
