@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +27,9 @@ const (
 	sharedPoolDir  = "/var/tmp/kvm-shared-pool-test"
 	sharedPoolName = "kvmshared"
 )
+
+// plainFillMiB is how much data the local-disk VM's disk holds (all of it).
+const plainFillMiB = 256
 
 // poolsHCL is one guest booting from a linked clone in the shared pool,
 // with a shared data disk of dataMiB, plus a guest-less VM ("plain") with
@@ -136,7 +141,10 @@ func lastMigration(log, vm string) (migrationRecord, error) {
 // then (grown online to 4 GiB) host-a → host-b → host-a again: the marker
 // is intact after each move, the source kvm-hostd's log shows no storage
 // copy (libvirt's disk_total 0) and the data disk's size does not change
-// the time. A guest-less VM with a local disk, moved alongside, copies it.
+// the time. A guest-less VM with a local disk, moved alongside, copies it:
+// the disk holds plainFillMiB of real data (written through its running
+// QEMU), so the log sets the copy's time and bytes against the shared
+// moves.
 func TestAccSharedPoolReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64")
 	testAccPreCheck(t)
@@ -210,10 +218,21 @@ func TestAccSharedPoolReal(t *testing.T) {
 			if p.Disks != 1 || p.SharedDisks != 0 {
 				return fmt.Errorf("local-disk migration %s → %s: %d copied, %d shared disks, %d disk bytes; want its one local disk copied", from, to, p.Disks, p.SharedDisks, p.DiskTotalBytes)
 			}
-			timings = append(timings, fmt.Sprintf("%s→%s shared data disk %d MiB: %s (disk bytes copied 0); local 256 MiB disk VM: %s (disk bytes copied %d)",
-				from, to, dataMiB, g.Took, p.Took, p.DiskTotalBytes))
-			t.Logf("migrated %s → %s with a %d MiB shared data disk in %s, no disk copied; the local-disk VM copied %d bytes in %s (test at %s)",
-				from, to, dataMiB, g.Took, p.DiskTotalBytes, p.Took, time.Since(start).Round(time.Second))
+			// What the copy wrote on the target: the file's allocation.
+			var onTarget int64
+			if fi, err := os.Stat(filepath.Join(byHost[to].StateDir, "lib", "images", "kvm-pools-test", "pools-plain")); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					onTarget = st.Blocks * 512
+				}
+			}
+			rate := ""
+			if d, err := time.ParseDuration(p.Took); err == nil && d > 0 {
+				rate = fmt.Sprintf(", %.0f MiB/s", float64(plainFillMiB)/d.Seconds())
+			}
+			timings = append(timings, fmt.Sprintf("%s→%s shared data disk %d MiB: %s (disk bytes copied 0); local disk VM with %d MiB of data: %s%s (libvirt disk bytes %d, %d MiB allocated on the target)",
+				from, to, dataMiB, g.Took, plainFillMiB, p.Took, rate, p.DiskTotalBytes, onTarget>>20))
+			t.Logf("migrated %s → %s with a %d MiB shared data disk in %s, no disk copied; the local-disk VM (%d MiB of data) moved in %s, libvirt counted %d disk bytes, %d MiB allocated on the target (test at %s)",
+				from, to, dataMiB, g.Took, plainFillMiB, p.Took, p.DiskTotalBytes, onTarget>>20, time.Since(start).Round(time.Second))
 			return nil
 		}
 	}
@@ -233,6 +252,17 @@ func TestAccSharedPoolReal(t *testing.T) {
 					if _, err := agentOn(ha).run(ctx, "/bin/sh", "-c", "echo "+marker+" > /root/kvm-marker && sync"); err != nil {
 						return err
 					}
+					// Real data on the local-disk VM's disk, written through its
+					// running QEMU (HMP qemu-io), so its moves copy it.
+					t1 := time.Now()
+					for off := 0; off < plainFillMiB; off += 32 {
+						cmd := fmt.Sprintf(`qemu-io -d virtio-disk0 "write -P 0x5a %dM 32M"`, off)
+						out, err := exec.Command("virsh", "-c", ha.LocalURI, "qemu-monitor-command", "plain", "--hmp", cmd).CombinedOutput()
+						if err != nil || strings.Contains(string(out), "rror") {
+							return fmt.Errorf("filling the local disk (%s): %v: %s", cmd, err, out)
+						}
+					}
+					t.Logf("wrote %d MiB into the local-disk VM's disk in %s", plainFillMiB, time.Since(t1).Round(time.Millisecond))
 					// Everything of the guest is in the shared directory.
 					for _, f := range []string{"pools-base", "pools-root", "pools-data"} {
 						if _, err := os.Stat(sharedPoolDir + "/" + f); err != nil {
