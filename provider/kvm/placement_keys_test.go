@@ -66,7 +66,7 @@ func TestAccPlacementEncryptionKey(t *testing.T) {
 		Steps: []resource.TestStep{
 			{Config: placementKeysHCL(c, `["host-a"]`), ConfigStateChecks: assigned("host-a")},
 			{
-				Config: placementKeysHCL(c, `["host-c"]`),
+				Config:      placementKeysHCL(c, `["host-c"]`),
 				ExpectError: regexp.MustCompile(`(?s)Encryption Key Not Held.*VM sec has the encrypted disk\s+default/pk-secret\s+\(encryption\s+key\s+"prod"\).*host-c\s+\(keys:\s+none\)`),
 			},
 			{Config: placementKeysHCL(c, `["host-c", "host-b"]`), ConfigStateChecks: assigned("host-b")},
