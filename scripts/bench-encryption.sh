@@ -21,7 +21,7 @@ log="$(dirname "$out")/encryption.log"
 
 [[ -x bin/kvm-hostd && -x bin/terraform-provider-kvm ]] || make build >&2
 echo "bench-encryption: one guest, ${BENCH_ENC_ROUNDS:-5} rounds of dd on an encrypted and a plain disk (log: $log)" >&2
-if ! KVM_BENCH_ENCRYPTION=1 KVM_BENCH_ENCRYPTION_ROUNDS="${BENCH_ENC_ROUNDS:-5}" KVM_BENCH_ENCRYPTION_OUT="$out" \
+if ! KVM_TEST_LOG="$(dirname "$out")/encryption-test.json" KVM_BENCH_ENCRYPTION=1 KVM_BENCH_ENCRYPTION_ROUNDS="${BENCH_ENC_ROUNDS:-5}" KVM_BENCH_ENCRYPTION_OUT="$out" \
 	scripts/test.sh ./provider/kvm -run '^TestEncryptionThroughputBench$' -v -count=1 >"$log" 2>&1; then
 	echo "bench-encryption: failed; the end of $log:" >&2
 	tail -n 40 "$log" >&2
