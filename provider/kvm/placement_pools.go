@@ -79,9 +79,13 @@ func withSharedPools(ctx context.Context, fleet *Fleet, reqs map[string]placemen
 				require(sharedPoolLabel(d.Pool))
 			}
 		}
-		for _, n := range encryptedDisksOf(ctx, fh, vm) {
-			require(api.KeyLabel(n.key))
-			needs[key] = append(needs[key], n)
+		// Only a host holding keys can have encrypted disks in use: the
+		// volume reads (one per disk) are spared elsewhere.
+		if len(inv.Keys) > 0 {
+			for _, n := range encryptedDisksOf(ctx, fh, vm) {
+				require(api.KeyLabel(n.key))
+				needs[key] = append(needs[key], n)
+			}
 		}
 		out[key] = q
 	}
