@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,8 +26,12 @@ const (
 	sharedPoolName = "kvmshared"
 )
 
-// plainFillMiB is how much data the local-disk VM's disk holds (all of it).
-const plainFillMiB = 256
+// plainFillMiB is how much data the local-disk VM's disk holds (all of it),
+// at plainDiskPath (in the default pool of each host).
+const (
+	plainFillMiB  = 256
+	plainDiskPath = "/var/lib/libvirt/images/kvm-pools-test/pools-plain"
+)
 
 // poolsHCL is one guest booting from a linked clone in the shared pool,
 // with a shared data disk of dataMiB, plus a guest-less VM ("plain") with
@@ -219,20 +221,15 @@ func TestAccSharedPoolReal(t *testing.T) {
 				return fmt.Errorf("local-disk migration %s → %s: %d copied, %d shared disks, %d disk bytes; want its one local disk copied", from, to, p.Disks, p.SharedDisks, p.DiskTotalBytes)
 			}
 			// What the copy wrote on the target: the file's allocation.
-			var onTarget int64
-			if fi, err := os.Stat(filepath.Join(byHost[to].StateDir, "lib", "images", "kvm-pools-test", "pools-plain")); err == nil {
-				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-					onTarget = st.Blocks * 512
-				}
-			}
+			onTarget, _ := allocatedMiB(byHost[to], plainDiskPath)
 			rate := ""
 			if d, err := time.ParseDuration(p.Took); err == nil && d > 0 {
 				rate = fmt.Sprintf(", %.0f MiB/s", float64(plainFillMiB)/d.Seconds())
 			}
 			timings = append(timings, fmt.Sprintf("%s→%s shared data disk %d MiB: %s (disk bytes copied 0); local disk VM with %d MiB of data: %s%s (libvirt disk bytes %d, %d MiB allocated on the target)",
-				from, to, dataMiB, g.Took, plainFillMiB, p.Took, rate, p.DiskTotalBytes, onTarget>>20))
+				from, to, dataMiB, g.Took, plainFillMiB, p.Took, rate, p.DiskTotalBytes, onTarget))
 			t.Logf("migrated %s → %s with a %d MiB shared data disk in %s, no disk copied; the local-disk VM (%d MiB of data) moved in %s, libvirt counted %d disk bytes, %d MiB allocated on the target (test at %s)",
-				from, to, dataMiB, g.Took, plainFillMiB, p.Took, p.DiskTotalBytes, onTarget>>20, time.Since(start).Round(time.Second))
+				from, to, dataMiB, g.Took, plainFillMiB, p.Took, p.DiskTotalBytes, onTarget, time.Since(start).Round(time.Second))
 			return nil
 		}
 	}
@@ -254,13 +251,19 @@ func TestAccSharedPoolReal(t *testing.T) {
 					}
 					// Real data on the local-disk VM's disk, written through its
 					// running QEMU (HMP qemu-io), so its moves copy it.
+					// The device's own BlockBackend (see migrateTestDiskIO);
+					// qemu-io answers in the domain's log, so the file's
+					// allocation proves the write.
 					t1 := time.Now()
 					for off := 0; off < plainFillMiB; off += 32 {
-						cmd := fmt.Sprintf(`qemu-io -d virtio-disk0 "write -P 0x5a %dM 32M"`, off)
+						cmd := fmt.Sprintf(`qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "write -P 0x5a %dM 32M"`, off)
 						out, err := exec.Command("virsh", "-c", ha.LocalURI, "qemu-monitor-command", "plain", "--hmp", cmd).CombinedOutput()
 						if err != nil || strings.Contains(string(out), "rror") {
 							return fmt.Errorf("filling the local disk (%s): %v: %s", cmd, err, out)
 						}
+					}
+					if got, err := allocatedMiB(ha, plainDiskPath); err != nil || got < plainFillMiB {
+						return fmt.Errorf("the local disk holds %d MiB (%v) after writing %d MiB into it", got, err, plainFillMiB)
 					}
 					t.Logf("wrote %d MiB into the local-disk VM's disk in %s", plainFillMiB, time.Since(t1).Round(time.Millisecond))
 					// Everything of the guest is in the shared directory.
@@ -283,3 +286,4 @@ func TestAccSharedPoolReal(t *testing.T) {
 		t.Log(s)
 	}
 }
+
