@@ -286,4 +286,3 @@ func TestAccSharedPoolReal(t *testing.T) {
 		t.Log(s)
 	}
 }
-
