@@ -116,6 +116,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+[[ "${BENCH_SKIP_ENCRYPTION:-0}" == 1 ]] || scripts/bench-encryption.sh "$out_dir/encryption.md" # first: it starts and stops its own real stack
 # --- real stack ------------------------------------------------------------
 pidfile=/run/libvirt/realstack-libvirtd.pid
 had_pidfile=0

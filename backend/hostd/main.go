@@ -118,7 +118,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	}
 	// Disk secrets are ephemeral in libvirtd: register them again, so the
 	// VMs start and migrations arrive after a restart of either daemon.
-	if err := m.hv.RegisterDiskSecrets(ctx, []string{service.DefaultPool}); err != nil {
+	if err := m.hv.RegisterDiskSecrets(ctx, svc.LocalPools()); err != nil {
 		m.Log.Warn("registering disk encryption secrets failed; they are registered again before each VM start", "err", err)
 	}
 	if len(keys) > 0 {

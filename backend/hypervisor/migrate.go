@@ -20,6 +20,8 @@ type sharedDisk struct {
 	target string // vda
 	path   string
 	pool   string
+	volume string
+	key    string // encryption key name; "" for a plain disk
 }
 
 // migratedDisk is one disk whose storage a migration copies.
@@ -109,8 +111,10 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			if v, err := c.LookupStorageVolByPath(p); err == nil {
 				pool, isShared := l.sharedVolume(v)
 				if isShared {
+					vol, _ := v.GetName()
 					v.Free()
-					shared = append(shared, sharedDisk{target: disk.Target.Dev, path: p, pool: pool})
+					shared = append(shared, sharedDisk{target: disk.Target.Dev, path: p, pool: pool, volume: vol,
+						key: l.readMeta(p).EncryptionKey})
 					continue
 				}
 				if vx, err := volXML(v); err == nil && vx.BackingStore != nil && vx.BackingStore.Path != "" {
@@ -297,6 +301,10 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 			l.log.Warn("migrated: could not delete the source copy of a disk", "vm", name, "path", m.path, "err", err)
 		}
 	}
+	// An encrypted shared volume stays, but this host no longer opens it:
+	// its key need not stay registered here (a VM that comes back has it
+	// registered again by its reservation or start).
+	l.dropSharedSecrets(ctx, shared)
 	progress(1)
 	return nil
 }

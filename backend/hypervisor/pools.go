@@ -101,6 +101,20 @@ func sharedOnTarget(uri string, disks []sharedDisk) error {
 			return fmt.Errorf("disk %s is on shared pool %s, but the target does not see %s there (is the pool mounted at the same path?)", d.target, d.pool, d.path)
 		}
 		v.Free()
+		if d.key == "" {
+			continue
+		}
+		// QEMU on the target opens the LUKS image with the secret the
+		// domain XML names: the target's kvm-hostd registers it when it
+		// reserves room for the VM (it must hold the key). Its value is
+		// never read here, only that it exists.
+		s, err := c.LookupSecretByUUIDString(diskSecretUUID(d.key, d.pool, d.volume))
+		if err != nil {
+			return fmt.Errorf("disk %s (%s/%s) is encrypted with key %q, and the target has not registered its secret: "+
+				"the target's kvm-hostd must hold %s.key and be told about the disk before the move (PUT /v1/reservations/{vm} with its disks)",
+				d.target, d.pool, d.volume, d.key, d.key)
+		}
+		s.Free()
 	}
 	return nil
 }

@@ -220,10 +220,82 @@ func (l *Libvirt) ensureSecretsOf(c *libvirt.Connect, d *libvirt.Domain) error {
 }
 
 // RegisterDiskSecrets registers the secret of every encrypted volume in
-// the given pools (kvm-hostd start), so VMs start and migrations arrive
-// after a restart of libvirtd or kvm-hostd. A volume whose key this host
-// lacks is logged, not fatal: its VM is refused when it starts.
+// the given (local) pools and of every encrypted disk of the domains
+// defined on this host (kvm-hostd start), so VMs start and migrations
+// arrive after a restart of libvirtd or kvm-hostd. The volumes of a
+// shared pool are not all registered: most belong to VMs of other hosts;
+// this host needs those of its own domains, and those of a VM arriving
+// by migration (RegisterVolumeSecret). A volume whose key this host lacks
+// is logged, not fatal: its VM is refused when it starts.
 func (l *Libvirt) RegisterDiskSecrets(ctx context.Context, pools []string) error {
+	if err := l.registerPoolSecrets(ctx, pools); err != nil {
+		return err
+	}
+	if l.test {
+		return nil
+	}
+	return l.do(ctx, func(c *libvirt.Connect) error {
+		doms, err := c.ListAllDomains(0)
+		if err != nil {
+			return wrap(err, "list domains")
+		}
+		for i := range doms {
+			name, _ := doms[i].GetName()
+			if err := l.ensureSecretsOf(c, &doms[i]); err != nil {
+				l.log.Warn("an encrypted disk of a VM cannot be unlocked on this host", "vm", name, "err", err)
+			}
+			doms[i].Free()
+		}
+		return nil
+	})
+}
+
+// RegisterVolumeSecret registers the secret of the existing volume
+// pool/vol if it is encrypted, and returns its key name ("" for a plain
+// volume). A migration target calls it for each disk on a shared pool
+// that the arriving VM opens in place: nothing else would create or start
+// that volume here before QEMU opens it. A host without the key refuses
+// with a 409 naming host and key.
+func (l *Libvirt) RegisterVolumeSecret(ctx context.Context, pool, vol string) (string, error) {
+	var key string
+	err := l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
+		v, err := p.LookupStorageVolByName(vol)
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, vol)
+		}
+		defer v.Free()
+		path, err := v.GetPath()
+		if err != nil {
+			return wrap(err, "volume %s/%s", pool, vol)
+		}
+		key = l.readMeta(path).EncryptionKey
+		if key == "" {
+			return nil
+		}
+		return l.ensureDiskSecret(c, key, pool, vol, path)
+	})
+	return key, err
+}
+
+// dropSharedSecrets forgets the secrets of the encrypted shared disks of
+// a VM that has left this host.
+func (l *Libvirt) dropSharedSecrets(ctx context.Context, disks []sharedDisk) {
+	enc := false
+	for _, d := range disks {
+		enc = enc || d.key != ""
+	}
+	if !enc {
+		return
+	}
+	_ = l.do(ctx, func(c *libvirt.Connect) error {
+		for _, d := range disks {
+			l.dropDiskSecret(c, d.key, d.pool, d.volume)
+		}
+		return nil
+	})
+}
+
+func (l *Libvirt) registerPoolSecrets(ctx context.Context, pools []string) error {
 	for _, pool := range pools {
 		err := l.withPool(ctx, pool, true, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
 			vols, err := p.ListAllStorageVolumes(0)

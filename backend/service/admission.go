@@ -219,6 +219,9 @@ func (s *Service) PutReservation(ctx context.Context, vm string, spec api.Reserv
 			return nil, invalid("source_host: %s", err)
 		}
 	}
+	if err := s.prepareSharedDisks(ctx, vm, spec.SharedDisks); err != nil {
+		return nil, err
+	}
 	r, err := s.admit(ctx, vm, reserveIncoming, Allocation{VCPU: spec.VCPU, MemoryMiB: spec.MemoryMiB}, ttl)
 	if err != nil {
 		return nil, err

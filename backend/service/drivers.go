@@ -91,6 +91,9 @@ type Hypervisor interface {
 	// SetSharedPools names the pools every host sees alike: migration
 	// neither copies nor deletes the disks on them.
 	SetSharedPools(shared map[string]bool)
+	// RegisterVolumeSecret registers the libvirt secret of an existing
+	// encrypted volume (none for a plain one) and returns its key name.
+	RegisterVolumeSecret(ctx context.Context, pool, vol string) (string, error)
 
 	ListVolumes(ctx context.Context, pool string) ([]api.Volume, error)
 	// GetVolume reads one volume cheaply: no UsedBy or Children.

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"slices"
 
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
@@ -15,13 +16,15 @@ func (s *Service) checkKey(e *api.VolumeEncryption, pool, name string) error {
 	if k == "" {
 		return nil
 	}
-	// A disk's secret is registered by the host that creates or starts
-	// it; a VM moving onto a shared volume does neither on its new host,
-	// which would then have no secret to open it with. Until migration
-	// registers it there, encrypted volumes stay on local pools.
-	if s.sharedPools[pool] {
-		return api.Errorf(api.CodeInvalid, "volume %s/%s: encrypted disks cannot be on shared pool %s yet (it would not open "+
-			"on the host a VM migrates to); put it on a local pool such as %s", pool, name, pool, DefaultPool)
+	// A LUKS qcow2 file on a shared directory pool opens on every host
+	// that holds the key: the migration target registers the disk's
+	// secret when it reserves room for the VM (PutReservation), any host
+	// registers it before it defines, attaches or starts a VM with it, and
+	// kvm-hostd at its start for the VMs defined there. Other shared pool
+	// types (rbd: QEMU's luks format on an RBD image) are not done.
+	if s.sharedPools[pool] && s.poolTypes[pool] != "dir" {
+		return api.Errorf(api.CodeInvalid, "volume %s/%s: encrypted disks on pool %s (type %s) are not supported; "+
+			"encrypted disks can be on directory pools, shared or not, such as %s", pool, name, pool, s.poolTypes[pool], DefaultPool)
 	}
 	if slices.Contains(s.cfg.Keys, k) {
 		return nil
@@ -73,6 +76,43 @@ func (s *Service) refuseEncryptedSnapshot(ctx context.Context, vm *api.VM) error
 		}
 		if v.Encryption != nil {
 			return invalid("VM %s has the encrypted disk %s/%s (key %q): snapshots of VMs with encrypted disks are not supported", vm.Name, pool, d.Volume, v.Encryption.Key)
+		}
+	}
+	return nil
+}
+
+// maxReservationDisks bounds the shared disks a reservation names.
+const maxReservationDisks = 64
+
+// prepareSharedDisks checks, for a VM about to arrive by migration, each
+// of its disks on a shared pool: this host serves the pool as shared and
+// sees the volume; an encrypted one's secret is registered now, since
+// QEMU opens the disk here before anything else would (409 naming host
+// and key when the key is not held here).
+func (s *Service) prepareSharedDisks(ctx context.Context, vm string, disks []api.ReservationDisk) error {
+	if len(disks) > maxReservationDisks {
+		return invalid("shared_disks: %d disks, at most %d", len(disks), maxReservationDisks)
+	}
+	for i, d := range disks {
+		if err := api.ValidateName("pool", d.Pool); err != nil {
+			return invalid("shared_disks[%d]: %s", i, err)
+		}
+		if err := api.ValidateName("volume", d.Volume); err != nil {
+			return invalid("shared_disks[%d]: %s", i, err)
+		}
+		if err := s.poolServed(d.Pool); err != nil {
+			return err
+		}
+		if !s.sharedPools[d.Pool] {
+			return invalid("shared_disks[%d]: pool %s is not shared on host %s, so VM %s's volume %s/%s would not be there",
+				i, d.Pool, s.cfg.Name, vm, d.Pool, d.Volume)
+		}
+		key, err := s.hv.RegisterVolumeSecret(ctx, d.Pool, d.Volume)
+		if err != nil {
+			return fmt.Errorf("VM %s cannot arrive on host %s: %w", vm, s.cfg.Name, err)
+		}
+		if key != "" {
+			s.log.Info("registered the key of an arriving VM's encrypted shared disk", "vm", vm, "volume", d.Pool+"/"+d.Volume, "key", key)
 		}
 	}
 	return nil

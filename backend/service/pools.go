@@ -17,24 +17,38 @@ func (s *Service) servedPools() []string {
 // checkPoolsAtStart refuses to start with a --pool that libvirt does not
 // have, or has but not running: kvm-hostd serves pools the operator
 // defined and never defines (or starts) them itself. It returns the served
-// pools that are shared.
-func checkPoolsAtStart(ctx context.Context, hv Hypervisor, cfg Config) (map[string]bool, error) {
+// pools that are shared, and the libvirt type of every served pool.
+func checkPoolsAtStart(ctx context.Context, hv Hypervisor, cfg Config) (map[string]bool, map[string]string, error) {
 	shared := map[string]bool{}
+	types := map[string]string{}
 	for _, name := range append([]string{DefaultPool}, cfg.Pools...) {
 		p, err := hv.PoolInfo(ctx, name)
 		if err != nil {
 			if api.IsNotFound(err) {
-				return nil, fmt.Errorf("--pool %s: libvirt has no storage pool %q; define and start it first "+
+				return nil, nil, fmt.Errorf("--pool %s: libvirt has no storage pool %q; define and start it first "+
 					"(e.g. virsh pool-define-as %s dir --target /srv/%s && virsh pool-start %s && virsh pool-autostart %s): "+
 					"kvm-hostd serves the pools an operator defined but never defines them", name, name, name, name, name, name)
 			}
-			return nil, fmt.Errorf("--pool %s: %w", name, err)
+			return nil, nil, fmt.Errorf("--pool %s: %w", name, err)
 		}
+		types[name] = p.Type
 		if slices.Contains(api.SharedPoolTypes, p.Type) || slices.Contains(cfg.SharedPools, name) {
 			shared[name] = true
 		}
 	}
-	return shared, nil
+	return shared, types, nil
+}
+
+// LocalPools are the served pools that are not shared: every volume in
+// them belongs to this host.
+func (s *Service) LocalPools() []string {
+	var out []string
+	for _, p := range s.servedPools() {
+		if !s.sharedPools[p] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // poolServed refuses a pool this host does not serve, naming those it does.

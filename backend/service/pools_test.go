@@ -2,6 +2,8 @@ package service_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,7 +16,8 @@ import (
 // dir pool "default-pool" (100 GiB): served with --pool and marked with
 // --shared-pool, it is reported with its type, space and shared; volumes
 // go there; one larger than its free space is refused with 409 and the
-// numbers, and so is a grow past it; an encrypted volume there is refused;
+// numbers, and so is a grow past it; an encrypted volume there needs its key;
+// a reservation checks the arriving VM's shared disks;
 // a pool the host does not serve is 404 for volumes and VM disks alike.
 func TestServedPools(t *testing.T) {
 	if testing.Short() {
@@ -55,11 +58,28 @@ func TestServedPools(t *testing.T) {
 	if !api.IsCode(err, api.CodeFull) {
 		t.Fatalf("growing past the pool's free space: %v, want 409 full", err)
 	}
-	// An encrypted disk on a shared pool would not open on the host its
-	// VM migrates to (nothing registers its secret there): refused.
+	// An encrypted disk on a shared directory pool opens on every host
+	// holding its key; this host holds none, so it refuses it (409 naming
+	// the key), and so does a reservation for an arriving VM that uses it.
 	_, err = cl.PutVolume(ctx, "default-pool", "enc", api.VolumeSpec{SizeMiB: 64, Format: api.FormatQCOW2, Encryption: &api.VolumeEncryption{Key: "prod"}})
-	if !api.IsCode(err, api.CodeInvalid) || !strings.Contains(err.Error(), "shared pool default-pool") {
-		t.Fatalf("an encrypted volume on a shared pool: %v, want 400 naming the pool", err)
+	if !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), `"prod"`) {
+		t.Fatalf("an encrypted volume on a shared pool of a host without the key: %v, want 409 naming the key", err)
+	}
+	// A reservation names the arriving VM's shared disks: the host checks
+	// it serves them as shared and sees them.
+	if _, err := cl.PutReservation(ctx, "arriving", api.ReservationSpec{VCPU: 1, MemoryMiB: 64,
+		SharedDisks: []api.ReservationDisk{{Pool: "default-pool", Volume: "d1"}}}); err != nil {
+		t.Fatalf("a reservation with a plain shared disk: %v", err)
+	}
+	_, err = cl.PutReservation(ctx, "arriving2", api.ReservationSpec{VCPU: 1, MemoryMiB: 64,
+		SharedDisks: []api.ReservationDisk{{Pool: "default", Volume: "d1"}}})
+	if !api.IsCode(err, api.CodeInvalid) || !strings.Contains(err.Error(), "not shared") {
+		t.Fatalf("a reservation naming a disk on a local pool as shared: %v, want 400", err)
+	}
+	_, err = cl.PutReservation(ctx, "arriving3", api.ReservationSpec{VCPU: 1, MemoryMiB: 64,
+		SharedDisks: []api.ReservationDisk{{Pool: "default-pool", Volume: "nope"}}})
+	if !api.IsNotFound(err) {
+		t.Fatalf("a reservation naming a missing shared volume: %v, want 404", err)
 	}
 	for _, err := range []error{
 		func() error { _, err := cl.PutVolume(ctx, "elsewhere", "d2", api.VolumeSpec{SizeMiB: 1}); return err }(),
@@ -84,5 +104,45 @@ func TestUnknownPoolRefusedAtStart(t *testing.T) {
 	_, err := harness.StartCluster(harness.Options{Hosts: []string{"nopool"}, ExtraArgs: []string{"--pool", "ceph1"}})
 	if err == nil || !strings.Contains(err.Error(), "libvirt has no storage pool \"ceph1\"") {
 		t.Fatalf("start with an undefined --pool: %v", err)
+	}
+}
+
+// TestEncryptedSharedPool: with its key, a host takes an encrypted volume
+// on a shared directory pool, and a reservation for a VM arriving with it
+// (the migration target's step that registers the disk's secret there)
+// is admitted; a VM using it is defined and started here.
+func TestEncryptedSharedPool(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kvm-hostd process")
+	}
+	keyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(keyDir, "prod.key"), []byte("0123456789abcdef0123456789abcdef-test-key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := harness.Start(t, harness.Options{
+		Hosts:     []string{"keyed"},
+		ExtraArgs: []string{"--pool", "default-pool", "--shared-pool", "default-pool", "--key-dir", keyDir},
+	})
+	ctx := context.Background()
+	cl, err := client.New(client.Options{Endpoint: c.Hosts[0].URL, Token: c.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := cl.PutVolume(ctx, "default-pool", "enc", api.VolumeSpec{SizeMiB: 64, Format: api.FormatQCOW2, Encryption: &api.VolumeEncryption{Key: "prod"}})
+	if err != nil {
+		t.Fatalf("an encrypted volume on a shared directory pool: %v", err)
+	}
+	if v.Encryption.KeyName() != "prod" {
+		t.Fatalf("volume %+v, want key prod", v)
+	}
+	if _, err := cl.PutReservation(ctx, "arriving", api.ReservationSpec{VCPU: 1, MemoryMiB: 64,
+		SharedDisks: []api.ReservationDisk{{Pool: "default-pool", Volume: "enc"}}}); err != nil {
+		t.Fatalf("a reservation with an encrypted shared disk: %v", err)
+	}
+	if err := cl.DeleteReservation(ctx, "arriving"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.PutVM(ctx, "vm1", api.VMSpec{VCPU: 1, MemoryMiB: 64, Disks: []api.VMDisk{{Pool: "default-pool", Volume: "enc"}}}); err != nil {
+		t.Fatalf("a VM with an encrypted disk on a shared pool: %v", err)
 	}
 }

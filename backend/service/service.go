@@ -86,6 +86,8 @@ type Service struct {
 	sharedPools map[string]bool
 	// maint is the maintenance switch (see maintenance.go).
 	maint maintenance
+	// poolTypes are the libvirt types of the served pools (dir, rbd...).
+	poolTypes map[string]string
 }
 
 // New builds a Service and ensures the default pool exists.
@@ -107,11 +109,11 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, sw Switch, log *slog.Lo
 	if err := hv.EnsurePool(ctx, DefaultPool, cfg.PoolDir); err != nil {
 		return nil, fmt.Errorf("ensuring storage pool %q at %s: %w", DefaultPool, cfg.PoolDir, err)
 	}
-	shared, err := checkPoolsAtStart(ctx, hv, cfg)
+	shared, types, err := checkPoolsAtStart(ctx, hv, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s.sharedPools = shared
+	s.sharedPools, s.poolTypes = shared, types
 	// Migration leaves a disk on a shared pool in place (and never deletes
 	// it after the VM left): tell the driver which pools those are.
 	hv.SetSharedPools(shared)

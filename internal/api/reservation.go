@@ -15,6 +15,18 @@ type ReservationSpec struct {
 	TTLSec int64 `json:"ttl_sec,omitempty"`
 	// SourceHost is the host the VM comes from, for logs and listings.
 	SourceHost string `json:"source_host,omitempty"`
+	// SharedDisks are the VM's volumes on shared pools, which the target
+	// opens in place. The target checks that it serves each as a shared
+	// pool and sees the volume, and registers the secret of each encrypted
+	// one (409 naming host and key when it lacks the key): QEMU opens the
+	// disk there before anything else would.
+	SharedDisks []ReservationDisk `json:"shared_disks,omitempty"`
+}
+
+// ReservationDisk names one volume of an arriving VM.
+type ReservationDisk struct {
+	Pool   string `json:"pool"`
+	Volume string `json:"volume"`
 }
 
 // Reservation is one entry of a host's admission ledger.

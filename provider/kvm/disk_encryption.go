@@ -32,7 +32,9 @@ func diskEncryptionAttribute() schema.SingleNestedAttribute {
 			"where the CPU has it). The host derives a key for this disk from the named master key, which it holds itself " +
 			"(kvm-hostd `--key-dir`, file `<key>.key`): no key ever passes through Terraform, the state, the API or the " +
 			"domain XML. Unset (the default): not encrypted. The disk's host, and every host its VM may move to, must hold " +
-			"the key (see `kvm_host.keys`); the plan fails otherwise, naming host and key. An encrypted disk is an empty " +
+			"the key (see `kvm_host.keys`); the plan fails otherwise, naming host and key. It may be on a local or a shared " +
+			"directory pool (`pool`; a VM moving to another host opens a shared one in place, with the secret the new host " +
+			"registers before the move), not on an rbd pool. An encrypted disk is an empty " +
 			"qcow2: it cannot have `base_disk_id` or `source_url`, nor be the base of a linked clone, and a VM with an " +
 			"encrypted disk cannot be snapshotted. Changing it replaces the disk (its data is lost).",
 		Optional: true,

@@ -66,6 +66,16 @@ resource "kvm_disk" "secret" {
   encryption = { key = "prod" }
 }
 
+# On a directory pool both hosts share (standing in for NFS): the VM's
+# move leaves it in place, and host-b opens the same LUKS file.
+resource "kvm_disk" "shared_secret" {
+  name       = "enc-shared"
+  host       = local.host
+  pool       = %q
+  size_mib   = 64
+  encryption = { key = "prod" }
+}
+
 resource "kvm_disk" "control" {
   name     = "enc-control"
   host     = local.host
@@ -78,20 +88,29 @@ resource "kvm_vm" "enc" {
   vcpu             = 1
   memory_mib       = 384
   shutdown_timeout = 120
-%s  disks            = [{ disk_id = kvm_disk.root.id }, { disk_id = kvm_disk.secret.id }, { disk_id = kvm_disk.control.id }]
+%s  disks            = [{ disk_id = kvm_disk.root.id }, { disk_id = kvm_disk.secret.id }, { disk_id = kvm_disk.control.id }, { disk_id = kvm_disk.shared_secret.id }]
   cloud_init       = { meta_data = "instance-id: enc\nlocal-hostname: enc\n" }
 }
-`, host, imageURL, imageURL, extra)
+`, host, imageURL, imageURL, encSharedPool, extra)
 }
 
+// encSharedPool is a directory both namespace hosts see at one path,
+// defined as a dir pool on each and served with --shared-pool.
+const (
+	encSharedPool = "kvmsharedenc"
+	encSharedDir  = "/var/tmp/kvm-shared-enc-test"
+)
+
 // TestAccEncryptionReal proves encrypted disks on real QEMU, on ONE guest
-// with an encrypted data disk (vdb) and a plain control disk (vdc): the
-// guest writes the same 1 MiB pattern to both block devices; the pattern
-// is in the control disk's file on the host and not in the encrypted
-// one's; the guest reads it back after a reboot, after a cold start that
+// with an encrypted data disk (vdb), a plain control disk (vdc) and an
+// encrypted disk on a shared directory pool (vdd): the guest writes the
+// same 1 MiB pattern to all three block devices; the pattern is in the
+// control disk's file on the host and not in either encrypted one's; the guest reads it back after a reboot, after a cold start that
 // follows a kvm-hostd restart with libvirtd's secrets gone (as after a
 // libvirtd restart), and after a live migration to a second host holding
-// the same key. No key byte is in the domain XML, the host's log or the
+// the same key (the shared disk is not copied: host-b opens the same
+// file, with the secret its kvm-hostd registered when it reserved room for
+// the VM). No key byte is in the domain XML, the host's log or the
 // Terraform state.
 func TestAccEncryptionReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64")
@@ -104,9 +123,24 @@ func TestAccEncryptionReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_ = os.RemoveAll(encSharedDir)
+	if err := os.MkdirAll(encSharedDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(encSharedDir) })
 	hs := realstack.StartHostNamespaces(ctx, t, realstack.HostsOptions{Names: []string{"a", "b"}})
 	ha, hb := hs.Host("a"), hs.Host("b")
 	byHost := map[string]*realstack.NSHost{"host-a": ha, "host-b": hb}
+	for _, h := range []*realstack.NSHost{ha, hb} {
+		for _, args := range [][]string{
+			{"pool-define-as", encSharedPool, "dir", "--target", encSharedDir},
+			{"pool-start", encSharedPool},
+		} {
+			if out, err := exec.Command("virsh", append([]string{"-c", h.LocalURI}, args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("virsh %v on %s: %v\n%s", args, h.Name, err, out)
+			}
+		}
+	}
 
 	imageURL := serveGuestImage(t, image)
 
@@ -120,7 +154,7 @@ func TestAccEncryptionReal(t *testing.T) {
 	keyHex := hex.EncodeToString(key)
 
 	const poolDir = "/var/lib/libvirt/images/kvm-encryption-test"
-	c := startMigrationHosts(t, byHost, poolDir, "--key-dir", keyDir)
+	c := startMigrationHosts(t, byHost, poolDir, "--key-dir", keyDir, "--pool", encSharedPool, "--shared-pool", encSharedPool)
 	// A restarted kvm-hostd listens on a new port: the provider reads
 	// host-a's endpoint from a file at every plan, rewritten on restart.
 	urlFile := filepath.Join(t.TempDir(), "host-a.url")
@@ -147,7 +181,7 @@ func TestAccEncryptionReal(t *testing.T) {
 	want := hex.EncodeToString(sum[:])
 	// readBack checks both disks hold the pattern, read raw from the guest.
 	readBack := func(h *realstack.NSHost, when string) error {
-		for _, dev := range []string{"/dev/vdb", "/dev/vdc"} {
+		for _, dev := range []string{"/dev/vdb", "/dev/vdc", "/dev/vdd"} {
 			out, err := agentOn(h).run(ctx, "/bin/sh", "-c", "dd if="+dev+" bs=1M count=1 iflag=direct 2>/dev/null | sha256sum")
 			if err != nil {
 				return fmt.Errorf("%s: reading %s: %w", when, dev, err)
@@ -156,7 +190,7 @@ func TestAccEncryptionReal(t *testing.T) {
 				return fmt.Errorf("%s: %s holds %q, want the pattern (%s)", when, dev, out, want)
 			}
 		}
-		t.Logf("%s: the guest reads the pattern back from both disks (test at %s)", when, time.Since(start).Round(time.Second))
+		t.Logf("%s: the guest reads the pattern back from all three disks (test at %s)", when, time.Since(start).Round(time.Second))
 		return nil
 	}
 	file := func(h *realstack.NSHost, vol string) string {
@@ -171,6 +205,22 @@ func TestAccEncryptionReal(t *testing.T) {
 	}
 	domXMLOn := func(h *realstack.NSHost) ([]byte, error) {
 		return exec.Command("virsh", "-c", h.LocalURI, "dumpxml", "enc").CombinedOutput()
+	}
+	// notInSharedFile checks the encrypted shared disk's one file.
+	notInSharedFile := func() error {
+		f := filepath.Join(encSharedDir, "enc-shared")
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if !bytes.HasPrefix(b, []byte("QFI\xfb")) {
+			return fmt.Errorf("%s is not a qcow2 file", f)
+		}
+		if bytes.Contains(b, []byte(encMarker)) {
+			return fmt.Errorf("the pattern is in the shared encrypted file %s in clear", f)
+		}
+		t.Logf("pattern not in the shared encrypted file (%d bytes)", len(b))
+		return nil
 	}
 	var uuid string
 
@@ -187,7 +237,7 @@ func TestAccEncryptionReal(t *testing.T) {
 					if err := agentOn(ha).writeFile(ctx, "/run/kvm-enc-pattern", pattern); err != nil {
 						return err
 					}
-					for _, dev := range []string{"/dev/vdb", "/dev/vdc"} {
+					for _, dev := range []string{"/dev/vdb", "/dev/vdc", "/dev/vdd"} {
 						if _, err := agentOn(ha).run(ctx, "/bin/sh", "-c",
 							"dd if=/run/kvm-enc-pattern of="+dev+" bs=1M count=1 oflag=direct conv=fsync 2>&1"); err != nil {
 							return fmt.Errorf("writing %s: %w", dev, err)
@@ -213,6 +263,9 @@ func TestAccEncryptionReal(t *testing.T) {
 					}
 					if !bytes.HasPrefix(enc, []byte("QFI\xfb")) {
 						return fmt.Errorf("%s is not a qcow2 file", file(ha, "enc-secret"))
+					}
+					if err := notInSharedFile(); err != nil {
+						return err
 					}
 					t.Logf("pattern in the control file (%d bytes), not in the encrypted file (%d bytes)", len(plain), len(enc))
 					x, err := domXMLOn(ha)
@@ -283,6 +336,12 @@ func TestAccEncryptionReal(t *testing.T) {
 					}
 					if bytes.Contains(enc, []byte(encMarker)) {
 						return fmt.Errorf("the pattern is in host-b's encrypted file in clear")
+					}
+					if err := notInSharedFile(); err != nil {
+						return err
+					}
+					if m, err := lastMigration(c.Host("host-a").Log(), "enc"); err != nil || m.SharedDisks != 1 || m.Disks != 3 {
+						return fmt.Errorf("migration record %+v (%v): want 1 shared disk left in place and 3 local ones copied", m, err)
 					}
 					for _, name := range []string{"host-a", "host-b"} {
 						if err := noKeyIn(name+"'s kvm-hostd log", []byte(c.Host(name).Log())); err != nil {

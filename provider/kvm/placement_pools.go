@@ -18,9 +18,12 @@ func sharedPoolLabel(pool string) string { return "shared-pool." + pool }
 // each key already placed whose VM (the VM named like the key, on the
 // key's host) has disks on pools that host serves as shared, the key may
 // only go to hosts serving those pools as shared too; moving it anywhere
-// else would leave its disks behind. Keys without such a VM (new keys,
-// keys not named like their VM) are unconstrained.
-func withSharedPools(ctx context.Context, fleet *Fleet, reqs map[string]placement.Request, invs []api.Host, previous map[string]string) (map[string]placement.Request, []placement.Host) {
+// else would leave its disks behind. Likewise a key whose VM has
+// encrypted disks may only go to hosts holding their keys (label
+// key.NAME, which hosts carry for each key they hold); needs lists those
+// keys per placement key. Keys without such a VM (new keys, keys not
+// named like their VM) are unconstrained.
+func withSharedPools(ctx context.Context, fleet *Fleet, reqs map[string]placement.Request, invs []api.Host, previous map[string]string) (map[string]placement.Request, []placement.Host, map[string][]keyNeed) {
 	hosts := make([]placement.Host, 0, len(invs))
 	byName := map[string]api.Host{}
 	for _, inv := range invs {
@@ -39,6 +42,7 @@ func withSharedPools(ctx context.Context, fleet *Fleet, reqs map[string]placemen
 		hosts = append(hosts, h)
 	}
 	out := maps.Clone(reqs)
+	needs := map[string][]keyNeed{}
 	for key, host := range previous {
 		q, ok := out[key]
 		if !ok || fleet == nil {
@@ -62,18 +66,28 @@ func withSharedPools(ctx context.Context, fleet *Fleet, reqs map[string]placemen
 		if err != nil {
 			continue
 		}
-		for _, d := range vm.Disks {
-			if !poolShared(inv, d.Pool) {
-				continue
-			}
+		require := func(label string) {
 			if q.HostLabels == nil {
 				q.HostLabels = map[string]string{}
 			} else {
 				q.HostLabels = maps.Clone(q.HostLabels)
 			}
-			q.HostLabels[sharedPoolLabel(d.Pool)] = "true"
+			q.HostLabels[label] = "true"
+		}
+		for _, d := range vm.Disks {
+			if poolShared(inv, d.Pool) {
+				require(sharedPoolLabel(d.Pool))
+			}
+		}
+		// Only a host holding keys can have encrypted disks in use: the
+		// volume reads (one per disk) are spared elsewhere.
+		if len(inv.Keys) > 0 {
+			for _, n := range encryptedDisksOf(ctx, fh, vm) {
+				require(api.KeyLabel(n.key))
+				needs[key] = append(needs[key], n)
+			}
 		}
 		out[key] = q
 	}
-	return out, hosts
+	return out, hosts, needs
 }

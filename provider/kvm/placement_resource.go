@@ -59,7 +59,10 @@ func (r *PlacementResource) Schema(_ context.Context, _ resource.SchemaRequest, 
 			"plan. Hosts still enforce admission themselves when VMs are created.\n\n" +
 			"A key whose VM (the `kvm_vm` named like the key, on the key's current host) has disks on a shared pool (see " +
 			"`kvm_host`'s `pools`) only moves to hosts that serve that pool as shared too, so that the VM can follow without " +
-			"leaving its disks behind; when no candidate does, the plan fails naming `shared-pool.NAME`.",
+			"leaving its disks behind; when no candidate does, the plan fails naming `shared-pool.NAME`. Likewise a key whose VM " +
+			"has encrypted disks (`kvm_disk.encryption`) only moves to hosts holding their keys (`key.NAME`, no `host_labels` " +
+			"needed); when no candidate holds one, the plan fails naming the key and each candidate host with the keys it holds. " +
+			"A new key's VM does not exist yet: give it `host_labels = { \"key.NAME\" = \"true\" }`.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "Always `placement`: the resource has no remote object.",
@@ -260,7 +263,11 @@ func (r *PlacementResource) place(ctx context.Context, configHosts types.Set, m,
 		}
 	}
 
-	in.Requests, in.Hosts = withSharedPools(ctx, r.fleet, reqs, invs, previous)
+	var needs map[string][]keyNeed
+	in.Requests, in.Hosts, needs = withSharedPools(ctx, r.fleet, reqs, invs, previous)
+	if keysUnheld(diags, needs, invs) {
+		return nil
+	}
 	res, err := placement.Place(in)
 	if err != nil {
 		var ue *placement.UnsatisfiableError

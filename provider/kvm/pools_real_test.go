@@ -26,6 +26,13 @@ const (
 	sharedPoolName = "kvmshared"
 )
 
+// plainFillMiB is how much data the local-disk VM's disk holds (all of it),
+// at plainDiskPath (in the default pool of each host).
+const (
+	plainFillMiB  = 256
+	plainDiskPath = "/var/lib/libvirt/images/kvm-pools-test/pools-plain"
+)
+
 // poolsHCL is one guest booting from a linked clone in the shared pool,
 // with a shared data disk of dataMiB, plus a guest-less VM ("plain") with
 // one local disk in the default pool, whose migration must copy it. Every
@@ -136,7 +143,10 @@ func lastMigration(log, vm string) (migrationRecord, error) {
 // then (grown online to 4 GiB) host-a → host-b → host-a again: the marker
 // is intact after each move, the source kvm-hostd's log shows no storage
 // copy (libvirt's disk_total 0) and the data disk's size does not change
-// the time. A guest-less VM with a local disk, moved alongside, copies it.
+// the time. A guest-less VM with a local disk, moved alongside, copies it:
+// the disk holds plainFillMiB of real data (written through its running
+// QEMU), so the log sets the copy's time and bytes against the shared
+// moves.
 func TestAccSharedPoolReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64")
 	testAccPreCheck(t)
@@ -211,10 +221,16 @@ func TestAccSharedPoolReal(t *testing.T) {
 			if p.Disks != 1 || p.SharedDisks != 0 {
 				return fmt.Errorf("local-disk migration %s → %s: %d copied, %d shared disks, %d disk bytes; want its one local disk copied", from, to, p.Disks, p.SharedDisks, p.DiskTotalBytes)
 			}
-			timings = append(timings, fmt.Sprintf("%s→%s shared data disk %d MiB: %s (disk bytes copied 0); local 256 MiB disk VM: %s (disk bytes copied %d)",
-				from, to, dataMiB, g.Took, p.Took, p.DiskTotalBytes))
-			t.Logf("migrated %s → %s with a %d MiB shared data disk in %s, no disk copied; the local-disk VM copied %d bytes in %s (test at %s)",
-				from, to, dataMiB, g.Took, p.DiskTotalBytes, p.Took, time.Since(start).Round(time.Second))
+			// What the copy wrote on the target: the file's allocation.
+			onTarget, _ := allocatedMiB(byHost[to], plainDiskPath)
+			rate := ""
+			if d, err := time.ParseDuration(p.Took); err == nil && d > 0 {
+				rate = fmt.Sprintf(", %.0f MiB/s", float64(plainFillMiB)/d.Seconds())
+			}
+			timings = append(timings, fmt.Sprintf("%s→%s shared data disk %d MiB: %s (disk bytes copied 0); local disk VM with %d MiB of data: %s%s (libvirt disk bytes %d, %d MiB allocated on the target)",
+				from, to, dataMiB, g.Took, plainFillMiB, p.Took, rate, p.DiskTotalBytes, onTarget))
+			t.Logf("migrated %s → %s with a %d MiB shared data disk in %s, no disk copied; the local-disk VM (%d MiB of data) moved in %s, libvirt counted %d disk bytes, %d MiB allocated on the target (test at %s)",
+				from, to, dataMiB, g.Took, plainFillMiB, p.Took, p.DiskTotalBytes, onTarget, time.Since(start).Round(time.Second))
 			return nil
 		}
 	}
@@ -234,6 +250,23 @@ func TestAccSharedPoolReal(t *testing.T) {
 					if _, err := agentOn(ha).run(ctx, "/bin/sh", "-c", "echo "+marker+" > /root/kvm-marker && sync"); err != nil {
 						return err
 					}
+					// Real data on the local-disk VM's disk, written through its
+					// running QEMU (HMP qemu-io), so its moves copy it.
+					// The device's own BlockBackend (see migrateTestDiskIO);
+					// qemu-io answers in the domain's log, so the file's
+					// allocation proves the write.
+					t1 := time.Now()
+					for off := 0; off < plainFillMiB; off += 32 {
+						cmd := fmt.Sprintf(`qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "write -P 0x5a %dM 32M"`, off)
+						out, err := exec.Command("virsh", "-c", ha.LocalURI, "qemu-monitor-command", "plain", "--hmp", cmd).CombinedOutput()
+						if err != nil || strings.Contains(string(out), "rror") {
+							return fmt.Errorf("filling the local disk (%s): %v: %s", cmd, err, out)
+						}
+					}
+					if got, err := allocatedMiB(ha, plainDiskPath); err != nil || got < plainFillMiB {
+						return fmt.Errorf("the local disk holds %d MiB (%v) after writing %d MiB into it", got, err, plainFillMiB)
+					}
+					t.Logf("wrote %d MiB into the local-disk VM's disk in %s", plainFillMiB, time.Since(t1).Round(time.Millisecond))
 					// Everything of the guest is in the shared directory.
 					for _, f := range []string{"pools-base", "pools-root", "pools-data"} {
 						if _, err := os.Stat(sharedPoolDir + "/" + f); err != nil {

@@ -67,7 +67,12 @@ func vmRefFormat() validator.String {
 func (r *SnapshotResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "A snapshot of a VM (`kvm_vm`), taken on the VM's host. Setting or changing `revert_trigger` " +
-			"reverts the VM to this snapshot in place.",
+			"reverts the VM to this snapshot in place.\n\n" +
+			"It is an internal qcow2 snapshot of every disk of the VM (and of its memory when running): all of them or none. " +
+			"Disks on a shared directory pool (`kvm-hostd --shared-pool`) work like local ones: the snapshot is written into " +
+			"the shared file, and its record is kept by the libvirt of the VM's host. libvirt cannot migrate a VM that has " +
+			"snapshots, so such a VM does not move to another host (the move fails and the VM stays where it is): delete its " +
+			"snapshots first. A VM with an encrypted disk cannot be snapshotted.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "`<host>/<vm name>/<snapshot name>`; also the import ID.",

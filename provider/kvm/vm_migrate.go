@@ -90,7 +90,8 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 		ttl += min(max(*vm.ShutdownTimeoutSec, 0), api.MaxShutdownTimeoutSec)
 	}
 	ttl = min(ttl, api.MaxReservationTTLSec)
-	_, err = dst.Client.PutReservation(ctx, name, api.ReservationSpec{VCPU: vm.VCPU, MemoryMiB: mem, TTLSec: ttl, SourceHost: src.Name})
+	_, err = dst.Client.PutReservation(ctx, name, api.ReservationSpec{VCPU: vm.VCPU, MemoryMiB: mem, TTLSec: ttl, SourceHost: src.Name,
+		SharedDisks: sharedDisksOf(vm.Disks, srcInv)})
 	switch {
 	case err == nil:
 		defer func() {
@@ -188,4 +189,17 @@ func (r *VMResource) migrate(ctx context.Context, plan, prior vmModel, dst *Flee
 	}
 	tflog.Info(ctx, "VM migrated", map[string]any{"name": name, "from": src.Name, "to": dst.Name, "took": time.Since(t0).String()})
 	return true
+}
+
+// sharedDisksOf are the disks of a VM on pools the source host shares:
+// the target opens them in place, so its reservation names them (it
+// registers the secret of an encrypted one there before the move).
+func sharedDisksOf(disks []api.VMDisk, srcInv api.Host) []api.ReservationDisk {
+	var out []api.ReservationDisk
+	for _, d := range disks {
+		if poolShared(srcInv, d.Pool) {
+			out = append(out, api.ReservationDisk{Pool: d.Pool, Volume: d.Volume})
+		}
+	}
+	return out
 }
