@@ -408,7 +408,7 @@ func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 	if h == nil {
 		return
 	}
-	v, err := h.Client.GetVolume(ctx, pool, name)
+	v, err := h.ReadVolume(ctx, pool, name)
 	if isNotFound(err) {
 		tflog.Warn(ctx, "disk is gone; removing it from state", map[string]any{"id": state.ID.ValueString()})
 		resp.State.RemoveResource(ctx)

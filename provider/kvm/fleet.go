@@ -33,6 +33,8 @@ type FleetHost struct {
 	// host reports itself.
 	Labels map[string]string
 	Client *client.Client
+	// reads coalesces refresh reads (readcache.go).
+	reads hostReads
 }
 
 // Names returns host names in sorted order.

@@ -421,6 +421,9 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 	if req.Plan.Raw.IsNull() {
 		return // destroy
 	}
+	if vmPlanUnchanged(ctx, r.fleet, req, resp) {
+		return
+	}
 	var plan, cfg vmModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.Config.Get(ctx, &cfg)...)
@@ -676,7 +679,7 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	name := prior.Name.ValueString()
-	vm, err := h.Client.GetVM(ctx, name)
+	vm, err := h.ReadVM(ctx, name)
 	if err != nil {
 		if isNotFound(err) {
 			tflog.Warn(ctx, "VM is gone; removing it from state", map[string]any{"host": h.Name, "name": name})
