@@ -320,6 +320,15 @@ samples() { tr ' ' '\n' <<<"${T[$1]:-}" | grep -v '^$' | xargs printf '%.1f / ' 
 			echo "| $n | destroy (-parallelism=$par) | $(fmt_s "$d") [$(samples "destroy_$key")] | $(fmt_s "$rt") teardown | $(ratio "$d" "$rt") |"
 		done
 	done
+	# Issue 17's apply goal, next to its result.
+	a30="$(med apply_n30_p10)"; rc30="$(med raw_create_n30)"
+	if [[ "$a30" != nan && "$rc30" != nan && -n "$a30" && -n "$rc30" ]]; then
+		r30="$(echo "$a30 / $rc30" | bc -l)"
+		echo
+		echo "| goal | result |"
+		echo "|---|---|"
+		echo "| apply within 1.3× of the raw floor at N=30, -parallelism=10 | $(printf '%.2f×' "$r30"): $(echo "$r30 <= 1.3" | bc -l | sed 's/1/met/;s/0/**missed**/') |"
+	fi
 	echo
 	echo "| linked clone (median of 7) | 64 MiB base | 4 GiB base |"
 	echo "|---|---|---|"
@@ -346,3 +355,8 @@ samples() { tr ' ' '\n' <<<"${T[$1]:-}" | grep -v '^$' | xargs printf '%.1f / ' 
 	fi
 } | tee "$out_dir/results.md"
 say "table written to $out_dir/results.md"
+
+# --- scale (issue 17) ---------------------------------------------------------
+# Plan time against state size and kvm-hostd under load, on simulated hosts
+# (the test driver): no real stack needed, appended to the tables above.
+"$root/scripts/bench-scale.sh" | tee -a "$out_dir/results.md"

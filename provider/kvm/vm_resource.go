@@ -622,7 +622,8 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	name := plan.Name.ValueString()
 	what := fmt.Sprintf("VM %s on host %s", name, h.Name)
 	tflog.Debug(ctx, "creating VM", map[string]any{"host": h.Name, "name": name})
-	if _, err := h.Client.PutVM(ctx, name, spec); err != nil {
+	vm, err := h.Client.PutVM(ctx, name, spec)
+	if err != nil {
 		switch {
 		case api.IsCode(err, api.CodeFull):
 			resp.Diagnostics.AddError("Host Refused VM",
@@ -635,11 +636,8 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 		}
 		return
 	}
-	vm, err := h.Client.GetVM(ctx, name)
-	if err != nil {
-		addAPIError(&resp.Diagnostics, "Unable to Read VM After Create", what, err)
-		return
-	}
+	// The host answers the create with the VM as a GET reads it: no
+	// read-back.
 	if wait, ok := plan.waitForIPOf(ctx); ok && vm.Running {
 		if vm = waitForIP(ctx, h, name, wait, &resp.Diagnostics); vm == nil {
 			// The VM exists: keep it in state (Terraform taints it).
