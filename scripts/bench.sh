@@ -18,7 +18,9 @@
 # libvirtd/virtlogd only if this run's realstack-up started them.
 #
 # Environment: BENCH_NS ("10 30"), BENCH_ROUNDS (3), BENCH_ROOT
-# (/var/lib/kvm-hostd-bench), BENCH_SKIP_PLACEMENT=1.
+# (/var/lib/kvm-hostd-bench), BENCH_SKIP_PLACEMENT=1, BENCH_HOSTD_LOG_LEVEL
+# (warn; info logs every request with its phases to .cache/bench/hostd.log),
+# and scripts/bench-scale.sh's (BENCH_SKIP_SCALE=1 skips it).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -110,6 +112,9 @@ cleanup() {
 		echo "bench failed (exit $rc); log: $log" >&2
 		tail -n 30 "$work/hostd.log" 2>/dev/null >&2
 	fi
+	# Kept for reading: with BENCH_HOSTD_LOG_LEVEL=info every request's
+	# phases (lock, define, start, ...) are in it.
+	cp "$work/hostd.log" "$out_dir/hostd.log" 2>/dev/null
 	rm -rf "$work"
 	exit "$rc"
 }
@@ -162,7 +167,7 @@ export KVM_TOKEN="$token"
 overcommit=1000
 bin/kvm-hostd --name bench --listen 127.0.0.1:0 --libvirt-uri "$uri" --ovsdb embedded \
 	--pool-dir "$bench_root/pool" --token-file "$work/token" \
-	--cpu-overcommit "$overcommit" --memory-overcommit 4 --log-format text --log-level warn \
+	--cpu-overcommit "$overcommit" --memory-overcommit 4 --log-format text --log-level "${BENCH_HOSTD_LOG_LEVEL:-warn}" \
 	>"$work/hostd.out" 2>"$work/hostd.log" &
 hostd_pid=$!
 url=""
