@@ -3,6 +3,7 @@ package kvm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -182,3 +183,27 @@ func (h *FleetHost) ReadNetwork(ctx context.Context, name string) (*api.Network,
 	}
 	return h.Client.GetNetwork(ctx, name)
 }
+
+// PlanInventory is Inventory for plan-time checks of many resources (a
+// disk's pool space): one read of the host per plan answers all of them,
+// under the same rules as the refresh snapshots (any write of this process
+// to the host invalidates it). A host that cannot be read is answered as
+// Inventory answers it.
+func (h *FleetHost) PlanInventory(ctx context.Context) api.Host {
+	s, ok := h.snapshotOf(ctx, "host", func(ctx context.Context, s *snapshot) error {
+		inv := h.Inventory(ctx)
+		if !inv.Healthy {
+			return errUnhealthy
+		}
+		return fill(s, []api.Host{inv}, func(*api.Host) string { return "" })
+	})
+	var inv api.Host
+	if ok && s.lookup("", &inv) {
+		return inv
+	}
+	return h.Inventory(ctx)
+}
+
+// errUnhealthy keeps an unhealthy inventory out of the cache: the next
+// check asks again.
+var errUnhealthy = errors.New("host unhealthy")

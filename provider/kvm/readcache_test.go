@@ -205,3 +205,44 @@ func TestReadVMCopiesAreIndependent(t *testing.T) {
 type errNamed string
 
 func (e errNamed) Error() string { return "got VM " + string(e) }
+
+// Plan-time checks of many disks read the host's inventory once; a write
+// makes the next check read it again.
+func TestPlanInventoryIsReadOncePerPlan(t *testing.T) {
+	var mu sync.Mutex
+	calls := 0
+	free := int64(100)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if r.Method == http.MethodGet && r.URL.Path == "/v1/host" {
+			calls++
+			_ = json.NewEncoder(w).Encode(api.Host{Name: "host-a", Healthy: true, Pools: []api.HostPool{{Name: "default", FreeMiB: free}}})
+			return
+		}
+		free -= 10 // any write uses space
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := client.New(client.Options{Endpoint: srv.URL, RetryMax: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &FleetHost{Name: "host-a", Endpoint: srv.URL, Client: c}
+	ctx := context.Background()
+	for range 5 {
+		if inv := h.PlanInventory(ctx); !inv.Healthy || inv.Pool("default").FreeMiB != 100 {
+			t.Fatalf("PlanInventory = %+v", inv)
+		}
+	}
+	if calls != 1 {
+		t.Errorf("5 checks read the host %d times, want 1", calls)
+	}
+	if err := c.DeleteVolume(ctx, "default", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if inv := h.PlanInventory(ctx); inv.Pool("default").FreeMiB != 90 {
+		t.Errorf("after a write: free %d MiB, want 90 (read again)", inv.Pool("default").FreeMiB)
+	}
+}
