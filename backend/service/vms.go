@@ -25,14 +25,17 @@ func validateVMName(name string) error {
 
 // ListVMs lists the host's domains.
 func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) {
-	vms, err := s.hv.ListVMs(ctx)
-	if err == nil {
-		s.fillAllAddresses(ctx, vms)
-		for i := range vms {
-			s.namePCIDevices(&vms[i])
+	// Concurrent lists share scans (listflight.go).
+	return s.vmLists.list(ctx, func(ctx context.Context) ([]api.VM, error) {
+		vms, err := s.hv.ListVMs(ctx)
+		if err == nil {
+			s.fillAllAddresses(ctx, vms)
+			for i := range vms {
+				s.namePCIDevices(&vms[i])
+			}
 		}
-	}
-	return vms, err
+		return vms, err
+	})
 }
 
 // GetVM reads a domain.
