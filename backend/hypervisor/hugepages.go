@@ -83,8 +83,16 @@ func (l *Libvirt) hostMemoryLayout(c *libvirt.Connect, r *service.Resources) err
 // domainHugepages is what a defined domain backed by huge pages of the
 // host's default size needs, in pages; 0 for one that is not.
 func domainHugepages(d *libvirt.Domain, sizeKiB int64) int64 {
-	x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
-	if err != nil || x.MemoryBacking == nil || x.MemoryBacking.MemoryHugePages == nil || x.Memory == nil {
+	// Every admission asks this of every domain, under the host's
+	// admission lock: parse only the XML of a domain that can have
+	// hugepages at all (parsing every domain's XML was most of a VM
+	// create's admission time, and it grows with the domains).
+	doc, err := d.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil || !strings.Contains(doc, "<hugepages") {
+		return 0
+	}
+	x := &libvirtxml.Domain{}
+	if err := x.Unmarshal(doc); err != nil || x.MemoryBacking == nil || x.MemoryBacking.MemoryHugePages == nil || x.Memory == nil {
 		return 0
 	}
 	kib := int64(toBytes(orDefault(x.Memory.Unit, "KiB"), uint64(x.Memory.Value)) / 1024)
