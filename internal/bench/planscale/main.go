@@ -39,21 +39,31 @@ import (
 	"github.com/kvmfleet/terraform-provider-kvm/internal/harness"
 )
 
-type size struct{ resources, hosts int }
+type size struct {
+	resources, hosts int
+	refs             string
+}
 
 func parseSizes(s string) ([]size, error) {
 	var out []size
 	for _, part := range strings.Split(s, ",") {
-		r, h, ok := strings.Cut(strings.TrimSpace(part), ":")
-		if !ok {
-			return nil, fmt.Errorf("size %q is not RESOURCES:HOSTS", part)
+		f := strings.Split(strings.TrimSpace(part), ":")
+		if len(f) < 2 || len(f) > 3 {
+			return nil, fmt.Errorf("size %q is not RESOURCES:HOSTS[:REFS]", part)
+		}
+		r, h, refs := f[0], f[1], "flat"
+		if len(f) == 3 {
+			refs = f[2]
+		}
+		if refs != "flat" && refs != "direct" {
+			return nil, fmt.Errorf("size %q: REFS is flat or direct", part)
 		}
 		rn, err1 := strconv.Atoi(r)
 		hn, err2 := strconv.Atoi(h)
 		if err1 != nil || err2 != nil || rn < 3 || hn < 1 {
 			return nil, fmt.Errorf("size %q is not RESOURCES:HOSTS", part)
 		}
-		out = append(out, size{rn, hn})
+		out = append(out, size{rn, hn, refs})
 	}
 	return out, nil
 }
@@ -65,7 +75,23 @@ var goals = map[int]float64{1000: 3, 5000: 10}
 // pairs of (disk, VM) spread round-robin over the hosts, each VM on its own
 // disk with one NIC on one of the networks. Sizes are tiny: the test driver
 // only records them, but admission still counts them.
-const config = `
+//
+// refs chooses how a VM names its disk and network. "direct" references the
+// other resources' instances (kvm_disk.d[count.index].id), as most
+// configurations do; Terraform then evaluates the whole kvm_disk.d (every
+// instance) for each VM, which costs it time quadratic in the count.
+// "flat" builds the same ids from the same inputs and orders by
+// depends_on, so Terraform's walk stays linear and what is left is the
+// provider's and kvm-hostd's share.
+func config(refs string) string {
+	diskID, network := "kvm_disk.d[count.index].id", "kvm_network.n[count.index % var.nets].name"
+	dependsOn := ""
+	if refs == "flat" {
+		diskID = `"${var.hosts[count.index % length(var.hosts)]}/default/${format("pd%05d", count.index)}"`
+		network = `format("pnet%02d", count.index % var.nets)`
+		dependsOn = "  depends_on         = [kvm_disk.d, kvm_network.n]\n"
+	}
+	return `
 terraform {
   required_providers {
     kvm = { source = "kvmfleet/kvm" }
@@ -93,20 +119,21 @@ resource "kvm_disk" "d" {
 }
 
 resource "kvm_vm" "v" {
-  count            = var.pairs
-  name             = format("pv%05d", count.index)
-  host             = var.hosts[count.index % length(var.hosts)]
-  vcpu             = 1
-  memory_mib       = 16
-  running          = true
-  shutdown_timeout = 0
-  disks            = [{ disk_id = kvm_disk.d[count.index].id }]
-  network_interfaces = [{ network = kvm_network.n[count.index % var.nets].name }]
-}
+  count              = var.pairs
+  name               = format("pv%05d", count.index)
+  host               = var.hosts[count.index % length(var.hosts)]
+  vcpu               = 1
+  memory_mib         = 16
+  running            = true
+  shutdown_timeout   = 0
+  disks              = [{ disk_id = ` + diskID + ` }]
+  network_interfaces = [{ network = ` + network + ` }]
+` + dependsOn + `}
 `
+}
 
 func main() {
-	sizesFlag := flag.String("sizes", "100:5,1000:5,5000:50", "comma-separated RESOURCES:HOSTS")
+	sizesFlag := flag.String("sizes", "100:5,1000:5,5000:50", "comma-separated RESOURCES:HOSTS[:REFS], REFS flat (default) or direct (see config)")
 	rounds := flag.Int("rounds", 3, "no-op plans per size (median reported)")
 	parallelism := flag.Int("parallelism", 10, "terraform -parallelism of the timed plans")
 	applyParallelism := flag.Int("apply-parallelism", 50, "terraform -parallelism of the set-up apply")
@@ -162,7 +189,7 @@ func runSize(s size, nets, rounds, par, applyPar int, tf string) (row, error) {
 	for i := range names {
 		names[i] = fmt.Sprintf("sim%02d", i)
 	}
-	say("%d resources (%d networks, %d disks, %d VMs) on %d simulated hosts", r.nets+2*r.pairs, r.nets, r.pairs, r.pairs, s.hosts)
+	say("%d resources (%d networks, %d disks, %d VMs) on %d simulated hosts, %s references", r.nets+2*r.pairs, r.nets, r.pairs, r.pairs, s.hosts, s.refs)
 	cluster, err := harness.StartCluster(harness.Options{
 		Hosts: names,
 		// Admission is not what is measured: the test driver's host is
@@ -180,7 +207,7 @@ func runSize(s size, nets, rounds, par, applyPar int, tf string) (row, error) {
 		return r, err
 	}
 	defer os.RemoveAll(dir)
-	if err := os.WriteFile(filepath.Join(dir, "main.tf"), []byte(config), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "main.tf"), []byte(config(s.refs)), 0o644); err != nil {
 		return r, err
 	}
 	hostsVar := `["` + strings.Join(names, `","`) + `"]`
@@ -240,10 +267,10 @@ func runSize(s size, nets, rounds, par, applyPar int, tf string) (row, error) {
 		r.noRefreshCPU = append(r.noRefreshCPU, cpu)
 		say("  round %d: plan %.2fs (%.1f CPU s), plan -refresh=false %.2fs (%.1f CPU s); load %s", i+1, r.plan[i], r.planCPU[i], t, cpu, loadavg())
 	}
-	fmt.Printf("RESULT plan_s_%d %.3f\n", r.resources, median(r.plan))
-	fmt.Printf("RESULT plan_cpu_s_%d %.3f\n", r.resources, median(r.planCPU))
-	fmt.Printf("RESULT plan_norefresh_s_%d %.3f\n", r.resources, median(r.noRefresh))
-	fmt.Printf("RESULT plan_requests_per_host_%d %.1f\n", r.resources, r.perHostTotal)
+	fmt.Printf("RESULT plan_s_%d_%s %.3f\n", r.resources, s.refs, median(r.plan))
+	fmt.Printf("RESULT plan_cpu_s_%d_%s %.3f\n", r.resources, s.refs, median(r.planCPU))
+	fmt.Printf("RESULT plan_norefresh_s_%d_%s %.3f\n", r.resources, s.refs, median(r.noRefresh))
+	fmt.Printf("RESULT plan_requests_per_host_%d_%s %.1f\n", r.resources, s.refs, r.perHostTotal)
 	// Destroying is not timed; stopping the hosts drops their test-driver
 	// state with them.
 	return r, nil
@@ -319,8 +346,8 @@ func spread(xs []float64) string {
 func render(rows []row, rounds, par int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n### No-op plan against state size (simulated hosts: one kvm-hostd on test:///default each; median of %d rounds, samples in brackets; -parallelism=%d)\n\n", rounds, par)
-	b.WriteString("| resources | hosts | no-op plan | goal | CPU time of the plan (terraform + provider) | plan -refresh=false (Terraform's walk) | its CPU time | refresh share | HTTP requests per host per plan |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| resources | hosts | references | no-op plan | goal | CPU time of the plan (terraform + provider) | plan -refresh=false (Terraform's walk) | its CPU time | refresh share | HTTP requests per host per plan |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		p, nr := median(r.plan), median(r.noRefresh)
 		goal := "–"
@@ -331,18 +358,19 @@ func render(rows []row, rounds, par int) string {
 			}
 			goal = fmt.Sprintf("≤ %.0f s: %s", g, verdict)
 		}
-		fmt.Fprintf(&b, "| %d (%d networks, %d disks, %d VMs) | %d | %.2f s [%s] | %s | %.1f s | %.2f s [%s] | %.1f s | %.2f s | %s |\n",
-			r.resources, r.nets, r.pairs, r.pairs, r.hosts, p, spread(r.plan), goal, median(r.planCPU), nr, spread(r.noRefresh), median(r.noRefreshCPU), p-nr, requests(r))
+		fmt.Fprintf(&b, "| %d (%d networks, %d disks, %d VMs) | %d | %s | %.2f s [%s] | %s | %.1f s | %.2f s [%s] | %.1f s | %.2f s | %s |\n",
+			r.resources, r.nets, r.pairs, r.pairs, r.hosts, r.refs, p, spread(r.plan), goal, median(r.planCPU), nr, spread(r.noRefresh), median(r.noRefreshCPU), p-nr, requests(r))
 	}
 	if len(rows) >= 2 {
 		b.WriteString("\nSlope (seconds of no-op plan per 1,000 more resources):")
 		for i := 1; i < len(rows); i++ {
 			a, z := rows[i-1], rows[i]
-			if z.resources == a.resources {
+			if z.resources == a.resources || z.refs != a.refs {
 				continue
 			}
 			slope := (median(z.plan) - median(a.plan)) / float64(z.resources-a.resources) * 1000
-			fmt.Fprintf(&b, " %d→%d: %.2f s;", a.resources, z.resources, slope)
+			cslope := (median(z.planCPU) - median(a.planCPU)) / float64(z.resources-a.resources) * 1000
+			fmt.Fprintf(&b, " %d→%d (%s): %.2f s wall, %.2f s CPU;", a.resources, z.resources, z.refs, slope, cslope)
 		}
 		b.WriteString("\n")
 	}
