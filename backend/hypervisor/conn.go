@@ -51,6 +51,9 @@ type Libvirt struct {
 	// shared names the pools every host sees alike (SetSharedPools).
 	sharedMu sync.Mutex
 	shared   map[string]bool
+	// caps caches the capabilities' NUMA layout (see numaLayout).
+	capsMu sync.Mutex
+	caps   *capsLayout
 }
 
 // Open connects to libvirt at uri.

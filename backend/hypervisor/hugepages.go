@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -29,32 +30,17 @@ const testDriverHugepages = 512
 // from libvirt's capabilities, the free count from virNodeGetFreePages,
 // less the pages QEMU processes have reserved but not touched yet.
 func (l *Libvirt) hostMemoryLayout(c *libvirt.Connect, r *service.Resources) error {
-	doc, err := c.GetCapabilities()
-	if err != nil {
-		return wrap(err, "capabilities")
-	}
-	caps := &libvirtxml.Caps{}
-	if err := caps.Unmarshal(doc); err != nil {
-		return fmt.Errorf("parse capabilities: %w", err)
-	}
 	size := int64(defaultHugepageKiB)
 	if !l.test {
 		if s := meminfoKiB("Hugepagesize"); s > 0 {
 			size = s
 		}
 	}
-	hp := &api.HostHugepages{SizeKiB: size}
-	var cells []int
-	if t := caps.Host.NUMA; t != nil && t.Cells != nil {
-		for _, cell := range t.Cells.Cells {
-			cells = append(cells, cell.ID)
-			for _, p := range cell.PageInfo {
-				if int64(p.Size) == size && (p.Unit == "" || p.Unit == "KiB") {
-					hp.Total += int64(p.Count)
-				}
-			}
-		}
+	cells, total, err := l.numaLayout(c, size)
+	if err != nil {
+		return err
 	}
+	hp := &api.HostHugepages{SizeKiB: size, Total: total}
 	r.NUMANodes = cells
 	if l.test {
 		hp.Total, hp.Free = testDriverHugepages, testDriverHugepages
@@ -80,11 +66,67 @@ func (l *Libvirt) hostMemoryLayout(c *libvirt.Connect, r *service.Resources) err
 	return nil
 }
 
+// capsTTL is how long the NUMA cells and huge page totals read from the
+// capabilities stay in use. Every admission needs them, under the host's
+// admission lock, and the capabilities of a real host are a large document
+// (every emulator and CPU model) that took as long to fetch and parse as
+// the rest of a VM create's admission; they change only when the operator
+// reconfigures huge pages. Free pages are always read live.
+const capsTTL = 10 * time.Second
+
+// numaLayout returns the host's NUMA cell ids and its total huge pages of
+// size KiB, from capabilities read at most capsTTL ago.
+func (l *Libvirt) numaLayout(c *libvirt.Connect, size int64) ([]int, int64, error) {
+	l.capsMu.Lock()
+	defer l.capsMu.Unlock()
+	if l.caps != nil && l.caps.size == size && time.Since(l.caps.at) < capsTTL {
+		return append([]int(nil), l.caps.cells...), l.caps.total, nil
+	}
+	doc, err := c.GetCapabilities()
+	if err != nil {
+		return nil, 0, wrap(err, "capabilities")
+	}
+	caps := &libvirtxml.Caps{}
+	if err := caps.Unmarshal(doc); err != nil {
+		return nil, 0, fmt.Errorf("parse capabilities: %w", err)
+	}
+	var cells []int
+	var total int64
+	if t := caps.Host.NUMA; t != nil && t.Cells != nil {
+		for _, cell := range t.Cells.Cells {
+			cells = append(cells, cell.ID)
+			for _, p := range cell.PageInfo {
+				if int64(p.Size) == size && (p.Unit == "" || p.Unit == "KiB") {
+					total += int64(p.Count)
+				}
+			}
+		}
+	}
+	l.caps = &capsLayout{at: time.Now(), size: size, cells: cells, total: total}
+	return cells, total, nil
+}
+
+// capsLayout is what numaLayout keeps of the capabilities.
+type capsLayout struct {
+	at    time.Time
+	size  int64
+	cells []int
+	total int64
+}
+
 // domainHugepages is what a defined domain backed by huge pages of the
 // host's default size needs, in pages; 0 for one that is not.
 func domainHugepages(d *libvirt.Domain, sizeKiB int64) int64 {
-	x, err := domXML(d, libvirt.DOMAIN_XML_INACTIVE)
-	if err != nil || x.MemoryBacking == nil || x.MemoryBacking.MemoryHugePages == nil || x.Memory == nil {
+	// Every admission asks this of every domain, under the host's
+	// admission lock: parse only the XML of a domain that can have
+	// hugepages at all (parsing every domain's XML was most of a VM
+	// create's admission time, and it grows with the domains).
+	doc, err := d.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err != nil || !strings.Contains(doc, "<hugepages") {
+		return 0
+	}
+	x := &libvirtxml.Domain{}
+	if err := x.Unmarshal(doc); err != nil || x.MemoryBacking == nil || x.MemoryBacking.MemoryHugePages == nil || x.Memory == nil {
 		return 0
 	}
 	kib := int64(toBytes(orDefault(x.Memory.Unit, "KiB"), uint64(x.Memory.Value)) / 1024)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kvmfleet/terraform-provider-kvm/backend/reqtrace"
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
@@ -169,6 +170,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cl := &caller{}
 	ctx := context.WithValue(r.Context(), requestIDKey{}, rid)
 	ctx = context.WithValue(ctx, callerKey{}, cl)
+	ctx, trace := reqtrace.New(ctx)
 	r = r.WithContext(ctx)
 	s.mux.ServeHTTP(rec, r)
 	_, pattern := s.mux.Handler(r)
@@ -177,7 +179,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d := time.Since(start)
 	s.metrics.observe(pattern, methodLabel(r.Method), rec.status, d)
-	s.log.Info("request", "request_id", rid, "method", methodLabel(r.Method), "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "remote", r.RemoteAddr)
+	if phases := trace.ServerTiming(); phases != "" {
+		// Where the time went (see reqtrace), for finding what a slow
+		// apply waits on.
+		s.log.Info("request", "request_id", rid, "method", methodLabel(r.Method), "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "phases", phases, "remote", r.RemoteAddr)
+	} else {
+		s.log.Info("request", "request_id", rid, "method", methodLabel(r.Method), "path", r.URL.Path, "status", rec.status, "duration_ms", d.Milliseconds(), "remote", r.RemoteAddr)
+	}
 	if s.opts.Audit != nil && (!isRead(r.Method) || cl.sensitive || isConsoleRead(r)) && strings.HasPrefix(r.URL.Path, "/"+api.Version+"/") {
 		s.opts.Audit.Write(AuditEntry{
 			Time: start.UTC(), RequestID: rid, Who: who(r, cl), Owner: boundedOwner(r.Header.Get(api.HeaderOwner)),
@@ -334,6 +342,9 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 			}
 		}
 		status, body, err := h(r)
+		if st := reqtrace.From(r.Context()).ServerTiming(); st != "" {
+			w.Header().Set("Server-Timing", st)
+		}
 		if stream, ok := body.(streamResponse); ok && err == nil {
 			stream(w)
 			return

@@ -59,6 +59,8 @@ type Service struct {
 	hv  Hypervisor
 	sw  Switch
 	log *slog.Logger
+	// vmLists coalesces concurrent lists of every VM (listflight.go).
+	vmLists vmListFlight
 
 	locks  keyedMutex
 	claims volumeClaims // see claims.go

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvmfleet/terraform-provider-kvm/backend/reqtrace"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
@@ -24,14 +25,17 @@ func validateVMName(name string) error {
 
 // ListVMs lists the host's domains.
 func (s *Service) ListVMs(ctx context.Context) ([]api.VM, error) {
-	vms, err := s.hv.ListVMs(ctx)
-	if err == nil {
-		s.fillAllAddresses(ctx, vms)
-		for i := range vms {
-			s.namePCIDevices(&vms[i])
+	// Concurrent lists share scans (listflight.go).
+	return s.vmLists.list(ctx, func(ctx context.Context) ([]api.VM, error) {
+		vms, err := s.hv.ListVMs(ctx)
+		if err == nil {
+			s.fillAllAddresses(ctx, vms)
+			for i := range vms {
+				s.namePCIDevices(&vms[i])
+			}
 		}
-	}
-	return vms, err
+		return vms, err
+	})
 }
 
 // GetVM reads a domain.
@@ -189,11 +193,22 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	if err := api.ValidateVMSpec(&spec); err != nil {
 		return nil, false, err
 	}
+	endLock := reqtrace.Start(ctx, "lock")
 	unlock := s.locks.Lock("vm/" + name)
+	endLock()
 	defer unlock()
 	defer func() { s.namePCIDevices(vm) }()
+	// The answer is what a GET would say (addresses included), so the
+	// provider needs no read-back after a create.
+	defer func() {
+		if err == nil {
+			s.fillAddresses(ctx, vm, s.neighbourhoodOf(nil))
+		}
+	}()
 
+	endLookup := reqtrace.Start(ctx, "lookup")
 	existing, err := s.hv.GetVM(ctx, name)
+	endLookup()
 	switch {
 	case err == nil:
 		s.namePCIDevices(existing)
@@ -240,7 +255,9 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	if err := s.checkMemoryLayout(ctx, spec); err != nil {
 		return nil, false, err
 	}
+	endAdmit := reqtrace.Start(ctx, "admit")
 	r, err := s.admit(ctx, name, reserveCreate, Allocation{VCPU: spec.VCPU, MemoryMiB: vmMemory(spec), HugepageMiB: hugepageAllocation(spec)}, 0)
+	endAdmit()
 	if err != nil {
 		return nil, false, err
 	}
@@ -250,7 +267,9 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	defined := spec
 	defined.Running = false
 	crashpoint(CrashVMCreate)
+	endDefine := reqtrace.Start(ctx, "define")
 	vm, err = s.hv.CreateVM(ctx, name, defined, meta)
+	endDefine()
 	unlockIP()  // defined: the address shows as used from now on
 	unlockPCI() // and so do its PCI devices
 	s.release(r)
@@ -260,18 +279,25 @@ func (s *Service) PutVM(ctx context.Context, name string, spec api.VMSpec, meta 
 	}
 	crashpoint(CrashVMDefined)
 	if spec.Running {
-		if err := s.hv.StartVM(ctx, name); err != nil {
+		endStart := reqtrace.Start(ctx, "start")
+		err := s.hv.StartVM(ctx, name)
+		endStart()
+		if err != nil {
 			// Leave nothing behind, so a retried create starts clean.
 			if derr := s.hv.DeleteVM(context.WithoutCancel(ctx), name, 0); derr != nil {
 				s.log.Error("removing VM that failed to start", "vm", name, "error", derr)
 			}
 			return nil, false, fmt.Errorf("starting VM %s: %w", name, err)
 		}
-		if vm, err = s.hv.GetVM(ctx, name); err != nil {
+		endRead := reqtrace.Start(ctx, "readback")
+		vm, err = s.hv.GetVM(ctx, name)
+		endRead()
+		if err != nil {
 			return nil, false, err
 		}
 	}
 	if s.sw != nil && len(spec.Interfaces) > 0 && !s.hv.ManagesSwitchPorts() {
+		defer reqtrace.Start(ctx, "ports")()
 		if err := s.sw.AttachVMPorts(ctx, name, vm.Interfaces); err != nil {
 			return nil, true, fmt.Errorf("VM %s was created but its switch ports were not: %w", name, err)
 		}

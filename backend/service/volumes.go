@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvmfleet/terraform-provider-kvm/backend/reqtrace"
 	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
@@ -122,10 +123,14 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 	if err := s.checkKey(spec.Encryption, pool, name); err != nil {
 		return nil, false, err
 	}
+	endLock := reqtrace.Start(ctx, "lock")
 	unlock := s.lockPool(pool)
+	endLock()
 	defer unlock()
 
+	endLookup := reqtrace.Start(ctx, "lookup")
 	existing, err := s.hv.GetVolume(ctx, pool, name)
+	endLookup()
 	switch {
 	case err == nil:
 		if diff := volumeSpecDiff(spec, existing); diff != "" {
@@ -220,7 +225,9 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 			return nil, false, err
 		}
 	}
+	endCreate := reqtrace.Start(ctx, "create")
 	v, err = s.hv.CreateVolume(ctx, pool, name, spec)
+	endCreate()
 	if err != nil {
 		return nil, false, err
 	}

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -50,6 +51,21 @@ type Client struct {
 	token string
 	owner string
 	http  *retryablehttp.Client
+	// writeGen changes at the start and at the end of every write, and
+	// writing counts the writes in flight: a cache of this host's reads
+	// (the provider's per-plan snapshot) is valid only while neither moved.
+	writeGen atomic.Uint64
+	writing  atomic.Int64
+}
+
+// WriteState says how many writes this client has started and ended (a
+// generation that changes at both) and whether one is in flight. A reader
+// that caches answers of this host trusts an answer only when it was read
+// at the current generation with no write in flight, so it never serves
+// what was read before this client's own write.
+func (c *Client) WriteState() (gen uint64, writing bool) {
+	gen = c.writeGen.Load()
+	return gen, c.writing.Load() > 0
 }
 
 // New validates the endpoint and builds a client. It does not contact the host.
@@ -159,6 +175,14 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	var rb any
 	if body != nil {
 		rb = body
+	}
+	if method != http.MethodGet && method != http.MethodHead {
+		c.writing.Add(1)
+		c.writeGen.Add(1)
+		defer func() {
+			c.writeGen.Add(1)
+			c.writing.Add(-1)
+		}()
 	}
 	key, _ := ctx.Value(idempotencyKey{}).(string)
 	ctx = withMethod(ctx, method, key != "")

@@ -117,7 +117,7 @@ func (r *DiskResource) checkEncryptionKey(ctx context.Context, plan *diskModel, 
 		return
 	}
 	if e := plan.encryption(); e != nil && plan.encryptionKnown() {
-		inv := h.Inventory(ctx)
+		inv := h.PlanInventory(ctx)
 		if inv.Healthy && !slices.Contains(inv.Keys, e.Key) {
 			held := "none"
 			if len(inv.Keys) > 0 {
@@ -134,7 +134,7 @@ func (r *DiskResource) checkEncryptionKey(ctx context.Context, plan *diskModel, 
 		if err != nil {
 			return
 		}
-		if v, err := h.Client.GetVolume(ctx, pool, base); err == nil && v.Encryption != nil {
+		if v, err := h.ReadVolume(ctx, pool, base); err == nil && v.Encryption != nil {
 			diags.AddAttributeError(path.Root("base_disk_id"), "Linked Clone of an Encrypted Disk",
 				fmt.Sprintf("base disk %s is encrypted (key %q); linked clones of encrypted disks are not supported.",
 					plan.BaseDiskID.ValueString(), v.Encryption.Key))

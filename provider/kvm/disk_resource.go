@@ -361,12 +361,13 @@ func (r *DiskResource) Create(ctx context.Context, req resource.CreateRequest, r
 	if !wantSize.IsNull() && !wantSize.IsUnknown() && v.SizeMiB < wantSize.ValueInt64() {
 		want := wantSize.ValueInt64()
 		if _, err := h.Client.UpdateVolume(ctx, pool, name, api.VolumeUpdate{SizeMiB: &want}); err != nil {
-			r.saveCreated(ctx, h, &plan, resp)
+			r.saveCreated(ctx, h, &plan, resp, nil)
 			addAPIError(&resp.Diagnostics, "Unable to Create Disk", fmt.Sprintf("disk %s: growing to %d MiB", id, want), err)
 			return
 		}
+		v = nil // changed since: read it back
 	}
-	r.saveCreated(ctx, h, &plan, resp)
+	r.saveCreated(ctx, h, &plan, resp, v)
 	if resp.Diagnostics.HasError() {
 		return
 	}
@@ -377,15 +378,18 @@ func (r *DiskResource) Create(ctx context.Context, req resource.CreateRequest, r
 	}
 }
 
-// saveCreated reads a created volume back into state, so that even a
-// create that fails afterwards leaves the volume tracked (and tainted)
-// rather than orphaned.
-func (r *DiskResource) saveCreated(ctx context.Context, h *FleetHost, plan *diskModel, resp *resource.CreateResponse) {
+// saveCreated records a created volume in state, so that even a create
+// that fails afterwards leaves the volume tracked (and tainted) rather than
+// orphaned. v is the host's answer to the create (what a GET would read),
+// or nil when the volume changed since and must be read back.
+func (r *DiskResource) saveCreated(ctx context.Context, h *FleetHost, plan *diskModel, resp *resource.CreateResponse, v *api.Volume) {
 	hostName, pool, name := plan.location()
-	v, err := h.Client.GetVolume(ctx, pool, name)
-	if err != nil {
-		addAPIError(&resp.Diagnostics, "Unable to Read Disk", "disk "+DiskID(hostName, pool, name)+" after create", err)
-		return
+	if v == nil {
+		var err error
+		if v, err = h.Client.GetVolume(ctx, pool, name); err != nil {
+			addAPIError(&resp.Diagnostics, "Unable to Read Disk", "disk "+DiskID(hostName, pool, name)+" after create", err)
+			return
+		}
 	}
 	plan.fromAPI(hostName, v)
 	resp.Diagnostics.Append(resp.State.Set(ctx, plan)...)
@@ -415,7 +419,7 @@ func (r *DiskResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 	if h == nil || evacuated(ctx, h, "disk "+state.ID.ValueString(), func() string { return diskEvacuationLoss(ctx, r.fleet, state) }, resp) {
 		return
 	}
-	v, err := h.Client.GetVolume(ctx, pool, name)
+	v, err := h.ReadVolume(ctx, pool, name)
 	if isNotFound(err) {
 		tflog.Warn(ctx, "disk is gone; removing it from state", map[string]any{"id": state.ID.ValueString()})
 		resp.State.RemoveResource(ctx)

@@ -40,6 +40,8 @@ type FleetHost struct {
 	// be re-created elsewhere (see evacuate.go).
 	Evacuate bool
 	fence    fenceCheck
+	// reads coalesces refresh reads (readcache.go).
+	reads hostReads
 }
 
 // Names returns host names in sorted order.

@@ -574,7 +574,7 @@ func (r *NetworkResource) readInto(ctx context.Context, m *networkModel, pruneMi
 				results[i].err = err
 				return
 			}
-			results[i].net, results[i].err = fh.Client.GetNetwork(ctx, name)
+			results[i].net, results[i].err = fh.ReadNetwork(ctx, name)
 		}()
 	}
 	wg.Wait()

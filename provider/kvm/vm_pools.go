@@ -168,7 +168,7 @@ func (r *DiskResource) checkDiskPool(ctx context.Context, plan diskModel, state 
 	if err != nil {
 		return
 	}
-	inv := h.Inventory(ctx)
+	inv := h.PlanInventory(ctx)
 	if !inv.Healthy || len(inv.Pools) == 0 {
 		return
 	}

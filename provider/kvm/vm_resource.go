@@ -425,6 +425,9 @@ func (r *VMResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequ
 	if req.Plan.Raw.IsNull() {
 		return // destroy
 	}
+	if vmPlanUnchanged(ctx, r.fleet, req, resp) {
+		return
+	}
 	var plan, cfg vmModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.Config.Get(ctx, &cfg)...)
@@ -628,7 +631,8 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	name := plan.Name.ValueString()
 	what := fmt.Sprintf("VM %s on host %s", name, h.Name)
 	tflog.Debug(ctx, "creating VM", map[string]any{"host": h.Name, "name": name})
-	if _, err := h.Client.PutVM(ctx, name, spec); err != nil {
+	vm, err := h.Client.PutVM(ctx, name, spec)
+	if err != nil {
 		switch {
 		case api.IsCode(err, api.CodeFull):
 			resp.Diagnostics.AddError("Host Refused VM",
@@ -641,11 +645,8 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 		}
 		return
 	}
-	vm, err := h.Client.GetVM(ctx, name)
-	if err != nil {
-		addAPIError(&resp.Diagnostics, "Unable to Read VM After Create", what, err)
-		return
-	}
+	// The host answers the create with the VM as a GET reads it: no
+	// read-back.
 	if wait, ok := plan.waitForIPOf(ctx); ok && vm.Running {
 		if vm = waitForIP(ctx, h, name, wait, &resp.Diagnostics); vm == nil {
 			// The VM exists: keep it in state (Terraform taints it).
@@ -686,7 +687,7 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	name := prior.Name.ValueString()
-	vm, err := h.Client.GetVM(ctx, name)
+	vm, err := h.ReadVM(ctx, name)
 	if err != nil {
 		if isNotFound(err) {
 			tflog.Warn(ctx, "VM is gone; removing it from state", map[string]any{"host": h.Name, "name": name})
