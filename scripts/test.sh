@@ -20,6 +20,9 @@ export TF_ACC_TERRAFORM_PATH="$(scripts/terraform-path.sh)"
 # Resource identity, `terraform query` and actions need a newer Terraform
 # than the oldest one the suite runs on; their tests switch to this one.
 export TF_ACC_TERRAFORM_MODERN_PATH="$(scripts/terraform-path.sh --modern)"
+# A representative subset of the acceptance tests also runs under OpenTofu
+# (provider/kvm/opentofu_test.go).
+export TF_ACC_TOFU_PATH="$(scripts/tofu-path.sh)"
 export KVM_HOSTD_BIN="$root/bin/kvm-hostd"
 export KVM_PROVIDER_BIN="$root/bin/terraform-provider-kvm"
 # One libvirtd serves every test package of the run (see internal/realstack).
