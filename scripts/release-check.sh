@@ -78,7 +78,10 @@ mirror_install() {
 	mkdir -p "$work/mirror/$host/kvmfleet/kvm" "$work/cfg"
 	cp "$zipf" "$work/mirror/$host/kvmfleet/kvm/"
 	printf 'provider_installation {\n  filesystem_mirror {\n    path = "%s"\n  }\n}\n' "$work/mirror" >"$work/cli.tfrc"
-	printf 'terraform {\n  required_providers {\n    kvm = { source = "kvmfleet/kvm", version = "= %s" }\n  }\n}\n' "$version" >"$work/cfg/main.tf"
+	# Lower case: both CLIs lower-case the version they read from the file
+	# name and then compare it exactly with the constraint's
+	# (0.0.1-SNAPSHOT-abc is found as 0.0.1-snapshot-abc).
+	printf 'terraform {\n  required_providers {\n    kvm = { source = "kvmfleet/kvm", version = "= %s" }\n  }\n}\n' "${version,,}" >"$work/cfg/main.tf"
 	if ! (cd "$work/cfg" && TF_CLI_CONFIG_FILE="$work/cli.tfrc" CHECKPOINT_DISABLE=1 "$cli" init -input=false -no-color >"$work/init.log" 2>&1); then
 		cat "$work/init.log" >&2
 		rm -rf "$work"
