@@ -20,6 +20,8 @@ packages=(
 	pkg-config gcc make # cgo for libvirt.org/go/libvirt
 	ovmf                # UEFI VMs (firmware = "efi", secure_boot): libvirt's firmware descriptors
 	swtpm swtpm-tools   # emulated TPMs (kvm_vm.tpm)
+	zip unzip curl gpg  # make release/release-check: registry zips, healthz, signature
+	openssl             # the kvm-hostd package depends on it (postinst's certificate)
 )
 # --guest-image: also what scripts/guest-image.sh builds the image with (only
 # then, so plain `make test` stays lean).

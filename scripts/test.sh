@@ -9,8 +9,10 @@
 # on the system libvirt.
 set -euo pipefail
 # Arguments go to go test instead of ./... (e.g. ./backend/hypervisor -run Real).
+# Without them (make test) the run also ends with make release-check.
 go_test_args=("$@")
-((${#go_test_args[@]})) || go_test_args=(./...)
+whole_suite=0
+((${#go_test_args[@]})) || { go_test_args=(./...); whole_suite=1; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
@@ -20,6 +22,9 @@ export TF_ACC_TERRAFORM_PATH="$(scripts/terraform-path.sh)"
 # Resource identity, `terraform query` and actions need a newer Terraform
 # than the oldest one the suite runs on; their tests switch to this one.
 export TF_ACC_TERRAFORM_MODERN_PATH="$(scripts/terraform-path.sh --modern)"
+# A representative subset of the acceptance tests also runs under OpenTofu
+# (provider/kvm/opentofu_test.go).
+export TF_ACC_TOFU_PATH="$(scripts/tofu-path.sh)"
 export KVM_HOSTD_BIN="$root/bin/kvm-hostd"
 export KVM_PROVIDER_BIN="$root/bin/terraform-provider-kvm"
 # One libvirtd serves every test package of the run (see internal/realstack).
@@ -93,8 +98,16 @@ go run ./internal/realstack/cmd/realstack-sweep -uri "$KVM_TEST_LIBVIRT_URI"
 # check proves the run left nothing on the system libvirt.
 go build -o bin/testreport ./internal/testreport/cmd/testreport
 echo "== go test ${go_test_args[*]} (unit, integration, acceptance; embedded default and real stack)"
+# make release-check runs while the real stack is still up (its smoke test
+# starts the packaged kvm-hostd on the system libvirt), after the tests, so
+# nothing else uses that libvirt meanwhile, and before the leftovers check.
+# KVM_TEST_RELEASE_CHECK=0 leaves it out, =1 adds it to a partial run.
+checks=()
+if [[ "${KVM_TEST_RELEASE_CHECK:-$whole_suite}" == 1 ]]; then
+	checks+=(-check "make release-check=scripts/release-check.sh")
+fi
 set +e
-bin/testreport \
+bin/testreport "${checks[@]}" \
 	-check "nothing left on $KVM_TEST_LIBVIRT_URI=go run ./internal/realstack/cmd/realstack-sweep -check -uri '$KVM_TEST_LIBVIRT_URI'" \
 	-- go test -json -count=1 -timeout "${TEST_TIMEOUT:-60m}" "${go_test_args[@]}"
 rc=$?

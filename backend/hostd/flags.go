@@ -70,6 +70,15 @@ const ShutdownGrace = 15 * time.Second
 // --pool-dir is KVM_HOSTD_POOL_DIR.
 const EnvPrefix = "KVM_HOSTD_"
 
+// ErrVersion is returned by ParseFlags for --version: the caller prints
+// Version and exits 0 (packaging checks run it before any configuration
+// exists, so nothing else is parsed or validated).
+var ErrVersion = errors.New("version requested")
+
+// versionFlag has no environment variable: a KVM_HOSTD_VERSION left in a
+// unit's environment must not turn the daemon into a version printer.
+const versionFlag = "version"
+
 // EnvName returns the environment variable for a flag name.
 func EnvName(flagName string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
@@ -147,6 +156,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
+	showVersion := fs.Bool(versionFlag, false, "print the version and exit")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout,
 		"on SIGTERM, how long to wait for running requests and operations (downloads, copies, migrations) before cancelling them")
 	fs.Usage = func() {
@@ -156,12 +166,19 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 			if f.DefValue != "" {
 				def = fmt.Sprintf(" (default %q)", f.DefValue)
 			}
+			if f.Name == versionFlag {
+				fmt.Fprintf(out, "  --%s\n        %s\n", f.Name, f.Usage)
+				return
+			}
 			fmt.Fprintf(out, "  --%s\n        %s%s [%s]\n", f.Name, f.Usage, def, EnvName(f.Name))
 		})
 	}
 	// Environment first, so explicit flags override it.
 	var envErrs []string
 	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == versionFlag {
+			return
+		}
 		if v := getenv(EnvName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
 				envErrs = append(envErrs, fmt.Sprintf("%s=%q: %v", EnvName(f.Name), v, err))
@@ -171,12 +188,16 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	pciDevices.fromEnv = len(pciDevices.raw) > 0
 	pools.fromEnv = len(pools.raw) > 0
 	sharedPools.fromEnv = len(sharedPools.raw) > 0
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	// --version answers even when the environment is broken.
+	if *showVersion {
+		return nil, ErrVersion
+	}
 	if len(envErrs) > 0 {
 		sort.Strings(envErrs)
 		return nil, fmt.Errorf("invalid environment: %s", strings.Join(envErrs, "; "))
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))

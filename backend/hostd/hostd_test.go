@@ -186,6 +186,35 @@ func TestParseFlagsEnvAndHelp(t *testing.T) {
 	}
 }
 
+// --version answers before any validation, even with a broken environment
+// (packaging checks run it on a host that is not configured yet), and
+// KVM_HOSTD_VERSION does not turn it on.
+func TestParseFlagsVersion(t *testing.T) {
+	bad := func(k string) string {
+		if k == "KVM_HOSTD_CPU_OVERCOMMIT" {
+			return "lots"
+		}
+		return ""
+	}
+	if _, err := ParseFlags([]string{"--version"}, bad, io.Discard); !errors.Is(err, ErrVersion) {
+		t.Fatalf("--version with a broken environment: %v, want ErrVersion", err)
+	}
+	env := func(k string) string {
+		if k == "KVM_HOSTD_VERSION" {
+			return "true"
+		}
+		return ""
+	}
+	if cfg, err := ParseFlags([]string{"--name", "n"}, env, io.Discard); err != nil || cfg == nil {
+		t.Fatalf("KVM_HOSTD_VERSION must be ignored: %v", err)
+	}
+	var help bytes.Buffer
+	_, _ = ParseFlags([]string{"--help"}, func(string) string { return "" }, &help)
+	if strings.Contains(help.String(), "KVM_HOSTD_VERSION") || !strings.Contains(help.String(), "--version") {
+		t.Fatalf("--help should list --version without an environment variable:\n%s", help.String())
+	}
+}
+
 // A volume attached to one VM cannot be attached to another, nor deleted.
 func TestVolumeInUse(t *testing.T) {
 	m, _ := startMain(t)

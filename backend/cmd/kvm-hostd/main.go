@@ -25,6 +25,10 @@ func run() int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	if errors.Is(err, hostd.ErrVersion) {
+		fmt.Println("kvm-hostd", version)
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kvm-hostd: %v\n", err)
 		return 2
