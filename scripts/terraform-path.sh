@@ -3,7 +3,7 @@
 # if needed. Meant for `TF_ACC_TERRAFORM_PATH := $(shell scripts/terraform-path.sh)`,
 # so stdout carries only the path and the warm path is fast (no network).
 #
-# Order: terraform on PATH if >= 1.5 (unless FORCE_BUILD_TERRAFORM=1), then a cached
+# Order: terraform on PATH if >= 1.11 (the oldest supported) (unless FORCE_BUILD_TERRAFORM=1), then a cached
 # build in .cache/bin/terraform, else build it from the Go module proxy.
 #
 # With --modern it prints a Terraform new enough for resource identity, list
@@ -15,7 +15,7 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_bin="$repo_root/.cache/bin/terraform"
-min_major=1 min_minor=5
+min_major=1 min_minor=11
 modern=0
 if [[ "${1:-}" == --modern ]]; then
 	modern=1
@@ -28,7 +28,7 @@ fi
 # Skip HashiCorp's update check: it is a network call on every `terraform version`.
 export CHECKPOINT_DISABLE=1
 
-# usable BIN: exit 0 when BIN runs and reports a version >= 1.5.
+# usable BIN: exit 0 when BIN runs and reports a version >= the minimum.
 usable() {
 	local bin="$1" out ver major minor
 	[[ -x "$bin" ]] || return 1
