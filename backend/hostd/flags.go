@@ -46,7 +46,10 @@ type Config struct {
 	MemoryOvercommit float64
 	AuditLog         string
 	// KeyDir holds the disk-encryption master keys, NAME.key (keys.go).
-	KeyDir    string
+	KeyDir string
+	// StateDir holds what kvm-hostd knows about volumes that are not
+	// files (rbd images: a clone's base, source_url, I/O limits).
+	StateDir  string
 	LogLevel  string
 	LogFormat string
 	// ShutdownTimeout bounds how long SIGTERM waits for running requests
@@ -136,6 +139,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 	fs.Float64Var(&c.MemoryOvercommit, "memory-overcommit", 1, "memory admitted per MiB of host memory")
 	fs.StringVar(&c.KeyDir, "key-dir", "", "directory of named disk-encryption master keys, NAME.key (mode 0600, at least 32 random bytes), "+
 		"e.g. head -c 32 /dev/urandom > DIR/prod.key; kvm_disk encryption = { key = \"prod\" } uses prod.key; give every host that may run the VM the same file")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/kvm-hostd/state", "directory for what kvm-hostd records about volumes that are not files "+
+		"(rbd images: a linked clone's base, source_url, I/O limits); libvirt keeps none of it for them")
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")

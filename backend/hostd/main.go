@@ -95,6 +95,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	}
 	m.hv.SetHostName(c.Name)
 	m.hv.SetKeys(keys)
+	m.hv.SetStateDir(c.StateDir)
 	for _, k := range keys {
 		clear(k) // SetKeys holds its own copy
 	}

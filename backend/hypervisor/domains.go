@@ -219,6 +219,16 @@ func (l *Libvirt) resolveDisks(c *libvirt.Connect, disks []api.VMDisk) ([]resolv
 		seen[vol.Path] = true
 		rd := resolvedDisk{VMDisk: d, Path: vol.Path, Format: vol.Format, IOTune: vol.IOTune, Backing: chain}
 		rd.Pool = pool
+		if !isFilePath(vol.Path) && !l.test {
+			rp, err := rbdPoolNamed(c, pool)
+			if err != nil {
+				return nil, err
+			}
+			if rp == nil {
+				return nil, api.Errorf(api.CodeUnsupported, "disk %s/%s is neither a file nor an rbd image", pool, d.Volume)
+			}
+			rd.Network = rp.diskSource(vol.Path)
+		}
 		if k := vol.Encryption.KeyName(); k != "" {
 			// The secret is registered before the domain starts; a host
 			// without the key refuses the disk now.

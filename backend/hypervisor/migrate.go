@@ -20,6 +20,7 @@ type sharedDisk struct {
 	target string // vda
 	path   string
 	pool   string
+	secret string // UUID of the ceph secret an rbd disk authenticates with
 }
 
 // migratedDisk is one disk whose storage a migration copies.
@@ -110,7 +111,11 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				pool, isShared := l.sharedVolume(v)
 				if isShared {
 					v.Free()
-					shared = append(shared, sharedDisk{target: disk.Target.Dev, path: p, pool: pool})
+					sd := sharedDisk{target: disk.Target.Dev, path: p, pool: pool}
+					if n := disk.Source.Network; n != nil && n.Auth != nil && n.Auth.Secret != nil {
+						sd.secret = n.Auth.Secret.UUID
+					}
+					shared = append(shared, sd)
 					continue
 				}
 				if vx, err := volXML(v); err == nil && vx.BackingStore != nil && vx.BackingStore.Path != "" {

@@ -218,7 +218,9 @@ func (r *DiskResource) ValidateConfig(ctx context.Context, req resource.Validate
 		resp.Diagnostics.AddAttributeError(path.Root("size_mib"), "Missing Disk Size",
 			"size_mib is required for an empty disk (one with neither base_disk_id nor source_url).")
 	}
-	if !cfg.BaseDiskID.IsNull() && cfg.Format.ValueString() == api.FormatRaw {
+	// Only the default pool is surely a directory pool; on an rbd pool a
+	// clone is raw (checkDiskRBD knows the pool's type at plan time).
+	if !cfg.BaseDiskID.IsNull() && cfg.Format.ValueString() == api.FormatRaw && (cfg.Pool.IsNull() || cfg.Pool.ValueString() == "default") {
 		resp.Diagnostics.AddAttributeError(path.Root("format"), "Invalid Linked Clone Format",
 			"a linked clone (base_disk_id) is a qcow2 overlay; format must be \"qcow2\", not \"raw\".")
 	}
@@ -275,6 +277,7 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 				state.ID.ValueString(), state.SizeMiB.ValueInt64(), plan.SizeMiB.ValueInt64(), state.SizeMiB.ValueInt64()))
 	}
 	r.checkEncryptionKey(ctx, &plan, &resp.Diagnostics)
+	r.checkDiskRBD(ctx, plan, &resp.Diagnostics)
 	if !resp.Diagnostics.HasError() {
 		r.checkDiskPool(ctx, plan, state, &resp.Diagnostics)
 	}

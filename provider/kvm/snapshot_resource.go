@@ -143,6 +143,7 @@ func (r *SnapshotResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	if resp.Diagnostics.HasError() || plan.VMID.IsUnknown() || plan.VMID.IsNull() {
 		return
 	}
+	r.checkRBDAtPlan(ctx, plan, resp)
 	if uuidPattern.MatchString(plan.VMID.ValueString()) {
 		r.checkMemoryAtPlan(ctx, plan, resp)
 		return
