@@ -105,7 +105,9 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 				PlanModifiers: []planmodifier.Int64{int64planmodifier.UseStateForUnknown()},
 			},
 			"format": schema.StringAttribute{
-				MarkdownDescription: "`\"qcow2\"` (default; sparse, supports linked clones) or `\"raw\"`. Changing it replaces the disk.",
+				MarkdownDescription: "`\"qcow2\"` (default; sparse, supports linked clones) or `\"raw\"`. On a Ceph rbd pool (a pool " +
+					"whose `kvm_host` `pools` type is `rbd`) volumes are raw rbd images: set `\"raw\"` there (the plan fails otherwise); " +
+					"a `source_url` qcow2 image is converted to raw on import. Changing it replaces the disk.",
 				Optional:            true, Computed: true,
 				Default:       stringdefault.StaticString(api.FormatQCOW2),
 				Validators:    []validator.String{stringvalidator.OneOf(api.FormatQCOW2, api.FormatRaw)},
@@ -114,7 +116,8 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 			"base_disk_id": schema.StringAttribute{
 				MarkdownDescription: "ID (`<host>/<pool>/<name>`) of another `kvm_disk` on the same host and pool to use as the " +
 					"read-only base of a linked clone, e.g. `kvm_disk.base.id`. The clone is a qcow2 overlay: created in O(1), " +
-					"nothing is copied. Conflicts with `source_url`. Changing it replaces the disk, except when only its host part " +
+					"nothing is copied. On a Ceph rbd pool it is an RBD layered clone (raw; a protected snapshot of the base and a " +
+					"copy-on-write child, also O(1)), and the base cannot be deleted while it has clones. Conflicts with `source_url`. Changing it replaces the disk, except when only its host part " +
 					"changes together with `host` (the clone moves with its VM onto the new host's copy of the same base).",
 				Optional: true,
 				Validators: []validator.String{

@@ -67,7 +67,8 @@ func vmRefFormat() validator.String {
 func (r *SnapshotResource) Schema(ctx context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "A snapshot of a VM (`kvm_vm`), taken on the VM's host. Setting or changing `revert_trigger` " +
-			"reverts the VM to this snapshot in place.",
+			"reverts the VM to this snapshot in place. A VM with a disk on a Ceph rbd pool cannot be snapshotted: the plan fails " +
+			"(and the host refuses with 409), rather than take a partial snapshot of its other disks.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "`<host>/<vm name>/<snapshot name>`; also the import ID.",
