@@ -51,7 +51,7 @@ func TestCephReal(t *testing.T) {
 		t.Fatalf("the clone has no RBD parent:\n%s", info)
 	}
 	virsh("vol-delete", "--pool", "kvmrbd", "clone")
-	virsh("vol-delete", "--pool", "kvmrbd", "base")
+	virsh("vol-delete", "--pool", "kvmrbd", "base", "--delete-snapshots")
 	if out, _ := c.Tool(ctx, "rbd", "ls", c.Pool); strings.TrimSpace(out) != "" {
 		t.Fatalf("images left in the pool: %s", out)
 	}

@@ -108,7 +108,7 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 				MarkdownDescription: "`\"qcow2\"` (default; sparse, supports linked clones) or `\"raw\"`. On a Ceph rbd pool (a pool " +
 					"whose `kvm_host` `pools` type is `rbd`) volumes are raw rbd images: set `\"raw\"` there (the plan fails otherwise); " +
 					"a `source_url` qcow2 image is converted to raw on import. Changing it replaces the disk.",
-				Optional:            true, Computed: true,
+				Optional: true, Computed: true,
 				Default:       stringdefault.StaticString(api.FormatQCOW2),
 				Validators:    []validator.String{stringvalidator.OneOf(api.FormatQCOW2, api.FormatRaw)},
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -258,6 +259,26 @@ func TestAccRBDReal(t *testing.T) {
 					}
 					return nil
 				},
+			},
+			{
+				// Refused at plan time, before any apply: a snapshot
+				// would miss the rbd disks, a qcow2 cannot be an rbd
+				// volume.
+				Config: hcl("host-a", 64) + `
+resource "kvm_snapshot" "s" {
+  vm_id          = kvm_vm.rbd.id
+  name           = "s1"
+  include_memory = true
+}
+resource "kvm_disk" "q" {
+  name     = "rbd-qcow2"
+  host     = local.host
+  pool     = "` + rbdPoolName + `"
+  size_mib = 64
+}
+`,
+				PlanOnly:    true,
+				ExpectError: regexp.MustCompile(`(?s)(Snapshot of a VM With rbd Disks.*Disk Format on an rbd Pool|Disk Format on an rbd Pool.*Snapshot of a VM With rbd Disks)`),
 			},
 			{Config: hcl("host-b", 64), Check: moved("host-a", "host-b", 64)},
 			{Config: hcl("host-a", 64), Check: moved("host-b", "host-a", 64)},
