@@ -328,3 +328,26 @@ func (h *NSHost) DefineRBDPool(ctx context.Context, c *Ceph, name, secretUUID st
 	}
 	return nil
 }
+
+// MemoryRSS sums the resident memory of the cluster's daemons, in MiB (the
+// memstore OSD holds every object written in memory).
+func (c *Ceph) MemoryRSS() map[string]int64 {
+	out := map[string]int64{}
+	for _, p := range cephDaemons {
+		b, err := os.ReadFile(filepath.Join(c.Dir, "run", p.pidFile))
+		if err != nil {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + strings.TrimSpace(string(b)) + "/status")
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				out[p.comm] = kb >> 10
+			}
+		}
+	}
+	return out
+}

@@ -41,7 +41,7 @@ func TestCephReal(t *testing.T) {
 	}
 	virsh("vol-create", "kvmrbd", write("base.xml", `<volume><name>base</name><capacity unit='bytes'>4294967296</capacity><target><format type='raw'/></target></volume>`))
 	t0 := time.Now()
-	virsh("vol-create-from", "kvmrbd", write("clone.xml", `<volume><name>clone</name><capacity unit='bytes'>4294967296</capacity><target><format type='raw'/></target></volume>`), "base")
+	virsh("vol-create-from", "kvmrbd", write("clone.xml", `<volume><name>clone</name><capacity unit='bytes'>4294967296</capacity><target><format type='raw'/></target></volume>`), "base", "--inputpool", "kvmrbd")
 	t.Logf("clone of a 4 GiB rbd volume through libvirt: %s", time.Since(t0).Round(time.Millisecond))
 	info, err := c.Tool(ctx, "rbd", "info", c.Pool+"/clone")
 	if err != nil {

@@ -303,10 +303,14 @@ resource "kvm_disk" "q" {
 					return nil
 				},
 			},
-			{Config: hcl("host-b", 4096), Check: moved("host-a", "host-b", 4096)},
+			{Config: hcl("host-b", 4096), Check: func(st *terraform.State) error {
+				t.Logf("ceph daemons' resident memory (MiB) with the guest running: %v", ceph.MemoryRSS())
+				return moved("host-a", "host-b", 4096)(st)
+			}},
 			{Config: hcl("host-a", 4096), Check: moved("host-b", "host-a", 4096)},
 		},
 	})
+	t.Logf("ceph daemons' resident memory (MiB) after the test: %v", ceph.MemoryRSS())
 	if out, err := rbd("ls", ceph.Pool); err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("rbd images left after destroy: %q %v", out, err)
 	}
