@@ -121,6 +121,9 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	if err := m.hv.RegisterDiskSecrets(ctx, []string{service.DefaultPool}); err != nil {
 		m.Log.Warn("registering disk encryption secrets failed; they are registered again before each VM start", "err", err)
 	}
+	for _, path := range m.hv.SweepUnfinishedRBD(ctx) {
+		m.Log.Warn("deleted an unfinished rbd image left by a previous run", "path", path)
+	}
 	if len(keys) > 0 {
 		m.Log.Info("disk encryption keys loaded", "keys", m.hv.KeyNames(), "key_dir", c.KeyDir)
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -403,14 +404,22 @@ func (l *Libvirt) renameRBDVolume(ctx context.Context, c *libvirt.Connect, p *li
 	}
 	defer nv.Free()
 	newPath, _ := nv.GetPath()
+	// Until the copy completes the image exists under its final name:
+	// marked, so that a kvm-hostd killed meanwhile deletes it at start.
+	if err := l.writeMeta(newPath, volMeta{Filling: true}); err != nil {
+		_ = nv.Delete(0)
+		return err
+	}
 	t0 := time.Now()
 	if err := l.blockCopyInto(ctx, c, staged, info.Format, rp.diskSource(newPath)); err != nil {
 		_ = nv.Delete(0)
+		_ = l.writeMeta(newPath, volMeta{})
 		return fmt.Errorf("importing the image into %s/%s: %w", pool, to, err)
 	}
 	m := l.readMeta(oldPath)
 	if err := l.writeMeta(newPath, m); err != nil {
 		_ = nv.Delete(0)
+		_ = l.writeMeta(newPath, volMeta{})
 		return err
 	}
 	l.log.Info("image imported into rbd", "volume", pool+"/"+to, "format", info.Format, "bytes", size, "took", time.Since(t0).Round(time.Millisecond))
@@ -481,7 +490,7 @@ func (l *Libvirt) blockCopyInto(ctx context.Context, c *libvirt.Connect, src, fo
 	if err != nil {
 		return err
 	}
-	if err := d.BlockCopy("vda", ddoc, nil, libvirt.DOMAIN_BLOCK_COPY_REUSE_EXT); err != nil {
+	if err := d.BlockCopy("vda", ddoc, &libvirt.DomainBlockCopyParameters{}, libvirt.DOMAIN_BLOCK_COPY_REUSE_EXT); err != nil {
 		return wrap(err, "block copy")
 	}
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -536,4 +545,48 @@ func (l *Libvirt) rbdPool(ctx context.Context, pool string) (*rbdPool, error) {
 		return err
 	})
 	return rp, err
+}
+
+// SweepUnfinishedRBD deletes, at startup, the rbd images a previous run of
+// this kvm-hostd left unfinished: partial volumes it was filling, and
+// images it was importing into (marked Filling). Only this host's own
+// records are followed: shared pools are not swept by name, since another
+// host may be filling a partial volume there.
+func (l *Libvirt) SweepUnfinishedRBD(ctx context.Context) []string {
+	l.memMu.Lock()
+	dir := l.stateDir
+	l.memMu.Unlock()
+	if dir == "" || l.test {
+		return nil
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "volume-meta", "*.json"))
+	var removed []string
+	for _, f := range files {
+		path, err := url.PathUnescape(strings.TrimSuffix(filepath.Base(f), ".json"))
+		if err != nil {
+			continue
+		}
+		m := l.readNetMeta(path)
+		if !m.Filling && !strings.HasPrefix(filepath.Base(path), ".partial-") {
+			continue
+		}
+		_ = l.do(ctx, func(c *libvirt.Connect) error {
+			v, err := c.LookupStorageVolByPath(path)
+			if err != nil {
+				if isCode(err, libvirt.ERR_NO_STORAGE_VOL) {
+					_ = l.writeNetMeta(path, volMeta{})
+				}
+				return nil
+			}
+			defer v.Free()
+			if err := v.Delete(0); err != nil {
+				l.log.Warn("deleting an unfinished rbd image", "path", path, "err", err)
+				return nil
+			}
+			_ = l.writeNetMeta(path, volMeta{})
+			removed = append(removed, path)
+			return nil
+		})
+	}
+	return removed
 }

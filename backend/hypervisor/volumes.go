@@ -40,10 +40,13 @@ type volMeta struct {
 	// Base names the base volume of an RBD clone (libvirt reports no
 	// parent for rbd images; file overlays carry theirs in the image).
 	Base string `json:"base,omitempty"`
+	// Filling marks an rbd image being imported into (renameRBDVolume):
+	// one still marked at startup was cut short, and is deleted.
+	Filling bool `json:"filling,omitempty"`
 }
 
 func (m volMeta) isZero() bool {
-	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0 && m.MigratingWith == "" && m.EncryptionKey == "" && m.Base == ""
+	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0 && m.MigratingWith == "" && m.EncryptionKey == "" && m.Base == "" && !m.Filling
 }
 
 // readMeta reads a volume's extras: the file's extended attribute on real
