@@ -276,12 +276,19 @@ func backingChain(c *libvirt.Connect, x *libvirtxml.StorageVolume) ([]backingFil
 }
 
 // seedDir picks the directory for a VM's seed ISO: the pool of its first
-// disk, else the "default" pool.
+// disk, else (none, or a pool that is not a directory, such as rbd) the
+// "default" pool.
 func (l *Libvirt) seedDir(c *libvirt.Connect, spec *api.VMSpec) (string, error) {
-	pool := "default"
-	if len(spec.Disks) > 0 && spec.Disks[0].Pool != "" {
-		pool = spec.Disks[0].Pool
+	if len(spec.Disks) > 0 && spec.Disks[0].Pool != "" && spec.Disks[0].Pool != "default" {
+		if dir, err := poolDir(c, spec.Disks[0].Pool); err == nil {
+			return dir, nil
+		}
 	}
+	return poolDir(c, "default")
+}
+
+// poolDir is the target directory of a pool.
+func poolDir(c *libvirt.Connect, pool string) (string, error) {
 	p, err := c.LookupStoragePoolByName(pool)
 	if err != nil {
 		return "", wrap(err, "pool %s for the cloud-init seed", pool)
