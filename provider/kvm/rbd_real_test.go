@@ -122,12 +122,18 @@ func rbdUsed(rbd func(args ...string) (string, error), image string) (int64, err
 	}
 	// With its snapshots (a clone's base keeps its data in libvirt's).
 	var du struct {
-		Used *int64 `json:"total_used_size"`
+		Images []struct {
+			Used int64 `json:"used_size"`
+		} `json:"images"`
 	}
-	if err := json.Unmarshal([]byte(out), &du); err != nil || du.Used == nil {
+	if err := json.Unmarshal([]byte(out), &du); err != nil || len(du.Images) == 0 {
 		return 0, fmt.Errorf("rbd du %s: %v: %s", image, err, out)
 	}
-	return *du.Used, nil
+	var used int64
+	for _, i := range du.Images {
+		used += i.Used
+	}
+	return used, nil
 }
 
 // TestAccRBDReal proves rbd pools on a real one-node Ceph (memstore OSD,
