@@ -22,6 +22,13 @@ packages=(
 	swtpm swtpm-tools   # emulated TPMs (kvm_vm.tpm)
 	zip unzip curl gpg  # make release/release-check: registry zips, healthz, signature
 	openssl             # the kvm-hostd package depends on it (postinst's certificate)
+	# rbd pools: QEMU's rbd block driver, libvirt's rbd storage backend, and the
+	# one-node Ceph (mon, mgr, memstore osd; rbd/ceph tools) internal/realstack
+	# starts for the tests. A libvirtd that was running before the rbd driver was
+	# installed must be restarted to load it (realstack-up does that for the one
+	# it started; namespace hosts start their own).
+	qemu-block-extra libvirt-daemon-driver-storage-rbd
+	ceph-mon ceph-mgr ceph-osd ceph-common
 )
 # --guest-image: also what scripts/guest-image.sh builds the image with (only
 # then, so plain `make test` stays lean).

@@ -46,13 +46,15 @@ type Config struct {
 	MemoryOvercommit float64
 	AuditLog         string
 	// KeyDir holds the disk-encryption master keys, NAME.key (keys.go).
-	KeyDir    string
+	KeyDir string
+	// StateDir holds kvm-hostd's own state across restarts: the
+	// maintenance switch, and what it knows about volumes that are not
+	// files (rbd images: a clone's base, source_url, I/O limits).
+	StateDir  string
 	LogLevel  string
 	LogFormat string
-	// Maintenance starts the host in maintenance; StateDir keeps the
-	// maintenance state across restarts (empty: not kept).
+	// Maintenance starts the host in maintenance.
 	Maintenance bool
-	StateDir    string
 	// ShutdownTimeout bounds how long SIGTERM waits for running requests
 	// and operations before it cancels them.
 	ShutdownTimeout time.Duration
@@ -151,8 +153,9 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (*Conf
 		"e.g. head -c 32 /dev/urandom > DIR/prod.key; kvm_disk encryption = { key = \"prod\" } uses prod.key; give every host that may run the VM the same file")
 	fs.BoolVar(&c.Maintenance, "maintenance", false, "start in maintenance: the host admits no new VMs (409 maintenance), arriving migrations included, "+
 		"and kvm_cluster_placement moves keys off it; PUT /v1/host/maintenance switches it at run time")
-	fs.StringVar(&c.StateDir, "state-dir", "", "directory where kvm-hostd keeps its own state across restarts (the maintenance switch), "+
-		"e.g. /var/lib/kvm-hostd; empty: maintenance set through the API ends with the process")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/kvm-hostd/state", "directory where kvm-hostd keeps its own state across restarts: "+
+		"the maintenance switch, and what it records about volumes that are not files (rbd images: a linked clone's base, source_url, "+
+		"I/O limits; libvirt keeps none of it for them)")
 	fs.StringVar(&c.AuditLog, "audit-log", "", "append one JSON line per mutating request to this file")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")

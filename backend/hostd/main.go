@@ -95,6 +95,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	}
 	m.hv.SetHostName(c.Name)
 	m.hv.SetKeys(keys)
+	m.hv.SetStateDir(c.StateDir)
 	for _, k := range keys {
 		clear(k) // SetKeys holds its own copy
 	}
@@ -120,6 +121,9 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	// VMs start and migrations arrive after a restart of either daemon.
 	if err := m.hv.RegisterDiskSecrets(ctx, svc.LocalPools()); err != nil {
 		m.Log.Warn("registering disk encryption secrets failed; they are registered again before each VM start", "err", err)
+	}
+	for _, path := range m.hv.SweepUnfinishedRBD(ctx) {
+		m.Log.Warn("deleted an unfinished rbd image left by a previous run", "path", path)
 	}
 	if len(keys) > 0 {
 		m.Log.Info("disk encryption keys loaded", "keys", m.hv.KeyNames(), "key_dir", c.KeyDir)

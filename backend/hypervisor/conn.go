@@ -42,6 +42,8 @@ type Libvirt struct {
 	// per-volume extras live here (keyed by volume path) instead.
 	memMu   sync.Mutex
 	memMeta map[string]volMeta
+	// stateDir holds the extras of volumes that are not files (rbd.go).
+	stateDir string
 
 	// keys are the disk-encryption master keys by name (see secrets.go);
 	// name is the host's name for error messages.

@@ -219,6 +219,16 @@ func (l *Libvirt) resolveDisks(c *libvirt.Connect, disks []api.VMDisk) ([]resolv
 		seen[vol.Path] = true
 		rd := resolvedDisk{VMDisk: d, Path: vol.Path, Format: vol.Format, IOTune: vol.IOTune, Backing: chain}
 		rd.Pool = pool
+		if !isFilePath(vol.Path) && !l.test {
+			rp, err := rbdPoolNamed(c, pool)
+			if err != nil {
+				return nil, err
+			}
+			if rp == nil {
+				return nil, api.Errorf(api.CodeUnsupported, "disk %s/%s is neither a file nor an rbd image", pool, d.Volume)
+			}
+			rd.Network = rp.diskSource(vol.Path)
+		}
 		if k := vol.Encryption.KeyName(); k != "" {
 			// The secret is registered before the domain starts; a host
 			// without the key refuses the disk now.
@@ -266,12 +276,19 @@ func backingChain(c *libvirt.Connect, x *libvirtxml.StorageVolume) ([]backingFil
 }
 
 // seedDir picks the directory for a VM's seed ISO: the pool of its first
-// disk, else the "default" pool.
+// disk, else (none, or a pool that is not a directory, such as rbd) the
+// "default" pool.
 func (l *Libvirt) seedDir(c *libvirt.Connect, spec *api.VMSpec) (string, error) {
-	pool := "default"
-	if len(spec.Disks) > 0 && spec.Disks[0].Pool != "" {
-		pool = spec.Disks[0].Pool
+	if len(spec.Disks) > 0 && spec.Disks[0].Pool != "" && spec.Disks[0].Pool != "default" {
+		if dir, err := poolDir(c, spec.Disks[0].Pool); err == nil {
+			return dir, nil
+		}
 	}
+	return poolDir(c, "default")
+}
+
+// poolDir is the target directory of a pool.
+func poolDir(c *libvirt.Connect, pool string) (string, error) {
 	p, err := c.LookupStoragePoolByName(pool)
 	if err != nil {
 		return "", wrap(err, "pool %s for the cloud-init seed", pool)

@@ -196,6 +196,9 @@ func diskPath(d *libvirtxml.DomainDisk) string {
 	if d.Source != nil && d.Source.File != nil {
 		return d.Source.File.File
 	}
+	if d.Source != nil && d.Source.Network != nil && d.Source.Network.Protocol == "rbd" {
+		return d.Source.Network.Name // an rbd volume's libvirt path, "pool/image"
+	}
 	return ""
 }
 
@@ -210,6 +213,8 @@ type resolvedDisk struct {
 	Backing []backingFile
 	// EncryptionKey names the master key of a LUKS volume ("": plain).
 	EncryptionKey string
+	// Network is the source of a volume that is not a file (an rbd image).
+	Network *libvirtxml.DomainDiskSource
 }
 
 // backingFile is one image in a backing chain.
@@ -394,6 +399,9 @@ func buildDomain(spec *api.VMSpec, p domainParams) (*libvirtxml.Domain, error) {
 			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: bus},
 			// Format and chain are explicit: QEMU must never probe them.
 			BackingStore: backingStoreXML(d.Backing),
+		}
+		if d.Network != nil {
+			dd.Source = d.Network
 		}
 		if d.EncryptionKey != "" {
 			// By secret UUID only: the key never enters the XML.

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os/exec"
 
+	"libvirt.org/go/libvirt"
+
 	"github.com/kvmfleet/terraform-provider-kvm/backend/service"
+	"github.com/kvmfleet/terraform-provider-kvm/internal/api"
 )
 
 // InspectVolume reads what an image file really is, from its own header
@@ -23,6 +26,22 @@ func (l *Libvirt) InspectVolume(ctx context.Context, pool, name string) (service
 		// The test driver's volumes are not files; they are what they
 		// were created as.
 		return service.ImageInfo{Format: v.Format}, nil
+	}
+	if !isFilePath(v.Path) {
+		// An rbd image is raw. One being filled is checked as the image
+		// staged for it, which QEMU converts to raw on import: what
+		// matters is that it names no other file.
+		info := service.ImageInfo{Format: api.FormatRaw}
+		var staged string
+		_ = l.do(ctx, func(c *libvirt.Connect) error { staged = stagedPath(c, name); return nil })
+		if staged != "" {
+			si, err := inspectImage(ctx, staged)
+			if err != nil {
+				return info, err
+			}
+			info.BackingFile, info.BackingFormat, info.DataFile = si.BackingFile, si.BackingFormat, si.DataFile
+		}
+		return info, nil
 	}
 	return inspectImage(ctx, v.Path)
 }

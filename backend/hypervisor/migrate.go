@@ -22,6 +22,7 @@ type sharedDisk struct {
 	pool   string
 	volume string
 	key    string // encryption key name; "" for a plain disk
+	secret string // UUID of the ceph secret an rbd disk authenticates with
 }
 
 // migratedDisk is one disk whose storage a migration copies.
@@ -113,8 +114,12 @@ func (l *Libvirt) MigrateVM(ctx context.Context, name string, req api.MigrateReq
 				if isShared {
 					vol, _ := v.GetName()
 					v.Free()
-					shared = append(shared, sharedDisk{target: disk.Target.Dev, path: p, pool: pool, volume: vol,
-						key: l.readMeta(p).EncryptionKey})
+					sd := sharedDisk{target: disk.Target.Dev, path: p, pool: pool, volume: vol,
+						key: l.readMeta(p).EncryptionKey}
+					if n := disk.Source.Network; n != nil && n.Auth != nil && n.Auth.Secret != nil {
+						sd.secret = n.Auth.Secret.UUID
+					}
+					shared = append(shared, sd)
 					continue
 				}
 				if vx, err := volXML(v); err == nil && vx.BackingStore != nil && vx.BackingStore.Path != "" {

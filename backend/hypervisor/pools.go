@@ -115,6 +115,16 @@ func sharedOnTarget(uri string, disks []sharedDisk) error {
 				d.target, d.pool, d.volume, d.key, d.key)
 		}
 		s.Free()
+		if d.secret != "" {
+			// The domain XML names the secret by UUID: the target
+			// needs one of the same UUID, as the operator defines it
+			// on every host.
+			sec, err := c.LookupSecretByUUIDString(d.secret)
+			if err != nil {
+				return fmt.Errorf("disk %s is on rbd pool %s, whose ceph secret %s the target's libvirt does not have (define it with the same UUID on every host)", d.target, d.pool, d.secret)
+			}
+			sec.Free()
+		}
 	}
 	return nil
 }

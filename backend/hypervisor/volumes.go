@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	"libvirt.org/go/libvirt"
@@ -36,10 +37,16 @@ type volMeta struct {
 	// EncryptionKey names the master key of a LUKS volume (see
 	// secrets.go); never the key itself.
 	EncryptionKey string `json:"encryption_key,omitempty"`
+	// Base names the base volume of an RBD clone (libvirt reports no
+	// parent for rbd images; file overlays carry theirs in the image).
+	Base string `json:"base,omitempty"`
+	// Filling marks an rbd image being imported into (renameRBDVolume):
+	// one still marked at startup was cut short, and is deleted.
+	Filling bool `json:"filling,omitempty"`
 }
 
 func (m volMeta) isZero() bool {
-	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0 && m.MigratingWith == "" && m.EncryptionKey == ""
+	return m.SourceURL == "" && m.SourceChecksum == "" && m.IOTune.IsZero() && m.Written == 0 && m.MigratingWith == "" && m.EncryptionKey == "" && m.Base == "" && !m.Filling
 }
 
 // readMeta reads a volume's extras: the file's extended attribute on real
@@ -49,6 +56,9 @@ func (l *Libvirt) readMeta(path string) volMeta {
 		l.memMu.Lock()
 		defer l.memMu.Unlock()
 		return l.memMeta[path]
+	}
+	if !isFilePath(path) {
+		return l.readNetMeta(path)
 	}
 	var m volMeta
 	buf := make([]byte, 64*1024)
@@ -72,6 +82,9 @@ func (l *Libvirt) writeMeta(path string, m volMeta) error {
 			l.memMeta[path] = m
 		}
 		return nil
+	}
+	if !isFilePath(path) {
+		return l.writeNetMeta(path, m)
 	}
 	if m.isZero() {
 		err := unix.Removexattr(path, xattrName)
@@ -263,6 +276,9 @@ func (l *Libvirt) volumeOf(pool string, v *libvirt.StorageVol) (*api.Volume, *li
 	if m.EncryptionKey != "" {
 		out.Encryption = &api.VolumeEncryption{Key: m.EncryptionKey}
 	}
+	if x.BackingStore == nil {
+		out.BaseVolume = m.Base // an RBD clone's base, by name
+	}
 	if l.test && m.Written > 0 {
 		// The test driver never allocates; report what was uploaded.
 		out.AllocatedMiB = (m.Written + mib - 1) / mib
@@ -293,8 +309,15 @@ func (l *Libvirt) poolVolumes(c *libvirt.Connect, pool string, p *libvirt.Storag
 		out = append(out, *v)
 	}
 	byPath := map[string]string{}
+	pathOf := map[string]string{}
 	for _, v := range out {
 		byPath[v.Path] = v.Name
+		pathOf[v.Name] = v.Path
+	}
+	for _, v := range out {
+		if _, ok := backing[v.Path]; !ok && v.BaseVolume != "" && pathOf[v.BaseVolume] != "" {
+			backing[v.Path] = pathOf[v.BaseVolume] // an RBD clone
+		}
 	}
 	users, err := l.diskUsers(c)
 	if err != nil {
@@ -454,6 +477,13 @@ func (l *Libvirt) CreateVolume(ctx context.Context, pool, name string, spec api.
 			v.Free()
 			return api.Errorf(api.CodeConflict, "volume %s/%s already exists", pool, name)
 		}
+		if !l.test {
+			if rp, err := rbdPoolOf(p); err != nil {
+				return err
+			} else if rp != nil {
+				return l.createRBDVolume(p, pool, name, spec)
+			}
+		}
 		capacity := uint64(spec.SizeMiB) * mib
 		x := &libvirtxml.StorageVolume{
 			Name:     name,
@@ -560,6 +590,26 @@ func (l *Libvirt) volumeOfFree(pool string, v *libvirt.StorageVol) (*api.Volume,
 // WriteVolume uploads an image into a volume through a libvirt stream, so
 // it works the same on a remote libvirt.
 func (l *Libvirt) WriteVolume(ctx context.Context, pool, name string, r io.Reader, length int64) error {
+	if rp, err := l.rbdPool(ctx, pool); err != nil {
+		return err
+	} else if rp != nil {
+		// libvirt cannot upload into rbd: stage the image; renaming the
+		// partial volume imports it (renameRBDVolume).
+		if !strings.HasPrefix(name, ".partial-") {
+			return api.Errorf(api.CodeUnsupported, "volume %s/%s is in an rbd pool: its contents cannot be replaced", pool, name)
+		}
+		if err := l.withPool(ctx, pool, false, func(_ *libvirt.Connect, p *libvirt.StoragePool) error {
+			v, err := p.LookupStorageVolByName(name)
+			if err != nil {
+				return wrap(err, "volume %s/%s", pool, name)
+			}
+			v.Free()
+			return nil
+		}); err != nil {
+			return err
+		}
+		return l.stageRBDWrite(ctx, name, func(sp, sn string) error { return l.WriteVolume(ctx, sp, sn, r, length) })
+	}
 	return l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
 		v, err := p.LookupStorageVolByName(name)
 		if err != nil {
@@ -629,6 +679,11 @@ func (l *Libvirt) WriteVolume(ctx context.Context, pool, name string, r io.Reade
 // (StorageVolDownload), so it works the same on a remote libvirt. The test
 // driver holds no data: it writes as many zero bytes as were last uploaded.
 func (l *Libvirt) ReadVolume(ctx context.Context, pool, name string, w io.Writer) (int64, error) {
+	if rp, err := l.rbdPool(ctx, pool); err != nil {
+		return 0, err
+	} else if rp != nil {
+		return 0, api.Errorf(api.CodeUnsupported, "volume %s/%s is in an rbd pool, which libvirt cannot read out; every host serving the pool sees it", pool, name)
+	}
 	var total int64
 	err := l.withPool(ctx, pool, false, func(c *libvirt.Connect, p *libvirt.StoragePool) error {
 		v, err := p.LookupStorageVolByName(name)
@@ -873,8 +928,21 @@ func (l *Libvirt) DeleteVolume(ctx context.Context, pool, name string) error {
 		defer v.Free()
 		path, _ := v.GetPath()
 		keyName := l.readMeta(path).EncryptionKey
-		if err := v.Delete(0); err != nil {
+		var flags libvirt.StorageVolDeleteFlags
+		if !isFilePath(path) && !l.test {
+			if rp, _ := rbdPoolOf(p); rp != nil {
+				// The base of RBD clones carries libvirt's protected
+				// snapshots; they go with it (Ceph refuses while a
+				// clone still depends on one).
+				flags = libvirt.STORAGE_VOL_DELETE_WITH_SNAPSHOTS
+				l.dropStaged(c, name)
+			}
+		}
+		if err := v.Delete(flags); err != nil {
 			return wrap(err, "delete volume %s/%s", pool, name)
+		}
+		if !isFilePath(path) && !l.test {
+			_ = l.writeMeta(path, volMeta{})
 		}
 		l.dropMeta(path)
 		l.dropDiskSecret(c, keyName, pool, name)
@@ -904,6 +972,15 @@ func (l *Libvirt) RenameVolume(ctx context.Context, pool, from, to string) error
 		}
 		if l.test {
 			return l.testRename(p, v, path, to)
+		}
+		if !isFilePath(path) {
+			rp, err := rbdPoolOf(p)
+			if err != nil {
+				return err
+			}
+			if rp != nil {
+				return l.renameRBDVolume(ctx, c, p, rp, pool, from, to)
+			}
 		}
 		newPath := filepath.Join(filepath.Dir(path), to)
 		if err := unix.Renameat2(unix.AT_FDCWD, path, unix.AT_FDCWD, newPath, unix.RENAME_NOREPLACE); err != nil {

@@ -121,6 +121,11 @@ type Hypervisor interface {
 	// SetVolumeIOTune records the limits and applies them to every domain
 	// attaching the volume (live when running, and to the persistent config).
 	SetVolumeIOTune(ctx context.Context, pool, name string, t *api.IOTune) error
+	// AdoptVolume records spec's base, source_url and I/O limits for a
+	// volume of a shared pool that this host did not create and has no
+	// record of (an rbd image another host created, whose kvm_disk moved
+	// here); adopted is false when there was nothing to adopt.
+	AdoptVolume(ctx context.Context, pool, name string, spec api.VolumeSpec) (adopted bool, err error)
 	// DeleteVolume deletes the volume; the service has already checked it
 	// is unused.
 	DeleteVolume(ctx context.Context, pool, name string) error

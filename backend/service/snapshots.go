@@ -60,6 +60,9 @@ func (s *Service) PutSnapshot(ctx context.Context, vm, name string, spec api.Sna
 	if err := s.refuseEncryptedSnapshot(ctx, cur); err != nil {
 		return nil, false, err
 	}
+	if err := s.refuseRBDSnapshot(ctx, cur); err != nil {
+		return nil, false, err
+	}
 	snap, err := s.hv.CreateSnapshot(ctx, vm, name, spec)
 	return snap, err == nil, err
 }

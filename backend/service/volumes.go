@@ -134,7 +134,12 @@ func (s *Service) PutVolume(ctx context.Context, pool, name string, spec api.Vol
 	switch {
 	case err == nil:
 		if diff := volumeSpecDiff(spec, existing); diff != "" {
-			return nil, false, conflict("volume %s/%s already exists with a different %s", pool, name, diff)
+			if existing, err = s.adoptShared(ctx, pool, name, spec, existing); err != nil {
+				return nil, false, err
+			}
+			if diff := volumeSpecDiff(spec, existing); diff != "" {
+				return nil, false, conflict("volume %s/%s already exists with a different %s", pool, name, diff)
+			}
 		}
 		if spec.Recreate {
 			// A fresh, empty copy for a (retried) migration: only when

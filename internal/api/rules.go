@@ -383,9 +383,9 @@ func ValidateVolumeSpec(spec *VolumeSpec) error {
 		if err := ValidateName("base volume", spec.BaseVolume); err != nil {
 			return invalidf("%s", err)
 		}
-		if spec.Format != FormatQCOW2 {
-			return invalidf("a linked clone (base_disk_id) must be qcow2, not %q", spec.Format)
-		}
+		// The format of a linked clone depends on the pool: a qcow2
+		// overlay in a directory pool, a raw RBD clone in an rbd pool.
+		// The host, which knows the pool, checks it.
 		if spec.SourceURL != "" {
 			return invalidf("base_disk_id and source_url are mutually exclusive")
 		}

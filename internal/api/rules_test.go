@@ -42,6 +42,7 @@ func TestValidateVolumeSpec(t *testing.T) {
 	good := []VolumeSpec{
 		{SizeMiB: 64},
 		{BaseVolume: "base"},
+		{BaseVolume: "base", Format: FormatRaw}, // an RBD clone; a dir pool's host refuses it
 		{SourceURL: "https://example.com/x.qcow2", SourceChecksum: "sha256:" + strings.Repeat("ab", 32)},
 	}
 	for _, s := range good {
@@ -53,7 +54,6 @@ func TestValidateVolumeSpec(t *testing.T) {
 		{},
 		{SizeMiB: -1},
 		{SizeMiB: 1, Format: "vmdk"},
-		{BaseVolume: "base", Format: FormatRaw},
 		{BaseVolume: "base", SourceURL: "http://x/y"},
 		{SourceURL: "file:///etc/passwd"},
 		{SourceURL: "http://x/y", SourceChecksum: "md5:abc"},

@@ -220,6 +220,10 @@ func StartCluster(opts Options) (*Cluster, error) {
 			"--name", name, "--listen", listenIP + ":0",
 			"--libvirt-uri", opts.LibvirtURI, "--ovsdb", opts.OVSDB,
 			"--pool-dir", poolDir, "--token-file", tokenFile,
+			// Its own state (maintenance, rbd volume records), as on a real
+			// host: the default directory would be shared by every test host
+			// on this machine and outlive the test.
+			"--state-dir", filepath.Join(dir, name, "state"),
 			"--audit-log", filepath.Join(dir, name+"-audit.log"),
 			"--log-format", "text",
 			// Test image servers and the other test hosts listen on

@@ -34,7 +34,7 @@ const (
 	hostsActiveFile = "/run/kvm-realstack-hosts.active"
 	// maxHostKeys bounds live hosts: a key is a two-digit index.
 	maxHostKeys = 99
-	ovsRunDir            = "/run/openvswitch" // ovs-vsctl's default
+	ovsRunDir   = "/run/openvswitch" // ovs-vsctl's default
 )
 
 // libvirtDirs are the directories each host gets a private copy of, bind-mounted

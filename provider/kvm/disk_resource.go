@@ -107,8 +107,10 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 				PlanModifiers: []planmodifier.Int64{int64planmodifier.UseStateForUnknown()},
 			},
 			"format": schema.StringAttribute{
-				MarkdownDescription: "`\"qcow2\"` (default; sparse, supports linked clones) or `\"raw\"`. Changing it replaces the disk.",
-				Optional:            true, Computed: true,
+				MarkdownDescription: "`\"qcow2\"` (default; sparse, supports linked clones) or `\"raw\"`. On a Ceph rbd pool (a pool " +
+					"whose `kvm_host` `pools` type is `rbd`) volumes are raw rbd images: set `\"raw\"` there (the plan fails otherwise); " +
+					"a `source_url` qcow2 image is converted to raw on import. Changing it replaces the disk.",
+				Optional: true, Computed: true,
 				Default:       stringdefault.StaticString(api.FormatQCOW2),
 				Validators:    []validator.String{stringvalidator.OneOf(api.FormatQCOW2, api.FormatRaw)},
 				PlanModifiers: []planmodifier.String{stringplanmodifier.RequiresReplace()},
@@ -116,7 +118,8 @@ func (r *DiskResource) Schema(ctx context.Context, _ resource.SchemaRequest, res
 			"base_disk_id": schema.StringAttribute{
 				MarkdownDescription: "ID (`<host>/<pool>/<name>`) of another `kvm_disk` on the same host and pool to use as the " +
 					"read-only base of a linked clone, e.g. `kvm_disk.base.id`. The clone is a qcow2 overlay: created in O(1), " +
-					"nothing is copied. Conflicts with `source_url`. Changing it replaces the disk, except when only its host part " +
+					"nothing is copied. On a Ceph rbd pool it is an RBD layered clone (raw; a protected snapshot of the base and a " +
+					"copy-on-write child, also O(1)), and the base cannot be deleted while it has clones. Conflicts with `source_url`. Changing it replaces the disk, except when only its host part " +
 					"changes together with `host` (the clone moves with its VM onto the new host's copy of the same base).",
 				Optional: true,
 				Validators: []validator.String{
@@ -220,7 +223,9 @@ func (r *DiskResource) ValidateConfig(ctx context.Context, req resource.Validate
 		resp.Diagnostics.AddAttributeError(path.Root("size_mib"), "Missing Disk Size",
 			"size_mib is required for an empty disk (one with neither base_disk_id nor source_url).")
 	}
-	if !cfg.BaseDiskID.IsNull() && cfg.Format.ValueString() == api.FormatRaw {
+	// Only the default pool is surely a directory pool; on an rbd pool a
+	// clone is raw (checkDiskRBD knows the pool's type at plan time).
+	if !cfg.BaseDiskID.IsNull() && cfg.Format.ValueString() == api.FormatRaw && (cfg.Pool.IsNull() || cfg.Pool.ValueString() == "default") {
 		resp.Diagnostics.AddAttributeError(path.Root("format"), "Invalid Linked Clone Format",
 			"a linked clone (base_disk_id) is a qcow2 overlay; format must be \"qcow2\", not \"raw\".")
 	}
@@ -280,6 +285,7 @@ func (r *DiskResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 				state.ID.ValueString(), state.SizeMiB.ValueInt64(), plan.SizeMiB.ValueInt64(), state.SizeMiB.ValueInt64()))
 	}
 	r.checkEncryptionKey(ctx, &plan, &resp.Diagnostics)
+	r.checkDiskRBD(ctx, plan, &resp.Diagnostics)
 	if !resp.Diagnostics.HasError() {
 		r.checkDiskPool(ctx, plan, state, &resp.Diagnostics)
 	}

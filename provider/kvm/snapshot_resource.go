@@ -72,7 +72,8 @@ func (r *SnapshotResource) Schema(ctx context.Context, _ resource.SchemaRequest,
 			"Disks on a shared directory pool (`kvm-hostd --shared-pool`) work like local ones: the snapshot is written into " +
 			"the shared file, and its record is kept by the libvirt of the VM's host. libvirt cannot migrate a VM that has " +
 			"snapshots, so such a VM does not move to another host (the move fails and the VM stays where it is): delete its " +
-			"snapshots first. A VM with an encrypted disk cannot be snapshotted.",
+			"snapshots first. A VM with an encrypted disk cannot be snapshotted. A VM with a disk on a Ceph rbd pool cannot be " +
+			"snapshotted either: the plan fails (and the host refuses with 409), rather than take a partial snapshot of its other disks.",
 		Attributes: map[string]schema.Attribute{
 			"id": schema.StringAttribute{
 				MarkdownDescription: "`<host>/<vm name>/<snapshot name>`; also the import ID.",
@@ -149,6 +150,7 @@ func (r *SnapshotResource) ModifyPlan(ctx context.Context, req resource.ModifyPl
 	if resp.Diagnostics.HasError() || plan.VMID.IsUnknown() || plan.VMID.IsNull() {
 		return
 	}
+	r.checkRBDAtPlan(ctx, plan, resp)
 	if uuidPattern.MatchString(plan.VMID.ValueString()) {
 		r.checkMemoryAtPlan(ctx, plan, resp)
 		return

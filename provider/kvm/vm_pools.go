@@ -131,7 +131,7 @@ func (r *DiskResource) moveShared(ctx context.Context, state, plan diskModel, ne
 				"(is the pool mounted at the same path on both?); nothing was changed", state.ID.ValueString(), pool, oldHost, newH.Name, newH.Name, name), curErr)
 		return nil, true
 	}
-	return cur, true
+	return r.adoptSharedRecord(ctx, oldH, newH, pool, name, cur), true
 }
 
 // checkDiskPool is kvm_disk's plan-time look at its host's pools, when the

@@ -1,6 +1,6 @@
 // Command realstack-down stops what internal/realstack started and a test run left
 // running: the system libvirtd/virtlogd it started (KVM_REALSTACK_KEEP=1 runs, or a
-// crash) and any multi-host namespaces, after removing what the tests left on that
+// crash) any multi-host namespaces and the tests' one-node Ceph, after removing what the tests left on that
 // libvirt (see realstack-sweep). It acts only on processes named in realstack's own
 // PID files, never on daemons someone else started.
 package main
@@ -31,6 +31,11 @@ func main() {
 		}
 	}
 	if err := realstack.CleanupHostNamespaces(realstack.DefaultHostStateRoot, realstack.DefaultHostBridge); err != nil {
+		fmt.Fprintln(os.Stderr, "realstack-down:", err)
+		failed = true
+	}
+	// The tests' Ceph listens on the hosts' bridge: gone with it.
+	if err := realstack.CleanupCeph(realstack.DefaultCephRoot); err != nil {
 		fmt.Fprintln(os.Stderr, "realstack-down:", err)
 		failed = true
 	}
