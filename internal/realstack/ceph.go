@@ -57,7 +57,15 @@ type Ceph struct {
 	Pool, Client, Key string
 	// Started is how long the cluster took to come up.
 	Started time.Duration
+
+	lock *os.File // cephLockFile, held while the cluster lives
 }
+
+// cephLockFile makes clusters queue: each listens on the fixed monitor ports
+// and a start removes whatever a crashed run left in its directory, so a
+// second cluster at once (tests of two packages run in parallel) would kill
+// the first.
+const cephLockFile = "/run/kvm-realstack-ceph.lock"
 
 // cephDaemons are the daemons of a cluster, by their PID file in run/.
 var cephDaemons = []struct{ pidFile, comm string }{
@@ -90,6 +98,19 @@ func StartCeph(ctx context.Context, opts CephOptions) (c *Ceph, err error) {
 			return nil, fmt.Errorf("realstack: ceph: %s not installed (scripts/install-deps.sh)", tool)
 		}
 	}
+	lock, err := os.OpenFile(cephLockFile, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("realstack: ceph: %w", err)
+	}
+	if err := flock(ctx, lock, syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
 	t0 := time.Now()
 	// A crashed run's cluster would hold the ports.
 	if err := CleanupCeph(opts.Dir); err != nil {
@@ -102,7 +123,7 @@ func StartCeph(ctx context.Context, opts CephOptions) (c *Ceph, err error) {
 		}
 	}
 	c = &Ceph{Dir: d, Conf: filepath.Join(d, "ceph.conf"), MonHost: opts.Addr, MonPort: cephMonPortV1,
-		Pool: opts.Pool, Client: opts.Client}
+		Pool: opts.Pool, Client: opts.Client, lock: lock}
 	defer func() {
 		if err != nil {
 			_ = CleanupCeph(d)
@@ -246,7 +267,12 @@ func (c *Ceph) Close() error {
 	if c == nil {
 		return nil
 	}
-	return CleanupCeph(c.Dir)
+	err := CleanupCeph(c.Dir)
+	if c.lock != nil {
+		c.lock.Close()
+		c.lock = nil
+	}
+	return err
 }
 
 // CleanupCeph stops the Ceph daemons recorded in dir's run directory and

@@ -151,6 +151,7 @@ func rbdUsed(rbd func(args ...string) (string, error), image string) (int64, err
 func TestAccRBDReal(t *testing.T) {
 	realstack.Require(t, "libvirtd", "virtlogd", "virsh", "nsenter", "ip", "qemu-system-x86_64", "ceph-mon", "ceph-osd", "ceph-mgr", "rbd")
 	testAccPreCheck(t)
+	parallelNSHostTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	start := time.Now()
