@@ -224,20 +224,7 @@ func (l *Libvirt) createRBDVolume(p *libvirt.StoragePool, pool, name string, spe
 		}
 	}
 	defer v.Free()
-	path, err := v.GetPath()
-	if err != nil {
-		return wrap(err, "volume path")
-	}
-	m := volMeta{SourceURL: spec.SourceURL, SourceChecksum: spec.SourceChecksum, Base: spec.BaseVolume}
-	if !spec.IOTune.IsZero() {
-		t := *spec.IOTune
-		m.IOTune = &t
-	}
-	if err := l.writeMeta(path, m); err != nil {
-		_ = v.Delete(0)
-		return err
-	}
-	return nil
+	return l.recordNewVolume(v, volMeta{SourceURL: spec.SourceURL, SourceChecksum: spec.SourceChecksum, Base: spec.BaseVolume}, spec.IOTune)
 }
 
 // AdoptVolume records what spec says of a volume this host did not

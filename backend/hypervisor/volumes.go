@@ -557,20 +557,7 @@ func (l *Libvirt) CreateVolume(ctx context.Context, pool, name string, spec api.
 			return wrap(err, "create volume %s/%s", pool, name)
 		}
 		defer v.Free()
-		path, err := v.GetPath()
-		if err != nil {
-			return wrap(err, "volume path")
-		}
-		m := volMeta{SourceURL: spec.SourceURL, SourceChecksum: spec.SourceChecksum, EncryptionKey: keyName}
-		if !spec.IOTune.IsZero() {
-			t := *spec.IOTune
-			m.IOTune = &t
-		}
-		if err := l.writeMeta(path, m); err != nil {
-			_ = v.Delete(0)
-			return err
-		}
-		return nil
+		return l.recordNewVolume(v, volMeta{SourceURL: spec.SourceURL, SourceChecksum: spec.SourceChecksum, EncryptionKey: keyName}, spec.IOTune)
 	})
 	if err != nil {
 		return nil, err
@@ -1025,5 +1012,24 @@ func (l *Libvirt) testRename(p *libvirt.StoragePool, v *libvirt.StorageVol, path
 		return wrap(err, "rename volume to %s", to)
 	}
 	l.dropMeta(path)
+	return nil
+}
+
+// recordNewVolume writes what libvirt does not keep of a volume just created
+// (its source, base, key name, I/O limits); a volume whose record cannot be
+// written is deleted again, so no half-described volume is left.
+func (l *Libvirt) recordNewVolume(v *libvirt.StorageVol, m volMeta, tune *api.IOTune) error {
+	path, err := v.GetPath()
+	if err != nil {
+		return wrap(err, "volume path")
+	}
+	if !tune.IsZero() {
+		t := *tune
+		m.IOTune = &t
+	}
+	if err := l.writeMeta(path, m); err != nil {
+		_ = v.Delete(0)
+		return err
+	}
 	return nil
 }
