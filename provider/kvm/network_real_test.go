@@ -186,30 +186,59 @@ func realNetPingN(h *realstack.NSHost, src, dst string, count int, wait time.Dur
 }
 
 // realNetInNetns runs fn on an OS thread in the host's network namespace.
-// The thread is never unlocked: it exits with its goroutine, so no other
-// goroutine ever runs in the host's namespace. Sockets fn opens stay in it.
+// Sockets fn opens stay in it. The thread then returns to its own namespace
+// and only then is unlocked, so no other goroutine ever runs in the host's
+// namespace. It must not simply exit locked: the runtime then ends the
+// thread, and the kernel sends every child process forked from that thread
+// its parent-death signal — terraform-exec sets SIGKILL, so a terraform run
+// of a parallel test that happened to be started from this thread would be
+// killed (golang/go#27505).
 func realNetInNetns(h *realstack.NSHost, fn func() error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		defer self.Close()
 		ns, err := os.Open(filepath.Join("/run/netns", h.Netns))
 		if err != nil {
+			runtime.UnlockOSThread()
 			done <- err
 			return
 		}
 		defer ns.Close()
-		nr, ok := map[string]uintptr{"amd64": 308, "arm64": 268}[runtime.GOARCH] // setns(2); not in package syscall
-		if !ok {
-			done <- fmt.Errorf("setns: unknown syscall number on %s", runtime.GOARCH)
+		if err := setNetns(ns); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("setns %s: %w", h.Netns, err)
 			return
 		}
-		if _, _, e := syscall.RawSyscall(nr, ns.Fd(), syscall.CLONE_NEWNET, 0); e != 0 {
-			done <- fmt.Errorf("setns %s: %v", h.Netns, e)
+		ferr := fn()
+		if err := setNetns(self); err != nil {
+			// Still in the host's namespace: let the thread end with
+			// this goroutine rather than serve another one there.
+			done <- errors.Join(ferr, fmt.Errorf("setns back from %s: %w", h.Netns, err))
 			return
 		}
-		done <- fn()
+		runtime.UnlockOSThread()
+		done <- ferr
 	}()
 	return <-done
+}
+
+// setNetns moves the calling thread into the network namespace ns.
+func setNetns(ns *os.File) error {
+	nr, ok := map[string]uintptr{"amd64": 308, "arm64": 268}[runtime.GOARCH] // setns(2); not in package syscall
+	if !ok {
+		return fmt.Errorf("setns: unknown syscall number on %s", runtime.GOARCH)
+	}
+	if _, _, e := syscall.RawSyscall(nr, ns.Fd(), syscall.CLONE_NEWNET, 0); e != 0 {
+		return e
+	}
+	return nil
 }
 
 // realNetTxChecksumOff is `ethtool -K <ifname> tx off` (ethtool is not
